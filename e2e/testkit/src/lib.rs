@@ -1,0 +1,30 @@
+//! Test infrastructure for lockkeeper: a real ZooKeeper server per test, Curator and kazoo
+//! peer processes, and the hold-interval checks that prove mutual exclusion across them.
+//! Never part of a production binary.
+
+pub mod hold_log;
+pub mod peer;
+pub mod zookeeper_server;
+
+pub use hold_log::{HoldInterval, HoldLog};
+pub use peer::{PeerKind, PeerLibrary, PeerProcess};
+pub use zookeeper_server::{ServerOptions, ZooKeeperServer};
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KitError {
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("missing: {0}")]
+    Missing(String),
+    #[error("ZooKeeper exited during start ({0}); see {1}")]
+    ServerExited(String, PathBuf),
+    #[error("ZooKeeper did not answer `ruok` within {0:?}; see {1}")]
+    StartTimeout(Duration, PathBuf),
+    #[error("peer {name}: {message}")]
+    Peer { name: String, message: String },
+    #[error("hold log: {0}")]
+    HoldLog(String),
+}

@@ -1,0 +1,206 @@
+//! A real ZooKeeper server (Debian's `zookeeper` package) started for one test on a free
+//! loopback port with its own temporary data directory, and stopped when dropped.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::KitError;
+
+/// Jars of Debian's `zookeeper` package that the standalone server needs. A short class path
+/// starts the JVM much faster than `/usr/share/java/*`.
+const SERVER_JARS: &[&str] = &[
+    "zookeeper.jar",
+    "zookeeper-jute.jar",
+    "slf4j-api.jar",
+    "slf4j-simple.jar",
+    "netty-handler.jar",
+    "netty-common.jar",
+    "netty-buffer.jar",
+    "netty-transport.jar",
+    "netty-codec.jar",
+    "netty-resolver.jar",
+    "netty-transport-native-epoll.jar",
+    "netty-transport-native-unix-common.jar",
+    "commons-cli.jar",
+    "commons-io.jar",
+    "metrics-core.jar",
+    "snappy-java.jar",
+];
+
+pub const JAVA_LIB_DIR: &str = "/usr/share/java";
+const START_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Class path made of the named jars under [`JAVA_LIB_DIR`]; fails naming the first one missing.
+pub fn java_class_path(jars: &[&str]) -> Result<String, KitError> {
+    let mut parts = Vec::with_capacity(jars.len());
+    for jar in jars {
+        let path = Path::new(JAVA_LIB_DIR).join(jar);
+        if !path.exists() {
+            return Err(KitError::Missing(format!(
+                "{} (install Debian's zookeeper and libcurator-recipes-java: `make deps`)",
+                path.display()
+            )));
+        }
+        parts.push(path.display().to_string());
+    }
+    Ok(parts.join(":"))
+}
+
+/// Settings of a test server. Short ticks let tests use short session timeouts.
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    pub tick: Duration,
+    pub min_session_timeout: Duration,
+    pub max_session_timeout: Duration,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            tick: Duration::from_millis(100),
+            min_session_timeout: Duration::from_millis(200),
+            max_session_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// One standalone ZooKeeper server process.
+pub struct ZooKeeperServer {
+    dir: tempfile::TempDir,
+    port: u16,
+    options: ServerOptions,
+    process: Option<Child>,
+}
+
+impl ZooKeeperServer {
+    /// Starts a server on a free loopback port and waits until it answers `ruok`.
+    pub fn start() -> Result<Self, KitError> {
+        Self::start_with(ServerOptions::default())
+    }
+
+    pub fn start_with(options: ServerOptions) -> Result<Self, KitError> {
+        let dir = tempfile::Builder::new()
+            .prefix("lockkeeper-zk-")
+            .tempdir()?;
+        std::fs::create_dir_all(dir.path().join("data"))?;
+        let port = free_port()?;
+        let mut server = ZooKeeperServer {
+            dir,
+            port,
+            options,
+            process: None,
+        };
+        server.write_config()?;
+        server.launch()?;
+        Ok(server)
+    }
+
+    /// `127.0.0.1:PORT`, the connect string for clients.
+    pub fn connect_string(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Path of the server's log file (stdout and stderr of the JVM).
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("server.log")
+    }
+
+    /// Stops the process (SIGKILL: nothing is flushed beyond what ZooKeeper already synced).
+    /// The data directory is kept, so [`ZooKeeperServer::restart`] brings back the same state.
+    pub fn stop(&mut self) -> Result<(), KitError> {
+        if let Some(mut child) = self.process.take() {
+            child.kill().ok();
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Starts the server again on the same port with the same data.
+    pub fn restart(&mut self) -> Result<(), KitError> {
+        self.stop()?;
+        self.launch()
+    }
+
+    /// Sends a four-letter command (`ruok`, `wchs`, `wchc`, `cons`, `mntr`, …) and returns the answer.
+    pub fn four_letter(&self, command: &str) -> Result<String, KitError> {
+        four_letter(SocketAddr::from(([127, 0, 0, 1], self.port)), command)
+    }
+
+    fn write_config(&self) -> Result<(), KitError> {
+        let data = self.dir.path().join("data");
+        let config = format!(
+            "tickTime={}\ndataDir={}\nclientPort={}\nclientPortAddress=127.0.0.1\n\
+             admin.enableServer=false\n4lw.commands.whitelist=*\nminSessionTimeout={}\n\
+             maxSessionTimeout={}\nmaxClientCnxns=0\n",
+            self.options.tick.as_millis(),
+            data.display(),
+            self.port,
+            self.options.min_session_timeout.as_millis(),
+            self.options.max_session_timeout.as_millis(),
+        );
+        std::fs::write(self.dir.path().join("zoo.cfg"), config)?;
+        Ok(())
+    }
+
+    fn launch(&mut self) -> Result<(), KitError> {
+        let class_path = java_class_path(SERVER_JARS)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())?;
+        let child = Command::new("java")
+            .args(["-Xmx256m", "-XX:+UseSerialGC", "-cp", &class_path])
+            .arg("org.apache.zookeeper.server.ZooKeeperServerMain")
+            .arg(self.dir.path().join("zoo.cfg"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .map_err(|err| KitError::Missing(format!("java ({err}); is a JDK installed?")))?;
+        self.process = Some(child);
+        let deadline = Instant::now() + START_DEADLINE;
+        loop {
+            if let Ok(answer) = self.four_letter("ruok")
+                && answer == "imok"
+            {
+                return Ok(());
+            }
+            if let Some(child) = self.process.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                return Err(KitError::ServerExited(status.to_string(), self.log_path()));
+            }
+            if Instant::now() > deadline {
+                return Err(KitError::StartTimeout(START_DEADLINE, self.log_path()));
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+}
+
+impl Drop for ZooKeeperServer {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> Result<u16, KitError> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn four_letter(address: SocketAddr, command: &str) -> Result<String, KitError> {
+    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(1))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.write_all(command.as_bytes())?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    Ok(answer)
+}

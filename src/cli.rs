@@ -1,0 +1,159 @@
+//! The `lockkeeper` command line.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::lock_rules::{LockKind, Verdict, WaitTarget};
+use crate::zookeeper::{EngineConfig, EngineError, LockEngine, LockQueue, LockSpec};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "lockkeeper",
+    version,
+    about = "Distributed locks for Kubernetes workloads, kept in ZooKeeper"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub logging: LoggingArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct LoggingArgs {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "LOCKKEEPER_LOG_FORMAT")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct ZooKeeperArgs {
+    /// ZooKeeper ensemble, `HOST:PORT[,HOST:PORT…]`.
+    #[arg(long = "zookeeper", env = "LOCKKEEPER_ZOOKEEPER")]
+    pub connect: String,
+    /// Session timeout asked of ZooKeeper.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub session_timeout: Duration,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show who holds a ZooKeeper lock path and who waits, whichever client queued them
+    /// (lockkeeper, Curator, kazoo).
+    Queue(QueueArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct QueueArgs {
+    #[command(flatten)]
+    pub zookeeper: ZooKeeperArgs,
+    /// The lock's ZooKeeper path, e.g. /lockkeeper/default/migrations.
+    #[arg(long)]
+    pub path: String,
+    #[arg(long = "type", value_enum, default_value_t = KindArg::Mutex)]
+    pub kind: KindArg,
+    /// Semaphore permits.
+    #[arg(long, required_if_eq("kind", "semaphore"))]
+    pub permits: Option<u32>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum KindArg {
+    Mutex,
+    #[value(name = "readwrite", alias = "read-write")]
+    ReadWrite,
+    Semaphore,
+}
+
+impl QueueArgs {
+    fn lock(&self) -> Result<LockSpec, EngineError> {
+        let kind = match self.kind {
+            KindArg::Mutex => LockKind::Mutex,
+            KindArg::ReadWrite => LockKind::ReadWrite,
+            KindArg::Semaphore => LockKind::semaphore(self.permits.unwrap_or(0))?,
+        };
+        LockSpec::new(&self.path, kind)
+    }
+}
+
+pub async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.logging.log_format);
+    let result = match cli.command {
+        Command::Queue(args) => show_queue(args).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("lockkeeper: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LOCKKEEPER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn show_queue(args: QueueArgs) -> Result<(), EngineError> {
+    let lock = args.lock()?;
+    let mut config = EngineConfig::new(&args.zookeeper.connect);
+    config.session_timeout = args.zookeeper.session_timeout;
+    let engine = LockEngine::connect(config).await?;
+    let queue = engine.queue(&lock).await?;
+    print!("{}", render_queue(&queue));
+    engine.close().await;
+    Ok(())
+}
+
+/// One line per contender: place, verdict, mode, fencing token or what it waits on, node.
+pub fn render_queue(queue: &LockQueue) -> String {
+    if queue.entries.is_empty() {
+        return "no contenders\n".to_string();
+    }
+    let mut out = format!(
+        "{:<4} {:<8} {:<10} {:<14} {}\n",
+        "#", "STATE", "MODE", "TOKEN/WAITS", "NODE"
+    );
+    for (index, entry) in queue.entries.iter().enumerate() {
+        let (state, detail) = match entry.verdict {
+            Verdict::Holds => (
+                "holds",
+                entry
+                    .fencing_token
+                    .map(|t| t.to_string())
+                    .unwrap_or_else(|| "-".into()),
+            ),
+            Verdict::Waits {
+                target: WaitTarget::Node(on),
+                ..
+            } => ("waits", format!("on #{on}")),
+            Verdict::Waits {
+                target: WaitTarget::AnyHolder,
+                ..
+            } => ("waits", "any holder".to_string()),
+        };
+        out.push_str(&format!(
+            "{index:<4} {state:<8} {:<10} {detail:<14} {}\n",
+            entry.mode.to_string(),
+            entry.node
+        ));
+    }
+    out
+}
