@@ -85,7 +85,6 @@ impl ZooKeeperServer {
         let dir = tempfile::Builder::new()
             .prefix("lockkeeper-zk-")
             .tempdir()?;
-        std::fs::create_dir_all(dir.path().join("data"))?;
         let port = free_port()?;
         let mut server = ZooKeeperServer {
             dir,
@@ -134,31 +133,15 @@ impl ZooKeeperServer {
     }
 
     fn write_config(&self) -> Result<(), KitError> {
-        let data = self.dir.path().join("data");
-        let config = format!(
-            "tickTime={}\ndataDir={}\nclientPort={}\nclientPortAddress=127.0.0.1\n\
-             admin.enableServer=false\n4lw.commands.whitelist=*\nminSessionTimeout={}\n\
-             maxSessionTimeout={}\nmaxClientCnxns=0\n",
-            self.options.tick.as_millis(),
-            data.display(),
-            self.port,
-            self.options.min_session_timeout.as_millis(),
-            self.options.max_session_timeout.as_millis(),
-        );
-        std::fs::write(self.dir.path().join("zoo.cfg"), config)?;
-        Ok(())
+        write_config(self.dir.path(), self.port, &self.options)
     }
 
     fn launch(&mut self) -> Result<(), KitError> {
-        let class_path = java_class_path(SERVER_JARS)?;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.log_path())?;
-        let child = Command::new("java")
-            .args(["-Xmx256m", "-XX:+UseSerialGC", "-cp", &class_path])
-            .arg("org.apache.zookeeper.server.ZooKeeperServerMain")
-            .arg(self.dir.path().join("zoo.cfg"))
+        let child = server_command(self.dir.path())?
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -189,6 +172,38 @@ impl Drop for ZooKeeperServer {
     fn drop(&mut self) {
         let _ = self.stop();
     }
+}
+
+/// Writes `dir/zoo.cfg` for a standalone server on 127.0.0.1:`port` keeping its data in `dir/data`.
+pub fn write_config(dir: &Path, port: u16, options: &ServerOptions) -> Result<(), KitError> {
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data)?;
+    let config = format!(
+        "tickTime={}\ndataDir={}\nclientPort={port}\nclientPortAddress=127.0.0.1\n\
+         admin.enableServer=false\n4lw.commands.whitelist=*\nminSessionTimeout={}\n\
+         maxSessionTimeout={}\nmaxClientCnxns=0\n",
+        options.tick.as_millis(),
+        data.display(),
+        options.min_session_timeout.as_millis(),
+        options.max_session_timeout.as_millis(),
+    );
+    std::fs::write(dir.join("zoo.cfg"), config)?;
+    Ok(())
+}
+
+/// The JVM command that runs a standalone server from `dir/zoo.cfg`.
+pub fn server_command(dir: &Path) -> Result<Command, KitError> {
+    let mut command = Command::new("java");
+    command
+        .args([
+            "-Xmx256m",
+            "-XX:+UseSerialGC",
+            "-cp",
+            &java_class_path(SERVER_JARS)?,
+        ])
+        .arg("org.apache.zookeeper.server.ZooKeeperServerMain")
+        .arg(dir.join("zoo.cfg"));
+    Ok(command)
 }
 
 /// A port that was free a moment ago on 127.0.0.1.

@@ -1,0 +1,42 @@
+# lockkeeper — `make sandbox` starts the local sandbox, `make test` runs every test.
+SHELL := /bin/bash
+CARGO ?= cargo
+DEBIAN_PACKAGES := zookeeper python3-kazoo libcurator-recipes-java
+SANDBOX_DIR ?= $(CURDIR)/.sandbox
+SANDBOX_ZK_PORT ?= 2181
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: deps test lint unit sandbox sandbox-down bench-engine
+
+## deps: install what the tests and the sandbox need (Debian packages, a JDK with javac)
+deps:
+	@missing=""; for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	command -v javac >/dev/null 2>&1 || missing="$$missing default-jdk-headless"; \
+	if [ -n "$$missing" ]; then \
+	  echo "==> installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing >/dev/null || \
+	  { echo "!! apt-get install of$$missing failed"; exit 1; }; \
+	else echo "==> Debian packages present: $(DEBIAN_PACKAGES)"; fi
+
+## lint: formatting and clippy, warnings are errors
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## test: the whole suite (unit, property, real-ZooKeeper, Curator and kazoo interoperability)
+test: deps lint
+	$(CARGO) test --workspace
+
+## bench-engine: handoff latency of the engine against Curator's InterProcessMutex, same ZooKeeper
+bench-engine: deps
+	$(CARGO) bench --bench engine_handoff
+
+## sandbox: start a local ZooKeeper on 127.0.0.1:$(SANDBOX_ZK_PORT) (data kept in .sandbox/)
+sandbox: deps
+	@$(CARGO) build --quiet --workspace --bins
+	@bash e2e/sandbox/up.sh "$(SANDBOX_DIR)" "$(SANDBOX_ZK_PORT)"
+
+## sandbox-down: stop the sandbox; its data stays in .sandbox/
+sandbox-down:
+	@bash e2e/sandbox/down.sh "$(SANDBOX_DIR)"
