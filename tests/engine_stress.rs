@@ -32,7 +32,7 @@ async fn thousands_of_grants_never_overlap_and_tokens_grow() {
     for _ in 0..SESSIONS {
         engines.push(engine(&zk).await);
     }
-    let locks = vec![
+    let locks = [
         LockSpec::new("/stress/mutex-a", LockKind::Mutex).unwrap(),
         LockSpec::new("/stress/mutex-b", LockKind::Mutex).unwrap(),
         LockSpec::new("/stress/read-write", LockKind::ReadWrite).unwrap(),

@@ -11,7 +11,7 @@ use common::*;
 use lockkeeper::lock_rules::{LockKind, Mode};
 use lockkeeper::zookeeper::{LockEngine, LockSpec};
 use lockkeeper_testkit::peer::spawn_loop;
-use lockkeeper_testkit::{HoldLog, PeerKind, PeerLibrary, PeerProcess, ZooKeeperServer};
+use lockkeeper_testkit::{HoldLog, PeerKind, PeerLibrary, PeerProcess, PeerSpec, ZooKeeperServer};
 
 /// Long enough for a peer that wrongly ignored a holder to have taken the lock.
 const SETTLE: Duration = Duration::from_millis(1500);
@@ -24,14 +24,23 @@ fn peer(
     kind: PeerKind,
     name: &str,
 ) -> PeerProcess {
-    PeerProcess::spawn(
+    PeerProcess::spawn(&spec(library, zk, lock, kind, name)).expect("peer starts")
+}
+
+fn spec(
+    library: PeerLibrary,
+    zk: &ZooKeeperServer,
+    lock: &LockSpec,
+    kind: PeerKind,
+    name: &str,
+) -> PeerSpec {
+    PeerSpec {
         library,
-        &zk.connect_string(),
-        lock.path.as_str(),
+        connect: zk.connect_string(),
+        path: lock.path.to_string(),
         kind,
-        name,
-    )
-    .expect("peer starts")
+        name: name.to_string(),
+    }
 }
 
 async fn wait_queue_len(engine: &LockEngine, lock: &LockSpec, len: usize) {
@@ -216,19 +225,8 @@ async fn logged_run(lock: LockSpec, peers: &[(PeerLibrary, PeerKind)], most_at_o
     for (i, (library, kind)) in peers.iter().enumerate() {
         let log = dir.path().join(format!("peer-{i}.log"));
         let name = format!("{library:?}-{i}");
-        children.push(
-            spawn_loop(
-                *library,
-                &zk.connect_string(),
-                lock.path.as_str(),
-                *kind,
-                &name,
-                rounds,
-                hold,
-                &log,
-            )
-            .unwrap(),
-        );
+        let spec = spec(*library, &zk, &lock, *kind, &name);
+        children.push(spawn_loop(&spec, rounds, hold, &log).unwrap());
         logs.push(log);
     }
     let mut tasks = Vec::new();

@@ -7,7 +7,7 @@ pub mod peer;
 pub mod zookeeper_server;
 
 pub use hold_log::{HoldInterval, HoldLog};
-pub use peer::{PeerKind, PeerLibrary, PeerProcess};
+pub use peer::{PeerKind, PeerLibrary, PeerProcess, PeerSpec};
 pub use zookeeper_server::{ServerOptions, ZooKeeperServer};
 
 use std::path::PathBuf;

@@ -93,14 +93,18 @@ fn compile_curator_peer() -> Result<PathBuf, KitError> {
     Ok(out)
 }
 
-fn peer_command(
-    library: PeerLibrary,
-    connect: &str,
-    path: &str,
-    kind: PeerKind,
-    name: &str,
-) -> Result<Command, KitError> {
-    let mut command = match library {
+/// Which peer to run, against which ZooKeeper and lock path, and under what name.
+#[derive(Clone, Debug)]
+pub struct PeerSpec {
+    pub library: PeerLibrary,
+    pub connect: String,
+    pub path: String,
+    pub kind: PeerKind,
+    pub name: String,
+}
+
+fn peer_command(spec: &PeerSpec) -> Result<Command, KitError> {
+    let mut command = match spec.library {
         PeerLibrary::Curator => {
             let mut command = Command::new("java");
             command.args([
@@ -113,7 +117,7 @@ fn peer_command(
             command
         }
         PeerLibrary::Kazoo => {
-            if matches!(kind, PeerKind::Semaphore(_)) {
+            if matches!(spec.kind, PeerKind::Semaphore(_)) {
                 return Err(KitError::Missing("the kazoo peer has no semaphore".into()));
             }
             let mut command = Command::new(SYSTEM_PYTHON);
@@ -121,23 +125,19 @@ fn peer_command(
             command
         }
     };
-    command.args([connect, path, &kind.arg(), name]);
+    command.args([&spec.connect, &spec.path, &spec.kind.arg(), &spec.name]);
     Ok(command)
 }
 
 /// Runs a peer that takes the lock `count` times for `hold` each, logging its holds to `log`
 /// (see [`crate::HoldLog`]). Wait on the returned child.
 pub fn spawn_loop(
-    library: PeerLibrary,
-    connect: &str,
-    path: &str,
-    kind: PeerKind,
-    name: &str,
+    spec: &PeerSpec,
     count: u32,
     hold: Duration,
     log: &Path,
 ) -> Result<Child, KitError> {
-    let mut command = peer_command(library, connect, path, kind, name)?;
+    let mut command = peer_command(spec)?;
     command
         .args(["loop", &count.to_string(), &hold.as_millis().to_string()])
         .arg(log)
@@ -156,14 +156,8 @@ pub struct PeerProcess {
 }
 
 impl PeerProcess {
-    pub fn spawn(
-        library: PeerLibrary,
-        connect: &str,
-        path: &str,
-        kind: PeerKind,
-        name: &str,
-    ) -> Result<Self, KitError> {
-        let mut command = peer_command(library, connect, path, kind, name)?;
+    pub fn spawn(spec: &PeerSpec) -> Result<Self, KitError> {
+        let mut command = peer_command(spec)?;
         command
             .arg("hold")
             .stdin(Stdio::piped())
@@ -181,7 +175,7 @@ impl PeerProcess {
             }
         });
         Ok(PeerProcess {
-            name: name.to_string(),
+            name: spec.name.clone(),
             child,
             stdin,
             lines,
