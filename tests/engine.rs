@@ -192,16 +192,11 @@ async fn session_expiry_reports_every_contender_lost_then_a_new_session_serves()
     let old_session = engine.session().unwrap();
 
     // Expire the session from outside: open it a second time and close that handle.
-    let twin = zookeeper_client::Client::connector()
-        .with_session(old_session.clone())
-        .connect(&zk.connect_string())
-        .await
-        .unwrap();
-    drop(twin);
+    expire_from_outside(&zk, old_session.clone()).await;
 
     for contender in &mut contenders {
         let state = wait_for(contender, "lost", |s| matches!(s, ContenderState::Lost(_))).await;
-        assert_eq!(state, ContenderState::Lost(LossReason::SessionExpired));
+        assert!(session_lost(&state), "{state:?}");
     }
     let mut lost = std::collections::HashSet::new();
     while lost.len() < 4 {
@@ -209,7 +204,7 @@ async fn session_expiry_reports_every_contender_lost_then_a_new_session_serves()
             .await
             .unwrap()
             .unwrap();
-        if event.state == ContenderState::Lost(LossReason::SessionExpired) {
+        if session_lost(&event.state) {
             lost.insert(event.id);
         }
     }
@@ -454,4 +449,47 @@ async fn each_waiter_holds_one_watch_at_most() {
     engine.dequeue(&lock, &contenders[0].id).await.unwrap();
     contenders[1].wait_granted(PATIENCE).await.unwrap();
     eventually("one watch fired and none was added", || watches() == 18).await;
+}
+
+#[tokio::test]
+async fn closing_the_engine_ends_every_contender_and_frees_its_locks() {
+    let zk = zookeeper();
+    let closing = common::engine(&zk).await;
+    let other = common::engine(&zk).await;
+    let lock = mutex("/locks/close");
+    let mut held = enqueue(&closing, &lock, "holder", Mode::Exclusive).await;
+    let mut next = enqueue(&other, &lock, "next", Mode::Exclusive).await;
+    assert!(is_waiting(&next.state()));
+    closing.close().await;
+    let state = wait_for(&mut held, "ended", ContenderState::is_final).await;
+    assert_eq!(state, ContenderState::Lost(LossReason::EngineClosed));
+    // The closed session took its node with it: the next contender holds at once.
+    next.wait_granted(PATIENCE).await.unwrap();
+}
+
+/// Expires a session the way ZooKeeper's FAQ suggests: open it a second time, then close that
+/// second handle.
+async fn expire_from_outside(zk: &ZooKeeperServer, session: lockkeeper::zookeeper::SessionInfo) {
+    for _ in 0..5 {
+        let twin = zookeeper_client::Client::connector()
+            .with_session(session.clone())
+            .with_session_timeout(Duration::from_secs(4))
+            .with_connection_timeout(Duration::from_secs(5))
+            .connect(&zk.connect_string())
+            .await;
+        if let Ok(twin) = twin {
+            drop(twin);
+            return;
+        }
+    }
+    panic!("could not open the session a second time");
+}
+
+/// Lost with its session: expired, or given up after the session timeout without ZooKeeper
+/// (which of the two depends on whether the client hears of the expiry before its timer ends).
+fn session_lost(state: &ContenderState) -> bool {
+    matches!(
+        state,
+        ContenderState::Lost(LossReason::SessionExpired | LossReason::SessionPresumedExpired(_))
+    )
 }

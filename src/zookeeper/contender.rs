@@ -4,7 +4,9 @@
 use std::fmt;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, watch};
 
 use super::error::{EngineError, LossReason};
 use crate::lock_rules::Mode;
@@ -54,6 +56,30 @@ pub struct ContenderEvent {
     pub dir: String,
     pub id: ContenderId,
     pub state: ContenderState,
+}
+
+/// Where contender events go: nowhere until someone subscribes, so an engine whose events
+/// nobody reads does not pile them up.
+#[derive(Clone, Default)]
+pub(crate) struct EventSink(Arc<Mutex<Option<mpsc::UnboundedSender<ContenderEvent>>>>);
+
+impl EventSink {
+    pub fn send(&self, event: ContenderEvent) {
+        if let Some(sender) = self.0.lock().expect("event sink lock").as_ref() {
+            let _ = sender.send(event);
+        }
+    }
+
+    /// The one stream of events: the first call opens it, later calls get `None`.
+    pub fn subscribe(&self) -> Option<mpsc::UnboundedReceiver<ContenderEvent>> {
+        let mut sender = self.0.lock().expect("event sink lock");
+        if sender.is_some() {
+            return None;
+        }
+        let (new_sender, receiver) = mpsc::unbounded_channel();
+        *sender = Some(new_sender);
+        Some(receiver)
+    }
 }
 
 /// A queued contender. Dropping it does not dequeue it: call [`super::LockEngine::dequeue`].

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use zookeeper_client::{Client, SessionInfo, SessionState};
 
-use super::contender::{Contender, ContenderEvent, FencingToken};
+use super::contender::{Contender, ContenderEvent, EventSink, FencingToken};
 use super::error::{EngineError, LossReason};
 use super::lock_watch::{Command, LockHandle, LockWatch, Registry};
 use super::session::{self, AclPolicy, EngineConfig, RetryError, retry_on_connection_loss};
@@ -110,8 +110,7 @@ struct Inner {
     client: RwLock<Option<Client>>,
     registry: Registry,
     serials: AtomicU64,
-    events: mpsc::UnboundedSender<ContenderEvent>,
-    events_receiver: Mutex<Option<mpsc::UnboundedReceiver<ContenderEvent>>>,
+    events: EventSink,
     status: watch::Sender<SessionStatus>,
     shutdown: CancellationToken,
 }
@@ -128,7 +127,6 @@ impl LockEngine {
     /// Opens a session (resuming `config.resume` if given) and starts following it.
     pub async fn connect(config: EngineConfig) -> Result<Self, EngineError> {
         let client = session::open(&config, config.resume.clone()).await?;
-        let (events, events_receiver) = mpsc::unbounded_channel();
         let (status, _) = watch::channel(SessionStatus::Connected {
             session_id: client.session_id().0,
         });
@@ -138,8 +136,7 @@ impl LockEngine {
             client: RwLock::new(Some(client.clone())),
             registry: Arc::new(Mutex::new(HashMap::new())),
             serials: AtomicU64::new(0),
-            events,
-            events_receiver: Mutex::new(Some(events_receiver)),
+            events: EventSink::default(),
             status,
             shutdown: CancellationToken::new(),
         });
@@ -151,14 +148,10 @@ impl LockEngine {
         Ok(LockEngine { inner })
     }
 
-    /// The stream of every contender's state changes. There is one stream: the first call
-    /// takes it, later calls get `None`.
+    /// The stream of every contender's state change from now on. There is one stream: the
+    /// first call opens it, later calls get `None`. Events are not kept before it is opened.
     pub fn events(&self) -> Option<mpsc::UnboundedReceiver<ContenderEvent>> {
-        self.inner
-            .events_receiver
-            .lock()
-            .expect("events lock")
-            .take()
+        self.inner.events.subscribe()
     }
 
     pub fn session_status(&self) -> watch::Receiver<SessionStatus> {
@@ -321,7 +314,7 @@ impl LockEngine {
 
     /// Ends every lock watch and closes the session, which makes ZooKeeper delete all of this
     /// engine's nodes at once (unless `keep_session_on_drop`, which leaves the session to
-    /// expire). Contenders still queued are not reported lost: the caller chose this.
+    /// expire). Contenders still queued end `Lost(EngineClosed)`.
     pub async fn close(self) {
         self.inner.shutdown.cancel();
         let handles: Vec<LockHandle> = self

@@ -21,6 +21,8 @@ pub enum LossReason {
     LockDeleted,
     /// ZooKeeper refused an operation the contender needed.
     Backend(String),
+    /// The engine was closed or dropped; nobody follows this contender any more.
+    EngineClosed,
 }
 
 impl fmt::Display for LossReason {
@@ -36,6 +38,7 @@ impl fmt::Display for LossReason {
             LossReason::NodeDeleted => f.write_str("its znode was deleted by another client"),
             LossReason::LockDeleted => f.write_str("the lock's znode was deleted"),
             LossReason::Backend(message) => write!(f, "ZooKeeper failed: {message}"),
+            LossReason::EngineClosed => f.write_str("the lock engine was closed"),
         }
     }
 }

@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use zookeeper_client::{Acls, Client, CreateMode, SessionState};
 
-use super::contender::{Contender, ContenderEvent, ContenderState, FencingToken};
+use super::contender::{Contender, ContenderEvent, ContenderState, EventSink, FencingToken};
 use super::error::{EngineError, LossReason};
 use super::session::{AclPolicy, RetryError, retry_on_connection_loss, wait_connected};
 use crate::lock_rules::{LockKind, Mode, Verdict, WaitTarget, decide};
@@ -68,7 +68,7 @@ pub(crate) struct LockWatch {
     patience: Duration,
     contenders: HashMap<ContenderId, Tracked>,
     last_children: Vec<String>,
-    events: mpsc::UnboundedSender<ContenderEvent>,
+    events: EventSink,
     registry: Registry,
 }
 
@@ -87,7 +87,7 @@ impl LockWatch {
         dir: String,
         kind: LockKind,
         acls: Arc<AclPolicy>,
-        events: mpsc::UnboundedSender<ContenderEvent>,
+        events: EventSink,
         registry: Registry,
     ) -> Self {
         let patience = client.session_timeout();
@@ -152,7 +152,10 @@ impl LockWatch {
             }
             tokio::select! {
                 command = commands.recv() => match command {
-                    None => return,
+                    None => {
+                        self.lose_all(LossReason::EngineClosed);
+                        return;
+                    }
                     Some(Command::Enqueue { id, mode, data, reply }) => match self.enqueue(id, mode, &data).await {
                         // Answer once the queue has been read, so the caller sees a verdict.
                         Ok(contender) => {
@@ -361,7 +364,7 @@ impl LockWatch {
         }
         tracing::debug!(dir = %self.dir, %id, ?state, "contender state");
         tracked.state.send_replace(state.clone());
-        let _ = self.events.send(ContenderEvent {
+        self.events.send(ContenderEvent {
             dir: self.dir.clone(),
             id: id.clone(),
             state,
