@@ -196,40 +196,20 @@ mod tests {
     fn readers_share_until_a_writer_and_later_readers_wait_for_that_writer() {
         let verdicts = decide(LockKind::ReadWrite, &[S, S, X, S, S, X, S]);
         assert_eq!(holders(&verdicts), vec![0, 1]);
+        let waits = |position, on| Verdict::Waits {
+            position,
+            target: WaitTarget::Node(on),
+        };
+        // The writer waits on the reader just ahead; readers behind it wait on the writer.
         assert_eq!(
-            verdicts[2],
-            Verdict::Waits {
-                position: 2,
-                target: WaitTarget::Node(1)
-            }
-        );
-        assert_eq!(
-            verdicts[3],
-            Verdict::Waits {
-                position: 3,
-                target: WaitTarget::Node(2)
-            }
-        );
-        assert_eq!(
-            verdicts[4],
-            Verdict::Waits {
-                position: 4,
-                target: WaitTarget::Node(2)
-            }
-        );
-        assert_eq!(
-            verdicts[5],
-            Verdict::Waits {
-                position: 5,
-                target: WaitTarget::Node(4)
-            }
-        );
-        assert_eq!(
-            verdicts[6],
-            Verdict::Waits {
-                position: 6,
-                target: WaitTarget::Node(5)
-            }
+            verdicts[2..],
+            [
+                waits(2, 1),
+                waits(3, 2),
+                waits(4, 2),
+                waits(5, 4),
+                waits(6, 5)
+            ]
         );
     }
 

@@ -9,7 +9,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::time::Duration;
 
 use crate::KitError;
-use crate::zookeeper_server::java_class_path;
+use crate::zookeeper_server::{NETTY_JARS, java_class_path};
 
 const PEERS_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/peers");
 
@@ -23,14 +23,6 @@ const CURATOR_JARS: &[&str] = &[
     "guava.jar",
     "slf4j-api.jar",
     "slf4j-nop.jar",
-    "netty-handler.jar",
-    "netty-common.jar",
-    "netty-buffer.jar",
-    "netty-transport.jar",
-    "netty-codec.jar",
-    "netty-resolver.jar",
-    "netty-transport-native-epoll.jar",
-    "netty-transport-native-unix-common.jar",
 ];
 
 /// Debian's python3-kazoo is installed for this interpreter, not for a pyenv one on PATH.
@@ -70,7 +62,7 @@ fn curator_class_path() -> Result<String, KitError> {
     Ok(format!(
         "{}:{}",
         dir.display(),
-        java_class_path(CURATOR_JARS)?
+        java_class_path(&[CURATOR_JARS, NETTY_JARS].concat())?
     ))
 }
 
@@ -80,7 +72,10 @@ fn compile_curator_peer() -> Result<PathBuf, KitError> {
     let output = Command::new("javac")
         .args(["-nowarn", "-d"])
         .arg(&out)
-        .args(["-cp", &java_class_path(CURATOR_JARS)?])
+        .args([
+            "-cp",
+            &java_class_path(&[CURATOR_JARS, NETTY_JARS].concat())?,
+        ])
         .arg(Path::new(PEERS_DIR).join("LockPeer.java"))
         .output()
         .map_err(|err| KitError::Missing(format!("javac ({err})")))?;

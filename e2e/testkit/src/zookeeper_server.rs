@@ -16,6 +16,14 @@ const SERVER_JARS: &[&str] = &[
     "zookeeper-jute.jar",
     "slf4j-api.jar",
     "slf4j-simple.jar",
+    "commons-cli.jar",
+    "commons-io.jar",
+    "metrics-core.jar",
+    "snappy-java.jar",
+];
+
+/// Netty jars every ZooKeeper 3.8 process needs, server or client.
+pub const NETTY_JARS: &[&str] = &[
     "netty-handler.jar",
     "netty-common.jar",
     "netty-buffer.jar",
@@ -24,10 +32,6 @@ const SERVER_JARS: &[&str] = &[
     "netty-resolver.jar",
     "netty-transport-native-epoll.jar",
     "netty-transport-native-unix-common.jar",
-    "commons-cli.jar",
-    "commons-io.jar",
-    "metrics-core.jar",
-    "snappy-java.jar",
 ];
 
 pub const JAVA_LIB_DIR: &str = "/usr/share/java";
@@ -199,7 +203,7 @@ pub fn server_command(dir: &Path) -> Result<Command, KitError> {
             "-Xmx256m",
             "-XX:+UseSerialGC",
             "-cp",
-            &java_class_path(SERVER_JARS)?,
+            &java_class_path(&[SERVER_JARS, NETTY_JARS].concat())?,
         ])
         .arg("org.apache.zookeeper.server.ZooKeeperServerMain")
         .arg(dir.join("zoo.cfg"));
