@@ -26,7 +26,9 @@ lint:
 
 ## test: the whole suite (unit, property, real-ZooKeeper, Curator and kazoo interoperability)
 test: deps lint
-	$(CARGO) test --workspace
+	@mkdir -p target
+	set -o pipefail; $(CARGO) test --workspace 2>&1 | tee target/test-output.log
+	@awk '/^test result:/ {p += $$4; f += $$6} END {printf "%d passed, %d failed\n", p, f}' target/test-output.log
 
 ## bench-engine: handoff latency of the engine against Curator's InterProcessMutex, same ZooKeeper
 bench-engine: deps
