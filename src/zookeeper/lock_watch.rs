@@ -18,7 +18,9 @@ use zookeeper_client::{Acls, Client, CreateMode, SessionState};
 
 use super::contender::{Contender, ContenderEvent, ContenderState, EventSink, FencingToken};
 use super::error::{EngineError, LossReason};
-use super::session::{AclPolicy, RetryError, retry_on_connection_loss, wait_connected};
+use super::session::{
+    AclPolicy, RetryError, is_connection_loss, retry_on_connection_loss, wait_connected,
+};
 use crate::lock_rules::{LockKind, Mode, Verdict, WaitTarget, decide};
 use crate::znode_name::{ContenderId, ContenderNode, contender_prefix, queue_order};
 
@@ -452,7 +454,7 @@ impl LockWatch {
                     return Ok(self.handle(&id, false, replaced_stale));
                 }
                 // The create may or may not have happened: the next listing tells.
-                Err(zookeeper_client::Error::ConnectionLoss) => {
+                Err(err) if is_connection_loss(&err) => {
                     wait_connected(&self.client, deadline)
                         .await
                         .map_err(|err| self.to_engine_error("create", &prefix, err))?;

@@ -143,7 +143,7 @@ where
     let deadline = Instant::now() + patience;
     loop {
         match operation().await {
-            Err(zookeeper_client::Error::ConnectionLoss) => {
+            Err(err) if is_connection_loss(&err) => {
                 // The state may not say "disconnected" yet: do not spin on a stale "connected".
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 wait_connected(client, deadline).await?
@@ -152,6 +152,17 @@ where
             Ok(value) => return Ok(value),
         }
     }
+}
+
+/// A request that failed because the connection broke: it may or may not have been applied.
+/// zookeeper-client 0.11 reports most such failures as `ConnectionLoss`, but a request
+/// written into a socket as it breaks comes back as a `Custom` error wrapping the I/O error
+/// (its other source, SASL, is not used here).
+pub(crate) fn is_connection_loss(err: &zookeeper_client::Error) -> bool {
+    matches!(
+        err,
+        zookeeper_client::Error::ConnectionLoss | zookeeper_client::Error::Custom(_)
+    )
 }
 
 #[derive(Debug)]

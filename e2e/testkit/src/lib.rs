@@ -2,10 +2,12 @@
 //! peer processes, and the hold-interval checks that prove mutual exclusion across them.
 //! Never part of a production binary.
 
+pub mod cutting_proxy;
 pub mod hold_log;
 pub mod peer;
 pub mod zookeeper_server;
 
+pub use cutting_proxy::CuttingProxy;
 pub use hold_log::{HoldInterval, HoldLog};
 pub use peer::{PeerKind, PeerLibrary, PeerProcess, PeerSpec};
 pub use zookeeper_server::{ServerOptions, ZooKeeperServer};
