@@ -131,10 +131,12 @@ impl LockWatch {
                                     watches.push(watch);
                                 }
                                 Ok(None) => dirty = true,
+                                // The rest waits until the queue can be read again.
                                 Err(failure) => {
                                     if self.fail(failure, &mut stalled) {
                                         return;
                                     }
+                                    break;
                                 }
                             }
                         }
