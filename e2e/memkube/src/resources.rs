@@ -130,3 +130,120 @@ pub fn builtins() -> Vec<ResourceInfo> {
         ),
     ]
 }
+
+/// Everything served right now.
+#[derive(Clone, Debug)]
+pub struct Registry {
+    resources: Vec<ResourceInfo>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry {
+            resources: builtins(),
+        }
+    }
+}
+
+impl Registry {
+    pub fn find(&self, group: &str, version: &str, plural: &str) -> Option<&ResourceInfo> {
+        self.resources
+            .iter()
+            .find(|r| r.id.group == group && r.version == version && r.id.plural == plural)
+    }
+
+    pub fn all(&self) -> &[ResourceInfo] {
+        &self.resources
+    }
+
+    /// Groups with their versions, core group excluded, in first-seen order.
+    pub fn groups(&self) -> Vec<(String, Vec<String>)> {
+        let mut groups: Vec<(String, Vec<String>)> = Vec::new();
+        for resource in self.resources.iter().filter(|r| !r.id.group.is_empty()) {
+            match groups
+                .iter_mut()
+                .find(|(group, _)| *group == resource.id.group)
+            {
+                Some((_, versions)) if !versions.contains(&resource.version) => {
+                    versions.push(resource.version.clone())
+                }
+                Some(_) => {}
+                None => groups.push((resource.id.group.clone(), vec![resource.version.clone()])),
+            }
+        }
+        groups
+    }
+
+    /// Serves the resources a CustomResourceDefinition defines (replacing what it defined before).
+    pub fn define(&mut self, crd: &Value) {
+        let defined = from_crd(crd);
+        if let Some(first) = defined.first() {
+            let id = first.id.clone();
+            self.resources.retain(|r| r.id != id);
+        }
+        self.resources.extend(defined);
+    }
+
+    /// Stops serving what a CRD defined.
+    pub fn undefine(&mut self, crd: &Value) {
+        if let Some(first) = from_crd(crd).first() {
+            let id = first.id.clone();
+            self.resources.retain(|r| r.id != id);
+        }
+    }
+}
+
+/// The resources of a CRD's served versions.
+pub fn from_crd(crd: &Value) -> Vec<ResourceInfo> {
+    let spec = &crd["spec"];
+    let names = &spec["names"];
+    let strings = |value: &Value| -> Vec<String> {
+        value
+            .as_array()
+            .map(|list| {
+                list.iter()
+                    .filter_map(|s| s.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let (Some(group), Some(plural), Some(kind)) = (
+        spec["group"].as_str(),
+        names["plural"].as_str(),
+        names["kind"].as_str(),
+    ) else {
+        return Vec::new();
+    };
+    spec["versions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|version| version["served"].as_bool().unwrap_or(true))
+        .filter_map(|version| {
+            Some(ResourceInfo {
+                id: ResourceId::new(group, plural),
+                version: version["name"].as_str()?.to_string(),
+                kind: kind.to_string(),
+                list_kind: names["listKind"]
+                    .as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| format!("{kind}List")),
+                singular: names["singular"]
+                    .as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| kind.to_lowercase()),
+                short_names: strings(&names["shortNames"]),
+                categories: strings(&names["categories"]),
+                namespaced: spec["scope"].as_str() != Some("Cluster"),
+                has_status: version["subresources"]["status"].is_object(),
+                printer_columns: version["additionalPrinterColumns"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default(),
+                schema: version["schema"]["openAPIV3Schema"]
+                    .as_object()
+                    .map(|s| Value::Object(s.clone())),
+            })
+        })
+        .collect()
+}
