@@ -93,7 +93,8 @@ enum Route {
     },
     Admin(String),
     Health,
-    OpenApi,
+    OpenApiIndex,
+    OpenApi(String),
 }
 
 fn parse_route(path: &str) -> Option<Route> {
@@ -105,7 +106,9 @@ fn parse_route(path: &str) -> Option<Route> {
     let (group, version, rest) = match segments.as_slice() {
         ["version"] => return Some(Route::Version),
         ["healthz" | "readyz" | "livez", ..] => return Some(Route::Health),
-        ["openapi", ..] => return Some(Route::OpenApi),
+        ["openapi", "v3"] => return Some(Route::OpenApiIndex),
+        ["openapi", "v3", rest @ ..] => return Some(Route::OpenApi(rest.join("/"))),
+        ["openapi", ..] => return Some(Route::OpenApi(String::new())),
         ["memkube", action] => return Some(Route::Admin(action.to_string())),
         ["api"] => return Some(Route::CoreVersions),
         ["apis"] => return Some(Route::Groups),
@@ -186,12 +189,12 @@ async fn handle(
     let result = match route {
         Route::Version => Ok(json_response(StatusCode::OK, &version_info())),
         Route::Health => Ok((StatusCode::OK, "ok").into_response()),
-        Route::OpenApi => Err(ApiError {
-            code: 404,
-            reason: "NotFound",
-            message: "memkube serves no OpenAPI document".into(),
-            details: None,
-        }),
+        Route::OpenApiIndex => Ok(json_response(
+            StatusCode::OK,
+            &crate::openapi::index(&server.registry()),
+        )),
+        Route::OpenApi(key) => crate::openapi::document(&server.registry(), &key)
+            .map(|body| json_response(StatusCode::OK, &body)),
         Route::CoreVersions => Ok(json_response(
             StatusCode::OK,
             &json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []}),
@@ -475,6 +478,16 @@ impl Request<'_> {
     }
 
     fn parse_body(&self) -> Result<Value, ApiError> {
+        let content_type = self
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        if content_type.contains("protobuf") || content_type.contains("cbor") {
+            return Err(ApiError::unsupported_media_type(format!(
+                "memkube speaks JSON and YAML, not {content_type}"
+            )));
+        }
         serde_json::from_slice(self.body)
             .or_else(|_| serde_yaml::from_slice(self.body))
             .map_err(|err| {

@@ -12,6 +12,7 @@
 pub mod api_error;
 pub mod faults;
 pub mod http;
+pub mod openapi;
 pub mod resources;
 pub mod selectors;
 pub mod store;

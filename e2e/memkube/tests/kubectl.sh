@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The real kubectl against memkube (KUBECONFIG points at it). Each step checks what a user sees.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+fail() { echo "FAILED: $*" >&2; exit 1; }
+expect() { # expect WHAT PATTERN OUTPUT
+  grep -Eq -- "$2" <<<"$3" || fail "$1: expected /$2/ in:"$'\n'"$3"
+}
+
+out=$(kubectl version 2>&1); expect "server version" "Server Version: v1\.32" "$out"
+out=$(kubectl apply -f "$here/widget-crd.yaml"); expect "CRD applied" "widgets.example.dev created" "$out"
+printf 'apiVersion: example.dev/v1\nkind: Widget\nmetadata: {name: w1}\nspec: {size: 3}\n' >"$TMPDIR/w1.yaml"
+out=$(kubectl apply -f "$TMPDIR/w1.yaml"); expect "object applied" "widget.example.dev/w1 created" "$out"
+out=$(kubectl get wd); expect "short name and printer columns" "^NAME +SIZE +AGE" "$out"; expect "row" "^w1 +3 " "$out"
+sed -i 's/size: 3/size: 4/' "$TMPDIR/w1.yaml"
+out=$(kubectl apply -f "$TMPDIR/w1.yaml"); expect "re-apply" "configured" "$out"
+out=$(kubectl get wd w1 -o yaml); expect "-o yaml" "size: 4" "$out"; expect "generation" "generation: 2" "$out"
+kubectl patch wd w1 --type merge -p '{"spec":{"size":5}}' >/dev/null
+out=$(kubectl get wd w1 -o jsonpath='{.spec.size}'); [ "$out" = 5 ] || fail "merge patch: size is $out"
+kubectl patch wd w1 --subresource status --type merge -p '{"status":{"ready":"yes"}}' >/dev/null
+out=$(kubectl wait wd/w1 --for=jsonpath='{.status.ready}'=yes --timeout=10s); expect "wait" "condition met" "$out"
+kubectl patch wd w1 --type merge -p '{"metadata":{"finalizers":["example.dev/hold"]}}' >/dev/null
+kubectl delete wd w1 --wait=false >/dev/null
+out=$(kubectl get wd w1 -o jsonpath='{.metadata.deletionTimestamp}'); [ -n "$out" ] || fail "a pending finalizer must leave the object, marked"
+kubectl patch wd w1 --type json -p '[{"op":"remove","path":"/metadata/finalizers"}]' >/dev/null
+out=$(kubectl get wd 2>&1); expect "deleted once the finalizer went" "No resources found" "$out"
+printf 'apiVersion: v1\nkind: Namespace\nmetadata: {name: team}\n' | kubectl apply -f - >/dev/null
+out=$(kubectl get ns); expect "namespace applied" "^team " "$out"
+printf 'apiVersion: v1\nkind: Event\nmetadata: {name: e1, namespace: team}\ninvolvedObject: {kind: Widget, name: w1, namespace: team}\nreason: Tested\nmessage: hello\ntype: Normal\n' | kubectl apply -f - >/dev/null
+out=$(kubectl get events -n team -o jsonpath='{.items[0].reason}'); [ "$out" = Tested ] || fail "get events: $out"
+echo "kubectl checks passed"
