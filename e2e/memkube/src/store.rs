@@ -80,6 +80,33 @@ struct State {
     compacted_through: u64,
 }
 
+impl State {
+    fn object(&self, info: &ResourceInfo, key: &Key, name: &str) -> Result<Value, ApiError> {
+        self.objects
+            .get(&info.id)
+            .and_then(|c| c.get(key))
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(&info.id, name))
+    }
+
+    /// Every stored object that passes `keep`, with where it is stored.
+    fn select(
+        &self,
+        keep: impl Fn(&ResourceId, &Key, &Value) -> bool,
+    ) -> Vec<(ResourceId, Key, Value)> {
+        self.objects
+            .iter()
+            .flat_map(|(resource, collection)| {
+                collection
+                    .iter()
+                    .map(move |(key, object)| (resource, key, object))
+            })
+            .filter(|(resource, key, object)| keep(resource, key, object))
+            .map(|(resource, key, object)| (resource.clone(), key.clone(), object.clone()))
+            .collect()
+    }
+}
+
 pub struct Store {
     state: Mutex<State>,
     live: broadcast::Sender<Arc<WatchEvent>>,
@@ -402,12 +429,7 @@ impl Store {
     ) -> Result<Value, ApiError> {
         let mut state = self.lock();
         let key = Self::key(info, namespace, name);
-        let current = state
-            .objects
-            .get(&info.id)
-            .and_then(|c| c.get(&key))
-            .cloned()
-            .ok_or_else(|| ApiError::not_found(&info.id, name))?;
+        let current = state.object(info, &key, name)?;
         let wanted = change(&current)?;
         if !wanted.is_object() {
             return Err(ApiError::bad_request(
@@ -506,12 +528,7 @@ impl Store {
     ) -> Result<Value, ApiError> {
         let mut state = self.lock();
         let key = Self::key(info, namespace, name);
-        let current = state
-            .objects
-            .get(&info.id)
-            .and_then(|c| c.get(&key))
-            .cloned()
-            .ok_or_else(|| ApiError::not_found(&info.id, name))?;
+        let current = state.object(info, &key, name)?;
         if options
             .precondition_uid
             .as_deref()
@@ -598,13 +615,7 @@ impl Store {
         let Some(uid) = meta_str(owner, "uid").map(str::to_string) else {
             return;
         };
-        let dependents: Vec<(ResourceId, Key, Value)> = state
-            .objects
-            .iter()
-            .flat_map(|(resource, c)| c.iter().map(move |(key, object)| (resource, key, object)))
-            .filter(|(_, _, object)| Self::owned_by(object, &uid))
-            .map(|(resource, key, object)| (resource.clone(), key.clone(), object.clone()))
-            .collect();
+        let dependents = state.select(|_, _, object| Self::owned_by(object, &uid));
         for (resource, key, object) in dependents {
             if propagation == Propagation::Orphan {
                 let mut released = object.clone();
@@ -631,15 +642,9 @@ impl Store {
     }
 
     fn empty_namespace(&self, state: &mut State, namespace: &str) {
-        let contents: Vec<(ResourceId, Key, Value)> = state
-            .objects
-            .iter()
-            .flat_map(|(resource, c)| c.iter().map(move |(key, object)| (resource, key, object)))
-            .filter(|(_, (ns, _), object)| {
-                ns == namespace && meta_str(object, "deletionTimestamp").is_none()
-            })
-            .map(|(resource, key, object)| (resource.clone(), key.clone(), object.clone()))
-            .collect();
+        let contents = state.select(|_, (ns, _), object| {
+            ns == namespace && meta_str(object, "deletionTimestamp").is_none()
+        });
         for (resource, key, object) in contents {
             self.delete_locked(state, &resource, key, object, Propagation::Background);
         }
@@ -650,22 +655,15 @@ impl Store {
     fn finish_waiting_deletions(&self, state: &mut State) {
         loop {
             let namespaces = ResourceId::new(NAMESPACES.0, NAMESPACES.1);
-            let ready: Option<(ResourceId, Key, Value)> = state
-                .objects
-                .iter()
-                .flat_map(|(resource, c)| {
-                    c.iter().map(move |(key, object)| (resource, key, object))
-                })
-                .find(|(resource, key, object)| {
-                    meta_str(object, "deletionTimestamp").is_some()
-                        && ((finalizers(object).iter().any(|f| f == FOREGROUND)
-                            && !self.has_dependents(state, object))
-                            || (**resource == namespaces
-                                && finalizers(object).is_empty()
-                                && !self.namespace_has_content(state, &key.1)))
-                })
-                .map(|(resource, key, object)| (resource.clone(), key.clone(), object.clone()));
-            let Some((resource, key, mut object)) = ready else {
+            let ready = state.select(|resource, key, object| {
+                meta_str(object, "deletionTimestamp").is_some()
+                    && ((finalizers(object).iter().any(|f| f == FOREGROUND)
+                        && !self.has_dependents(state, object))
+                        || (*resource == namespaces
+                            && finalizers(object).is_empty()
+                            && !self.namespace_has_content(state, &key.1)))
+            });
+            let Some((resource, key, mut object)) = ready.into_iter().next() else {
                 return;
             };
             let kept: Vec<String> = finalizers(&object)
