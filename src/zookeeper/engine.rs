@@ -269,10 +269,6 @@ impl LockEngine {
         let client = self.client()?;
         let dir = lock.dir();
         let patience = client.session_timeout();
-        let retry_error = |operation, path: &str, err| match err {
-            RetryError::Disconnected => EngineError::Disconnected(patience),
-            RetryError::ZooKeeper(err) => EngineError::zookeeper(operation, path, err),
-        };
         let children = match retry_on_connection_loss(&client, patience, || {
             client.list_children(&dir)
         })
@@ -282,7 +278,7 @@ impl LockEngine {
             Err(RetryError::ZooKeeper(zookeeper_client::Error::NoNode)) => {
                 return Ok(LockQueue::default());
             }
-            Err(err) => return Err(retry_error("list", &dir, err)),
+            Err(err) => return Err(err.into_engine_error("list", &dir, patience)),
         };
         let nodes = queue_order(&children);
         let verdicts = decide(
@@ -295,7 +291,7 @@ impl LockEngine {
                 let path = format!("{dir}/{}", node.name);
                 retry_on_connection_loss(&client, patience, || client.check_stat(&path))
                     .await
-                    .map_err(|err| retry_error("stat", &path, err))?
+                    .map_err(|err| err.into_engine_error("stat", &path, patience))?
                     .map(|stat| FencingToken(stat.czxid))
             } else {
                 None

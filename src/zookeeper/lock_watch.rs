@@ -355,13 +355,6 @@ impl LockWatch {
         }
     }
 
-    fn to_engine_error(&self, operation: &'static str, path: &str, err: RetryError) -> EngineError {
-        match err {
-            RetryError::Disconnected => EngineError::Disconnected(self.patience),
-            RetryError::ZooKeeper(err) => EngineError::zookeeper(operation, path, err),
-        }
-    }
-
     fn publish(&self, id: &ContenderId, tracked: &Tracked, state: ContenderState) {
         if *tracked.state.borrow() == state {
             return;
@@ -433,7 +426,7 @@ impl LockWatch {
             let children = match self
                 .list()
                 .await
-                .map_err(|err| self.to_engine_error("list", &self.dir, err))?
+                .map_err(|err| err.into_engine_error("list", &self.dir, self.patience))?
             {
                 Some(children) => children,
                 None => {
@@ -459,7 +452,7 @@ impl LockWatch {
                 Err(err) if is_connection_loss(&err) => {
                     wait_connected(&self.client, deadline)
                         .await
-                        .map_err(|err| self.to_engine_error("create", &prefix, err))?;
+                        .map_err(|err| err.into_engine_error("create", &prefix, self.patience))?;
                 }
                 Err(zookeeper_client::Error::NoNode) if races < MAX_DIRECTORY_RACES => races += 1,
                 Err(err) => return Err(EngineError::zookeeper("create", &prefix, err)),
@@ -489,7 +482,7 @@ impl LockWatch {
             let stat = self
                 .retry(|| self.client.check_stat(&path))
                 .await
-                .map_err(|err| self.to_engine_error("stat", &path, err))?;
+                .map_err(|err| err.into_engine_error("stat", &path, self.patience))?;
             let Some(stat) = stat else { continue };
             if stat.ephemeral_owner == session_id && node.mode == mode && adopted.is_none() {
                 adopted = Some((node.name, stat.czxid));
@@ -500,7 +493,7 @@ impl LockWatch {
                 Ok(()) | Err(RetryError::ZooKeeper(zookeeper_client::Error::NoNode)) => {
                     replaced += 1
                 }
-                Err(err) => return Err(self.to_engine_error("delete", &path, err)),
+                Err(err) => return Err(err.into_engine_error("delete", &path, self.patience)),
             }
         }
         Ok((adopted, replaced))
@@ -510,7 +503,7 @@ impl LockWatch {
         let options = CreateMode::Container.with_acls(Acls::new(&self.acls.directory));
         self.retry(|| self.client.mkdir(&self.dir, &options))
             .await
-            .map_err(|err| self.to_engine_error("create", &self.dir, err))
+            .map_err(|err| err.into_engine_error("create", &self.dir, self.patience))
     }
 
     /// Deletes the contender's node. A contender this engine does not track (left by a
@@ -522,7 +515,7 @@ impl LockWatch {
                 let children = self
                     .list()
                     .await
-                    .map_err(|err| self.to_engine_error("list", &self.dir, err))?
+                    .map_err(|err| err.into_engine_error("list", &self.dir, self.patience))?
                     .unwrap_or_default();
                 let mine: Vec<String> = children
                     .iter()
@@ -542,7 +535,7 @@ impl LockWatch {
         for path in &paths {
             match self.retry(|| self.client.delete(path, None)).await {
                 Ok(()) | Err(RetryError::ZooKeeper(zookeeper_client::Error::NoNode)) => {}
-                Err(err) => return Err(self.to_engine_error("delete", path, err)),
+                Err(err) => return Err(err.into_engine_error("delete", path, self.patience)),
             }
         }
         if let Some(tracked) = self.contenders.remove(id) {

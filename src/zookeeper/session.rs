@@ -172,6 +172,21 @@ pub(crate) enum RetryError {
     ZooKeeper(zookeeper_client::Error),
 }
 
+impl RetryError {
+    /// The caller's error for `operation` on `path`, having waited `patience` for a reconnect.
+    pub(crate) fn into_engine_error(
+        self,
+        operation: &'static str,
+        path: &str,
+        patience: Duration,
+    ) -> EngineError {
+        match self {
+            RetryError::Disconnected => EngineError::Disconnected(patience),
+            RetryError::ZooKeeper(err) => EngineError::zookeeper(operation, path, err),
+        }
+    }
+}
+
 /// Waits until the session is connected again, or fails at `deadline` or when it ends.
 pub(crate) async fn wait_connected(client: &Client, deadline: Instant) -> Result<(), RetryError> {
     let mut watcher = client.state_watcher();

@@ -203,6 +203,24 @@ async fn status_subresource_generation_finalizers_and_garbage_collection() {
     );
 }
 
+/// Creates widget "w" of `size` in "default" (the widget CRD must exist) and returns its API.
+async fn create_widget(client: &kube::Client, size: i64) -> Api<DynamicObject> {
+    let resource = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("example.dev", "v1", "Widget"),
+        "widgets",
+    );
+    let widgets: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &resource);
+    let widget: DynamicObject = serde_json::from_value(
+        json!({"apiVersion": "example.dev/v1", "kind": "Widget", "metadata": {"name": "w"}, "spec": {"size": size}}),
+    )
+    .unwrap();
+    widgets
+        .create(&PostParams::default(), &widget)
+        .await
+        .unwrap();
+    widgets
+}
+
 fn widget_crd() -> CustomResourceDefinition {
     serde_json::from_value(json!({
         "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
@@ -237,16 +255,7 @@ async fn a_crd_serves_its_resources_at_once_and_takes_them_away_when_deleted() {
             .any(|c| c.type_ == "Established" && c.status == "True")
     );
 
-    let resource = ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("example.dev", "v1", "Widget"),
-        "widgets",
-    );
-    let widgets: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &resource);
-    let widget: DynamicObject = serde_json::from_value(json!({"apiVersion": "example.dev/v1", "kind": "Widget", "metadata": {"name": "w"}, "spec": {"size": 3}})).unwrap();
-    widgets
-        .create(&PostParams::default(), &widget)
-        .await
-        .unwrap();
+    let widgets = create_widget(&client, 3).await;
     widgets
         .patch_status(
             "w",
@@ -377,16 +386,7 @@ async fn tables_render_printer_columns() {
     crds.create(&PostParams::default(), &widget_crd())
         .await
         .unwrap();
-    let resource = ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("example.dev", "v1", "Widget"),
-        "widgets",
-    );
-    let widgets: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &resource);
-    let widget: DynamicObject = serde_json::from_value(json!({"apiVersion": "example.dev/v1", "kind": "Widget", "metadata": {"name": "w"}, "spec": {"size": 7}})).unwrap();
-    widgets
-        .create(&PostParams::default(), &widget)
-        .await
-        .unwrap();
+    create_widget(&client, 7).await;
     // As kubectl asks for it.
     let request = http::Request::get("/apis/example.dev/v1/namespaces/default/widgets")
         .header(

@@ -15,6 +15,25 @@ fn pod(name: &str) -> Value {
     json!({"metadata": {"name": name}, "spec": {"containers": [{"name": "main", "image": "busybox"}]}})
 }
 
+/// Job "owner" in "default".
+fn create_owner_job(store: &Store) -> Value {
+    store
+        .create(
+            &info("jobs"),
+            Some("default"),
+            json!({"metadata": {"name": "owner"}}),
+            false,
+        )
+        .unwrap()
+}
+
+/// A pod whose owner is `job`.
+fn owned_by(name: &str, job: &Value) -> Value {
+    let mut owned = pod(name);
+    owned["metadata"]["ownerReferences"] = json!([{"apiVersion": "batch/v1", "kind": "Job", "name": "owner", "uid": job["metadata"]["uid"]}]);
+    owned
+}
+
 fn rv(object: &Value) -> u64 {
     object["metadata"]["resourceVersion"]
         .as_str()
@@ -191,21 +210,9 @@ fn finalizers_hold_deletion_until_the_last_one_is_removed() {
 fn owners_take_their_dependents_with_them_unless_orphaned() {
     let store = Store::new(1000);
     let (pods, jobs) = (info("pods"), info("jobs"));
-    let job = store
-        .create(
-            &jobs,
-            Some("default"),
-            json!({"metadata": {"name": "owner"}}),
-            false,
-        )
-        .unwrap();
-    let owned = |name: &str| {
-        let mut p = pod(name);
-        p["metadata"]["ownerReferences"] = json!([{"apiVersion": "batch/v1", "kind": "Job", "name": "owner", "uid": job["metadata"]["uid"]}]);
-        p
-    };
+    let job = create_owner_job(&store);
     store
-        .create(&pods, Some("default"), owned("child"), false)
+        .create(&pods, Some("default"), owned_by("child", &job), false)
         .unwrap();
     store
         .delete(&jobs, Some("default"), "owner", &DeleteOptions::default())
@@ -215,16 +222,8 @@ fn owners_take_their_dependents_with_them_unless_orphaned() {
         404
     );
 
-    let job = store
-        .create(
-            &jobs,
-            Some("default"),
-            json!({"metadata": {"name": "owner"}}),
-            false,
-        )
-        .unwrap();
-    let mut orphan = pod("orphan");
-    orphan["metadata"]["ownerReferences"] = json!([{"uid": job["metadata"]["uid"], "kind": "Job", "name": "owner", "apiVersion": "batch/v1"}]);
+    let job = create_owner_job(&store);
+    let orphan = owned_by("orphan", &job);
     store.create(&pods, Some("default"), orphan, false).unwrap();
     let options = DeleteOptions {
         propagation: Propagation::Orphan,
@@ -241,16 +240,8 @@ fn owners_take_their_dependents_with_them_unless_orphaned() {
 fn foreground_deletion_waits_for_dependents() {
     let store = Store::new(1000);
     let (pods, jobs) = (info("pods"), info("jobs"));
-    let job = store
-        .create(
-            &jobs,
-            Some("default"),
-            json!({"metadata": {"name": "owner"}}),
-            false,
-        )
-        .unwrap();
-    let mut child = pod("child");
-    child["metadata"]["ownerReferences"] = json!([{"uid": job["metadata"]["uid"], "kind": "Job", "name": "owner", "apiVersion": "batch/v1"}]);
+    let job = create_owner_job(&store);
+    let mut child = owned_by("child", &job);
     child["metadata"]["finalizers"] = json!(["test/hold"]);
     store.create(&pods, Some("default"), child, false).unwrap();
     let options = DeleteOptions {
