@@ -395,6 +395,72 @@ impl Request<'_> {
             )));
         }
         let dry_run = self.query.get("dryRun").is_some_and(|v| v == "All");
+        let warnings = match method.as_str() {
+            "POST" | "PUT" | "PATCH" => self.unknown_field_warnings()?,
+            _ => Vec::new(),
+        };
+        let mut response = self.dispatch(method, target, dry_run).await?;
+        for warning in warnings {
+            if let Ok(value) = HeaderValue::from_str(&format!("299 - {warning:?}")) {
+                response.headers_mut().append(header::WARNING, value);
+            }
+        }
+        Ok(response)
+    }
+
+    /// `fieldValidation`: unknown fields in the body are refused (`Strict`, what kubectl
+    /// sends), reported as warnings (`Warn`, the default) or dropped silently (`Ignore`).
+    /// Pruning itself happens when the store admits the object.
+    fn unknown_field_warnings(&self) -> Result<Vec<String>, ApiError> {
+        let Some(schema) = &self.info.schema else {
+            return Ok(Vec::new());
+        };
+        let mode = self
+            .query
+            .get("fieldValidation")
+            .map(String::as_str)
+            .unwrap_or("Warn");
+        if !matches!(mode, "Strict" | "Warn" | "Ignore") {
+            return Err(ApiError::bad_request(format!(
+                "fieldValidation must be Strict, Warn or Ignore, not {mode:?}"
+            )));
+        }
+        if mode == "Ignore" || self.content_kind() == "application/json-patch+json" {
+            return Ok(Vec::new());
+        }
+        let Ok(body) = self.parse_body() else {
+            return Ok(Vec::new()); // the write itself reports the bad body
+        };
+        let unknown: Vec<String> = crate::schema::unknown_fields(schema, &body)
+            .into_iter()
+            .map(|field| format!("unknown field \"{field}\""))
+            .collect();
+        if mode == "Strict" && !unknown.is_empty() {
+            return Err(ApiError::bad_request(format!(
+                "strict decoding error: {}",
+                unknown.join(", ")
+            )));
+        }
+        Ok(unknown)
+    }
+
+    fn content_kind(&self) -> &str {
+        self.headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+    }
+
+    async fn dispatch(
+        &self,
+        method: &Method,
+        target: Target,
+        dry_run: bool,
+    ) -> Result<Response, ApiError> {
         match (method.as_str(), self.name) {
             ("GET", None) if is_true(self.query.get("watch")) => self.watch(),
             ("GET", None) => self.list(),
@@ -483,6 +549,9 @@ impl Request<'_> {
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default();
+        if content_type.contains("protobuf") && self.info.kind == "Namespace" {
+            return crate::protobuf::decode_namespace(self.body);
+        }
         if content_type.contains("protobuf") || content_type.contains("cbor") {
             return Err(ApiError::unsupported_media_type(format!(
                 "memkube speaks JSON and YAML, not {content_type}"
@@ -596,12 +665,7 @@ impl Request<'_> {
     }
 
     fn patch(&self, name: &str, target: Target, dry_run: bool) -> Result<Response, ApiError> {
-        let content_type = self
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default();
-        let kind = content_type.split(';').next().unwrap_or_default().trim();
+        let kind = self.content_kind();
         let patch: Value = match kind {
             "application/apply-patch+yaml" => serde_yaml::from_slice(self.body).map_err(|err| {
                 ApiError::bad_request(format!("the apply patch is not YAML: {err}"))

@@ -335,6 +335,10 @@ impl Store {
         set_meta(&mut object, "uid", json!(uuid::Uuid::new_v4().to_string()));
         set_meta(&mut object, "creationTimestamp", json!(now()));
         set_meta(&mut object, "generation", json!(1));
+        if info.id == ResourceId::new(NAMESPACES.0, NAMESPACES.1) {
+            object["status"] = json!({"phase": "Active"});
+        }
+        let mut object = Self::admit(info, &name, object, None)?;
         for field in [
             "deletionTimestamp",
             "deletionGracePeriodSeconds",
@@ -448,6 +452,7 @@ impl Store {
             )));
         }
         let next = Self::merge_write(info, &current, wanted, target);
+        let next = Self::admit(info, name, next, Some(&current))?;
         if without_resource_version(&next) == without_resource_version(&current) {
             return Ok(current);
         }
@@ -455,6 +460,20 @@ impl Store {
             return Ok(next);
         }
         Ok(self.settle(&mut state, &info.id, key, next))
+    }
+
+    /// Schema defaults, pruning and validation for resources defined by a CRD.
+    fn admit(
+        info: &ResourceInfo,
+        name: &str,
+        object: Value,
+        old: Option<&Value>,
+    ) -> Result<Value, ApiError> {
+        match &info.schema {
+            None => Ok(object),
+            Some(schema) => crate::schema::admit(schema, object, old)
+                .map_err(|causes| ApiError::invalid(&info.kind, &info.id, name, &causes)),
+        }
     }
 
     /// The object a write leaves: the written part from `wanted`, the rest from `current`,

@@ -28,4 +28,13 @@ printf 'apiVersion: v1\nkind: Namespace\nmetadata: {name: team}\n' | kubectl app
 out=$(kubectl get ns); expect "namespace applied" "^team " "$out"
 printf 'apiVersion: v1\nkind: Event\nmetadata: {name: e1, namespace: team}\ninvolvedObject: {kind: Widget, name: w1, namespace: team}\nreason: Tested\nmessage: hello\ntype: Normal\n' | kubectl apply -f - >/dev/null
 out=$(kubectl get events -n team -o jsonpath='{.items[0].reason}'); [ "$out" = Tested ] || fail "get events: $out"
+out=$(kubectl create namespace ops); expect "create namespace (protobuf body)" "namespace/ops created" "$out"
+out=$(kubectl get ns ops -o jsonpath='{.status.phase}'); [ "$out" = Active ] || fail "new namespace phase: $out"
+printf 'apiVersion: example.dev/v1\nkind: Widget\nmetadata: {name: bad}\nspec: {size: -1}\n' >"$TMPDIR/bad.yaml"
+out=$(kubectl apply -f "$TMPDIR/bad.yaml" 2>&1) && fail "a schema violation must be refused"
+expect "schema violation named" 'spec.size: Invalid value: -1: spec.size in body should be greater than or equal to 1' "$out"
+printf 'apiVersion: example.dev/v1\nkind: Widget\nmetadata: {name: odd}\nspec: {size: 1, colour: red}\n' >"$TMPDIR/odd.yaml"
+out=$(kubectl apply -f "$TMPDIR/odd.yaml" 2>&1) && fail "an unknown field must be refused under kubectl's strict validation"
+expect "unknown field named" 'unknown field "spec.colour"' "$out"
+out=$(kubectl get pods -A 2>&1); expect "pods table" "No resources found|^NAMESPACE +NAME +READY +STATUS +RESTARTS +AGE" "$out"
 echo "kubectl checks passed"
