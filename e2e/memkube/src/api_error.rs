@@ -92,6 +92,11 @@ impl ApiError {
         error
     }
 
+    /// 422 about the request rather than a field of the object.
+    pub fn invalid_request(message: impl Into<String>) -> Self {
+        Self::new(422, "Invalid", message.into())
+    }
+
     pub fn gone(message: impl Into<String>) -> Self {
         Self::new(410, "Expired", message.into())
     }

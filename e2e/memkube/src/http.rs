@@ -18,7 +18,7 @@ use crate::api_error::ApiError;
 use crate::faults::Faults;
 use crate::resources::{Registry, ResourceId, ResourceInfo};
 use crate::selectors::{FieldSelector, LabelSelector};
-use crate::store::{DeleteOptions, Propagation, Store, Target, WatchEvent};
+use crate::store::{DeleteOptions, EventType, Propagation, Store, Target, WatchEvent};
 use crate::table;
 
 pub const KUBERNETES_VERSION: (&str, &str) = ("1", "32");
@@ -789,6 +789,11 @@ impl Request<'_> {
     }
 
     fn watch(&self) -> Result<Response, ApiError> {
+        if is_true(self.query.get("sendInitialEvents")) {
+            return Err(ApiError::invalid_request(
+                "sendInitialEvents is forbidden for watch: memkube serves no watch-list streams; list, then watch",
+            ));
+        }
         let keep = self.filter()?;
         let since = self
             .query
@@ -812,12 +817,24 @@ impl Request<'_> {
                 let namespace = self.namespace.map(str::to_string);
                 let info = self.info.clone();
                 let closed = self.server.faults.watch_closer();
-                let relevant = move |event: &WatchEvent| {
-                    event.resource == info.id
+                // What this watch sends for an event, if anything: a change that takes an
+                // object into the selection is ADDED, one that takes it out is DELETED.
+                let relevant = move |event: &WatchEvent| -> Option<&'static str> {
+                    let in_scope = event.resource == info.id
                         && namespace.as_deref().is_none_or(|ns| {
                             event.object["metadata"]["namespace"].as_str() == Some(ns)
-                        })
-                        && keep(&event.object)
+                        });
+                    if !in_scope {
+                        return None;
+                    }
+                    let now = keep(&event.object);
+                    let before = event.previous.as_ref().map_or(now, &keep);
+                    match (event.kind, before, now) {
+                        (EventType::Modified, true, false) => Some("DELETED"),
+                        (EventType::Modified, false, true) => Some("ADDED"),
+                        (kind, _, true) => Some(kind.as_str()),
+                        _ => None,
+                    }
                 };
                 let info = self.info.clone();
                 tokio::spawn(stream_watch(
@@ -849,7 +866,7 @@ fn event_line(kind: &str, object: &Value) -> Bytes {
 async fn stream_watch(
     backlog: Vec<Arc<WatchEvent>>,
     mut live: broadcast::Receiver<Arc<WatchEvent>>,
-    relevant: impl Fn(&WatchEvent) -> bool,
+    relevant: impl Fn(&WatchEvent) -> Option<&'static str>,
     lines: mpsc::Sender<Result<Bytes, Infallible>>,
     timeout: Duration,
     bookmarks: bool,
@@ -857,10 +874,13 @@ async fn stream_watch(
     mut closed: tokio::sync::watch::Receiver<u64>,
 ) {
     let mut last_revision = 0;
-    for event in backlog.iter().filter(|e| relevant(e)) {
+    for event in &backlog {
         last_revision = last_revision.max(event.revision);
+        let Some(kind) = relevant(event) else {
+            continue;
+        };
         if lines
-            .send(Ok(event_line(event.kind.as_str(), &event.object)))
+            .send(Ok(event_line(kind, &event.object)))
             .await
             .is_err()
         {
@@ -875,7 +895,7 @@ async fn stream_watch(
             event = live.recv() => match event {
                 Ok(event) => {
                     last_revision = last_revision.max(event.revision);
-                    if relevant(&event) && lines.send(Ok(event_line(event.kind.as_str(), &event.object))).await.is_err() {
+                    if let Some(kind) = relevant(&event) && lines.send(Ok(event_line(kind, &event.object))).await.is_err() {
                         return;
                     }
                 }

@@ -35,6 +35,9 @@ pub struct WatchEvent {
     pub resource: ResourceId,
     pub kind: EventType,
     pub object: Value,
+    /// For `Modified`: the object before the change, so that a filtered watch can tell an
+    /// object entering or leaving its selection (sent as ADDED / DELETED, as kube-apiserver does).
+    pub previous: Option<Value>,
 }
 
 /// Which part of an object a write may change.
@@ -224,16 +227,18 @@ impl Store {
             json!(state.revision.to_string()),
         );
         let collection = state.objects.entry(resource.clone()).or_default();
-        if kind == EventType::Deleted {
+        let previous = if kind == EventType::Deleted {
             collection.remove(&key);
+            None
         } else {
-            collection.insert(key, object.clone());
-        }
+            collection.insert(key, object.clone())
+        };
         let event = Arc::new(WatchEvent {
             revision: state.revision,
             resource: resource.clone(),
             kind,
             object: object.clone(),
+            previous: previous.filter(|_| kind == EventType::Modified),
         });
         state.history.push_back(event.clone());
         while state.history.len() > state.history_limit {
@@ -725,6 +730,7 @@ impl Store {
                         resource: resource.clone(),
                         kind: EventType::Added,
                         object: object.clone(),
+                        previous: None,
                     })
                 })
                 .collect(),

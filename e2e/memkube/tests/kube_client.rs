@@ -406,3 +406,304 @@ async fn tables_render_printer_columns() {
     assert_eq!(table["rows"][0]["cells"][0], "w");
     assert_eq!(table["rows"][0]["cells"][1], 7);
 }
+
+fn gadget_crd() -> CustomResourceDefinition {
+    serde_json::from_value(json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "gadgets.example.dev"},
+        "spec": {
+            "group": "example.dev", "scope": "Namespaced",
+            "names": {"plural": "gadgets", "singular": "gadget", "kind": "Gadget"},
+            "versions": [{
+                "name": "v1", "served": true, "storage": true,
+                "schema": {"openAPIV3Schema": {"type": "object", "properties": {"spec": {
+                    "type": "object", "required": ["mode"],
+                    "properties": {
+                        "mode": {"type": "string", "enum": ["Solo", "Shared"]},
+                        "slots": {"type": "integer", "minimum": 1},
+                        "retries": {"type": "integer", "default": 3},
+                    },
+                    "x-kubernetes-validations": [{"rule": "self.mode == 'Shared' || !has(self.slots)", "message": "slots only with mode Shared"}],
+                }}}},
+            }],
+        },
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn crd_schemas_default_prune_and_refuse_bad_objects_naming_the_field() {
+    let server = MemKube::start().await.unwrap();
+    let client = server.client();
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.create(&PostParams::default(), &gadget_crd())
+        .await
+        .unwrap();
+    let resource = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("example.dev", "v1", "Gadget"),
+        "gadgets",
+    );
+    let gadgets: Api<DynamicObject> = Api::namespaced_with(client, "default", &resource);
+    let gadget = |name: &str, spec: serde_json::Value| -> DynamicObject {
+        serde_json::from_value(json!({"apiVersion": "example.dev/v1", "kind": "Gadget", "metadata": {"name": name}, "spec": spec})).unwrap()
+    };
+
+    let stored = gadgets
+        .create(
+            &PostParams::default(),
+            &gadget("ok", json!({"mode": "Shared", "slots": 2, "colour": "red"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(stored.data["spec"]["retries"], 3, "default filled in");
+    assert!(
+        stored.data["spec"].get("colour").is_none(),
+        "unknown field pruned"
+    );
+
+    let refused = [
+        (json!({"slots": 2}), "spec.mode: Required value"),
+        (
+            json!({"mode": "Duo"}),
+            "spec.mode: Unsupported value: \"Duo\"",
+        ),
+        (
+            json!({"mode": "Shared", "slots": 0}),
+            "spec.slots in body should be greater than or equal to 1",
+        ),
+        (
+            json!({"mode": "Solo", "slots": 2}),
+            "slots only with mode Shared",
+        ),
+    ];
+    for (spec, expected) in refused {
+        let err = gadgets
+            .create(&PostParams::default(), &gadget("bad", spec.clone()))
+            .await
+            .unwrap_err();
+        let kube::Error::Api(status) = err else {
+            panic!("expected an API error for {spec}")
+        };
+        assert_eq!((status.code, status.reason.as_str()), (422, "Invalid"));
+        assert!(
+            status.message.contains(expected),
+            "{spec}: {:?} should say {expected:?}",
+            status.message
+        );
+    }
+    // A patch that breaks the schema is refused too, and leaves the object as it was.
+    let err = gadgets
+        .patch(
+            "ok",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"slots": "many"}})),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(api_error(err), (422, "Invalid".into()));
+    assert_eq!(gadgets.get("ok").await.unwrap().data["spec"]["slots"], 2);
+    // fieldValidation=Strict turns an unknown field into a 400 naming it.
+    let err = gadgets
+        .patch(
+            "ok",
+            &PatchParams::default().validation_strict(),
+            &Patch::Merge(json!({"spec": {"colour": "blue"}})),
+        )
+        .await
+        .unwrap_err();
+    let kube::Error::Api(status) = err else {
+        panic!("expected an API error")
+    };
+    assert_eq!(status.code, 400);
+    assert!(status.message.contains("unknown field \"spec.colour\""));
+}
+
+#[tokio::test]
+async fn a_selective_watch_sees_objects_enter_and_leave_its_selection() {
+    let server = MemKube::start().await.unwrap();
+    let maps: Api<ConfigMap> = Api::namespaced(server.client(), "default");
+    let mut events = maps
+        .watch(&kube::api::WatchParams::default().labels("app=web"), "0")
+        .await
+        .unwrap()
+        .boxed();
+    maps.create(
+        &PostParams::default(),
+        &config_map("m", &[("app", "api")], "1"),
+    )
+    .await
+    .unwrap();
+    let relabel = |app: &str| Patch::Merge(json!({"metadata": {"labels": {"app": app}}}));
+    maps.patch("m", &PatchParams::default(), &relabel("web"))
+        .await
+        .unwrap();
+    maps.patch(
+        "m",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"data": {"value": "2"}})),
+    )
+    .await
+    .unwrap();
+    maps.patch("m", &PatchParams::default(), &relabel("api"))
+        .await
+        .unwrap();
+    let described = events.filter_map(|event| async move {
+        let (kind, map) = match event.unwrap() {
+            kube::api::WatchEvent::Added(map) => ("ADDED", map),
+            kube::api::WatchEvent::Modified(map) => ("MODIFIED", map),
+            kube::api::WatchEvent::Deleted(map) => ("DELETED", map),
+            kube::api::WatchEvent::Bookmark(_) => return None,
+            kube::api::WatchEvent::Error(err) => panic!("watch error {err:?}"),
+        };
+        Some(format!("{kind} {}", map.data.unwrap()["value"]))
+    });
+    let seen: Vec<String> = tokio::time::timeout(PATIENCE, described.take(3).collect())
+        .await
+        .expect("three watch events in time");
+    assert_eq!(seen, ["ADDED 1", "MODIFIED 2", "DELETED 2"]);
+
+    let refused = server
+        .client()
+        .request_text(
+            http::Request::get("/api/v1/configmaps?watch=1&sendInitialEvents=true")
+                .body(Vec::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(api_error(refused).0, 422, "watch-list streams are refused");
+}
+
+/// What the controller below saw: per ConfigMap, its value and the phases of its owned pods.
+type Seen = std::sync::Arc<std::sync::Mutex<BTreeMap<String, (String, Vec<String>)>>>;
+
+#[tokio::test]
+async fn a_controller_keeps_reconciling_across_a_watch_drop_and_a_410() {
+    use kube::runtime::controller::{Action, Controller};
+    use kube::{Resource, ResourceExt};
+    use std::sync::Arc;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("{0}")]
+    struct Failure(#[from] kube::Error);
+
+    struct Context {
+        pods: Api<Pod>,
+        seen: Seen,
+    }
+
+    async fn reconcile(map: Arc<ConfigMap>, context: Arc<Context>) -> Result<Action, Failure> {
+        let owned = context
+            .pods
+            .list(&ListParams::default().labels(&format!("owner={}", map.name_any())))
+            .await?;
+        let phases = owned
+            .items
+            .iter()
+            .map(|p| {
+                p.status
+                    .as_ref()
+                    .and_then(|s| s.phase.clone())
+                    .unwrap_or_default()
+            })
+            .collect();
+        let value = map.data.as_ref().unwrap()["value"].clone();
+        context
+            .seen
+            .lock()
+            .unwrap()
+            .insert(map.name_any(), (value, phases));
+        Ok(Action::await_change())
+    }
+
+    fn retry(_: Arc<ConfigMap>, _: &Failure, _: Arc<Context>) -> Action {
+        Action::requeue(Duration::from_millis(100))
+    }
+
+    let server = MemKube::start().await.unwrap();
+    let client = server.client();
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let seen = Seen::default();
+    let context = Arc::new(Context {
+        pods: pods.clone(),
+        seen: seen.clone(),
+    });
+    let controller = tokio::spawn(
+        Controller::new(maps.clone(), watcher::Config::default())
+            .owns(pods.clone(), watcher::Config::default())
+            .run(reconcile, retry, context)
+            .for_each(|_| async {}),
+    );
+    let wait_for = |expected: BTreeMap<String, (String, Vec<String>)>| {
+        let seen = seen.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + PATIENCE;
+            while *seen.lock().unwrap() != expected {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the controller never saw {expected:?}; it saw {:?}",
+                    seen.lock().unwrap()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let entry = |name: &str, value: &str, phases: &[&str]| {
+        (
+            name.to_string(),
+            (
+                value.to_string(),
+                phases.iter().map(|p| p.to_string()).collect(),
+            ),
+        )
+    };
+
+    let a = maps
+        .create(&PostParams::default(), &config_map("a", &[], "1"))
+        .await
+        .unwrap();
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "a-worker", "labels": {"owner": "a"}, "ownerReferences": [a.controller_owner_ref(&()).unwrap()]},
+        "spec": {"containers": [{"name": "main", "image": "busybox"}]},
+        "status": {"phase": "Pending"},
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    wait_for(BTreeMap::from([entry("a", "1", &["Pending"])])).await;
+
+    // Every watch is cut; changes made meanwhile still reach the controller.
+    server.faults().close_watches();
+    let set_phase = |phase: &str| Patch::Merge(json!({"status": {"phase": phase}}));
+    pods.patch_status("a-worker", &PatchParams::default(), &set_phase("Running"))
+        .await
+        .unwrap();
+    maps.create(&PostParams::default(), &config_map("b", &[], "1"))
+        .await
+        .unwrap();
+    wait_for(BTreeMap::from([
+        entry("a", "1", &["Running"]),
+        entry("b", "1", &[]),
+    ]))
+    .await;
+
+    // History compacted and watches cut: the resumes get 410 and the controller relists.
+    server.store().compact();
+    server.faults().close_watches();
+    pods.patch_status("a-worker", &PatchParams::default(), &set_phase("Succeeded"))
+        .await
+        .unwrap();
+    maps.patch(
+        "b",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"data": {"value": "2"}})),
+    )
+    .await
+    .unwrap();
+    wait_for(BTreeMap::from([
+        entry("a", "1", &["Succeeded"]),
+        entry("b", "2", &[]),
+    ]))
+    .await;
+    controller.abort();
+}
