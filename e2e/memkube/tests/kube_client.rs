@@ -522,7 +522,7 @@ async fn crd_schemas_default_prune_and_refuse_bad_objects_naming_the_field() {
 async fn a_selective_watch_sees_objects_enter_and_leave_its_selection() {
     let server = MemKube::start().await.unwrap();
     let maps: Api<ConfigMap> = Api::namespaced(server.client(), "default");
-    let mut events = maps
+    let events = maps
         .watch(&kube::api::WatchParams::default().labels("app=web"), "0")
         .await
         .unwrap()
