@@ -97,6 +97,11 @@ impl ApiError {
         Self::new(422, "Invalid", message.into())
     }
 
+    /// 409 for a server-side apply that would change fields another manager owns.
+    pub fn apply_conflict(message: &str) -> Self {
+        Self::new(409, "Conflict", message.to_string())
+    }
+
     pub fn gone(message: impl Into<String>) -> Self {
         Self::new(410, "Expired", message.into())
     }

@@ -16,6 +16,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::api_error::ApiError;
 use crate::faults::Faults;
+use crate::field_managers::{self, Conflict, Writer};
 use crate::resources::{Registry, ResourceId, ResourceInfo};
 use crate::selectors::{FieldSelector, LabelSelector};
 use crate::store::{DeleteOptions, EventType, Propagation, Store, Target, WatchEvent};
@@ -444,6 +445,34 @@ impl Request<'_> {
         Ok(unknown)
     }
 
+    /// Who writes: `fieldManager`, or the client's name from its User-Agent as kube-apiserver
+    /// does; server-side apply must name its manager.
+    fn writer(&self, target: Target) -> Result<Writer<'_>, ApiError> {
+        let given = self.query.get("fieldManager").map(String::as_str);
+        if given.is_none() && self.content_kind() == "application/apply-patch+yaml" {
+            return Err(ApiError::invalid_request(
+                "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch",
+            ));
+        }
+        let from_agent = || {
+            self.headers
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|agent| agent.split('/').next())
+                .filter(|name| !name.is_empty())
+                .unwrap_or("unknown")
+        };
+        Ok(Writer {
+            manager: given.unwrap_or_else(from_agent),
+            subresource: if target == Target::Status {
+                "status"
+            } else {
+                ""
+            },
+            api_version: self.info.api_version(),
+        })
+    }
+
     fn content_kind(&self) -> &str {
         self.headers
             .get(header::CONTENT_TYPE)
@@ -475,12 +504,12 @@ impl Request<'_> {
                 Ok(json_response(StatusCode::OK, &object))
             }
             ("POST", None) => {
-                let object = self.server.store.create(
-                    self.info,
-                    self.namespace,
-                    self.parse_body()?,
-                    dry_run,
-                )?;
+                let mut object = self.parse_body()?;
+                field_managers::record_update(None, &mut object, &self.writer(target)?);
+                let object =
+                    self.server
+                        .store
+                        .create(self.info, self.namespace, object, dry_run)?;
                 let object = if dry_run {
                     object
                 } else {
@@ -489,13 +518,23 @@ impl Request<'_> {
                 Ok(json_response(StatusCode::CREATED, &object))
             }
             ("PUT", Some(name)) => {
-                let object = self.server.store.update(
+                let body = self.parse_body()?;
+                let writer = self.writer(target)?;
+                let object = self.server.store.modify(
                     self.info,
                     self.namespace,
                     name,
-                    self.parse_body()?,
                     target,
                     dry_run,
+                    |current| {
+                        let mut next = body;
+                        if next["metadata"].get("managedFields").is_none() {
+                            next["metadata"]["managedFields"] =
+                                current["metadata"]["managedFields"].clone();
+                        }
+                        field_managers::record_update(Some(current), &mut next, &writer);
+                        Ok(next)
+                    },
                 )?;
                 Ok(json_response(StatusCode::OK, &self.after_write(object)?))
             }
@@ -680,6 +719,9 @@ impl Request<'_> {
                 )));
             }
         };
+        let apply = kind == "application/apply-patch+yaml";
+        let writer = self.writer(target)?;
+        let force = is_true(self.query.get("force"));
         let result = self.server.store.modify(
             self.info,
             self.namespace,
@@ -687,6 +729,11 @@ impl Request<'_> {
             target,
             dry_run,
             |current| {
+                if apply {
+                    return field_managers::apply(current, &patch, &writer, force).map_err(
+                        |conflicts| ApiError::apply_conflict(&Conflict::message(&conflicts)),
+                    );
+                }
                 let mut next = current.clone();
                 if kind == "application/json-patch+json" {
                     let operations: json_patch::Patch = serde_json::from_value(patch.clone())
@@ -702,17 +749,17 @@ impl Request<'_> {
                 } else {
                     json_patch::merge(&mut next, &patch);
                 }
+                field_managers::record_update(Some(current), &mut next, &writer);
                 Ok(next)
             },
         );
         let object = match result {
             // Server-side apply creates what does not exist yet.
-            Err(error)
-                if error.code == 404
-                    && kind == "application/apply-patch+yaml"
-                    && target == Target::Main =>
-            {
-                let mut object = patch;
+            Err(error) if error.code == 404 && apply && target == Target::Main => {
+                let mut object = field_managers::apply(&json!({}), &patch, &writer, force)
+                    .map_err(|conflicts| {
+                        ApiError::apply_conflict(&Conflict::message(&conflicts))
+                    })?;
                 object["metadata"]["name"] = json!(name);
                 let created =
                     self.server

@@ -11,6 +11,7 @@
 
 pub mod api_error;
 pub mod faults;
+pub mod field_managers;
 pub mod http;
 pub mod openapi;
 pub mod protobuf;

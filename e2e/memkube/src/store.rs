@@ -487,6 +487,11 @@ impl Store {
         let mut next = match target {
             Target::Status => {
                 let mut next = current.clone();
+                // Field ownership of the status write is recorded too.
+                match metadata(&wanted).get("managedFields") {
+                    Some(managed) => set_meta(&mut next, "managedFields", managed.clone()),
+                    None => remove_meta(&mut next, "managedFields"),
+                }
                 next["status"] = wanted.get("status").cloned().unwrap_or(Value::Null);
                 if next["status"].is_null() {
                     next.as_object_mut().expect("object").remove("status");

@@ -707,3 +707,62 @@ async fn a_controller_keeps_reconciling_across_a_watch_drop_and_a_410() {
     .await;
     controller.abort();
 }
+
+#[tokio::test]
+async fn server_side_apply_tracks_field_managers() {
+    let server = MemKube::start().await.unwrap();
+    let maps: Api<ConfigMap> = Api::namespaced(server.client(), "default");
+    let config = |data: serde_json::Value| {
+        Patch::Apply(
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "shared"}, "data": data}),
+        )
+    };
+    maps.patch(
+        "shared",
+        &PatchParams::apply("one"),
+        &config(json!({"a": "1", "b": "1"})),
+    )
+    .await
+    .unwrap();
+    let err = maps
+        .patch(
+            "shared",
+            &PatchParams::apply("two"),
+            &config(json!({"a": "2"})),
+        )
+        .await
+        .unwrap_err();
+    let kube::Error::Api(status) = err else {
+        panic!("expected a conflict")
+    };
+    assert_eq!(status.code, 409);
+    assert!(
+        status.message.contains("conflict with \"one\": .data.a"),
+        "{}",
+        status.message
+    );
+    maps.patch(
+        "shared",
+        &PatchParams::apply("two").force(),
+        &config(json!({"a": "2"})),
+    )
+    .await
+    .unwrap();
+    // "one" stops setting both fields: b goes, a stays because "two" owns it now.
+    let left = maps
+        .patch("shared", &PatchParams::apply("one"), &config(json!({})))
+        .await
+        .unwrap();
+    assert_eq!(
+        left.data.unwrap(),
+        BTreeMap::from([("a".to_string(), "2".to_string())])
+    );
+    let managers: Vec<String> = left
+        .metadata
+        .managed_fields
+        .unwrap()
+        .iter()
+        .filter_map(|entry| entry.manager.clone())
+        .collect();
+    assert_eq!(managers, ["two"]);
+}
