@@ -6,7 +6,7 @@ SANDBOX_DIR ?= $(CURDIR)/.sandbox
 SANDBOX_ZK_PORT ?= 2181
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps test lint unit sandbox sandbox-down bench-engine
+.PHONY: deps test lint unit sandbox sandbox-down bench-engine bench-memkube
 
 ## deps: install what the tests and the sandbox need (Debian packages, a JDK with javac)
 deps:
@@ -42,3 +42,7 @@ sandbox: deps
 ## sandbox-down: stop the sandbox; its data stays in .sandbox/
 sandbox-down:
 	@bash e2e/sandbox/down.sh "$(SANDBOX_DIR)"
+
+## bench-memkube: memkube listing 10,000 objects and fanning writes out to 200 watches
+bench-memkube:
+	$(CARGO) bench -p memkube --bench memkube_scale

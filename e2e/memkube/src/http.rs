@@ -905,6 +905,14 @@ impl Request<'_> {
     }
 }
 
+/// One watch line for a stored event, reusing the event's encoded object.
+fn stored_event_line(kind: &str, event: &WatchEvent) -> Bytes {
+    Bytes::from(format!(
+        "{{\"type\":\"{kind}\",\"object\":{}}}\n",
+        event.encoded_object()
+    ))
+}
+
 fn event_line(kind: &str, object: &Value) -> Bytes {
     Bytes::from(format!("{}\n", json!({"type": kind, "object": object})))
 }
@@ -927,7 +935,7 @@ async fn stream_watch(
             continue;
         };
         if lines
-            .send(Ok(event_line(kind, &event.object)))
+            .send(Ok(stored_event_line(kind, event)))
             .await
             .is_err()
         {
@@ -942,7 +950,7 @@ async fn stream_watch(
             event = live.recv() => match event {
                 Ok(event) => {
                     last_revision = last_revision.max(event.revision);
-                    if let Some(kind) = relevant(&event) && lines.send(Ok(event_line(kind, &event.object))).await.is_err() {
+                    if let Some(kind) = relevant(&event) && lines.send(Ok(stored_event_line(kind, &event))).await.is_err() {
                         return;
                     }
                 }

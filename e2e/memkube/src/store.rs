@@ -38,6 +38,32 @@ pub struct WatchEvent {
     /// For `Modified`: the object before the change, so that a filtered watch can tell an
     /// object entering or leaving its selection (sent as ADDED / DELETED, as kube-apiserver does).
     pub previous: Option<Value>,
+    /// `object` as JSON, encoded once for however many watches send it.
+    encoded: std::sync::OnceLock<String>,
+}
+
+impl WatchEvent {
+    fn new(
+        revision: u64,
+        resource: &ResourceId,
+        kind: EventType,
+        object: Value,
+        previous: Option<Value>,
+    ) -> Self {
+        WatchEvent {
+            revision,
+            resource: resource.clone(),
+            kind,
+            object,
+            previous,
+            encoded: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The object as JSON text.
+    pub fn encoded_object(&self) -> &str {
+        self.encoded.get_or_init(|| self.object.to_string())
+    }
 }
 
 /// Which part of an object a write may change.
@@ -233,13 +259,13 @@ impl Store {
         } else {
             collection.insert(key, object.clone())
         };
-        let event = Arc::new(WatchEvent {
-            revision: state.revision,
-            resource: resource.clone(),
+        let event = Arc::new(WatchEvent::new(
+            state.revision,
+            resource,
             kind,
-            object: object.clone(),
-            previous: previous.filter(|_| kind == EventType::Modified),
-        });
+            object.clone(),
+            previous.filter(|_| kind == EventType::Modified),
+        ));
         state.history.push_back(event.clone());
         while state.history.len() > state.history_limit {
             let dropped = state.history.pop_front().expect("non-empty history");
@@ -730,13 +756,13 @@ impl Store {
                     let revision = meta_str(object, "resourceVersion")
                         .and_then(|v| v.parse().ok())
                         .unwrap_or(0);
-                    Arc::new(WatchEvent {
+                    Arc::new(WatchEvent::new(
                         revision,
-                        resource: resource.clone(),
-                        kind: EventType::Added,
-                        object: object.clone(),
-                        previous: None,
-                    })
+                        resource,
+                        EventType::Added,
+                        object.clone(),
+                        None,
+                    ))
                 })
                 .collect(),
         };
