@@ -181,7 +181,10 @@ async fn enqueue_again_returns_the_same_node_and_dequeue_is_idempotent_by_id() {
 #[tokio::test]
 async fn session_expiry_reports_every_contender_lost_then_a_new_session_serves() {
     let zk = zookeeper();
-    let engine = engine(&zk).await;
+    let proxy = lockkeeper_testkit::CuttingProxy::start(zk.port()).unwrap();
+    let mut config = common::config(&zk);
+    config.connect = proxy.connect_string();
+    let engine = LockEngine::connect(config).await.unwrap();
     let mut events = engine.events().unwrap();
     let locks = [mutex("/locks/a"), mutex("/locks/b")];
     let mut contenders = Vec::new();
@@ -192,7 +195,7 @@ async fn session_expiry_reports_every_contender_lost_then_a_new_session_serves()
     let old_session = engine.session().unwrap();
 
     // Expire the session from outside: open it a second time and close that handle.
-    expire_from_outside(&zk, old_session.clone()).await;
+    expire_from_outside(&zk, &proxy, old_session.clone()).await;
 
     for contender in &mut contenders {
         let state = wait_for(contender, "lost", |s| matches!(s, ContenderState::Lost(_))).await;
@@ -468,21 +471,29 @@ async fn closing_the_engine_ends_every_contender_and_frees_its_locks() {
 }
 
 /// Expires a session the way ZooKeeper's FAQ suggests: open it a second time, then close that
-/// second handle.
-async fn expire_from_outside(zk: &ZooKeeperServer, session: lockkeeper::zookeeper::SessionInfo) {
-    for _ in 0..5 {
-        let twin = zookeeper_client::Client::connector()
-            .with_session(session.clone())
-            .with_session_timeout(Duration::from_secs(4))
-            .with_connection_timeout(Duration::from_secs(5))
-            .connect(&zk.connect_string())
-            .await;
-        if let Ok(twin) = twin {
-            drop(twin);
-            return;
-        }
+/// second handle. The engine reaches ZooKeeper through `proxy`, which keeps it off the session
+/// meanwhile (otherwise the two handles take the session from each other and the second one's
+/// handshake can time out).
+async fn expire_from_outside(
+    zk: &ZooKeeperServer,
+    proxy: &lockkeeper_testkit::CuttingProxy,
+    session: lockkeeper::zookeeper::SessionInfo,
+) {
+    proxy.set_refusing(true);
+    proxy.cut_all();
+    let twin = zookeeper_client::Client::connector()
+        .with_session(session)
+        .with_session_timeout(Duration::from_secs(4))
+        .with_connection_timeout(Duration::from_secs(5))
+        .connect(&zk.connect_string())
+        .await;
+    match twin {
+        Ok(twin) => drop(twin),
+        // Already expired: what this was for.
+        Err(zookeeper_client::Error::SessionExpired) => {}
+        Err(err) => panic!("could not open the session a second time: {err}"),
     }
-    panic!("could not open the session a second time");
+    proxy.set_refusing(false);
 }
 
 /// Lost with its session: expired, or given up after the session timeout without ZooKeeper

@@ -1,5 +1,7 @@
 //! A loopback TCP proxy in front of ZooKeeper that can cut every open connection at once,
-//! so tests can make clients lose their connection mid-request (the session survives).
+//! so tests can make clients lose their connection mid-request (the session survives), and
+//! that can turn new connections away for a while (to keep a client off its session while a
+//! test expires it from outside).
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -13,6 +15,7 @@ pub struct CuttingProxy {
     port: u16,
     open: Arc<Mutex<Vec<TcpStream>>>,
     stopped: Arc<AtomicBool>,
+    refusing: Arc<AtomicBool>,
 }
 
 impl CuttingProxy {
@@ -22,13 +25,18 @@ impl CuttingProxy {
         let port = listener.local_addr()?.port();
         let open: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
         let stopped = Arc::new(AtomicBool::new(false));
-        let (accepted, stop) = (open.clone(), stopped.clone());
+        let refusing = Arc::new(AtomicBool::new(false));
+        let (accepted, stop, refuse) = (open.clone(), stopped.clone(), refusing.clone());
         thread::spawn(move || {
             for client in listener.incoming() {
                 if stop.load(Ordering::Relaxed) {
                     break;
                 }
                 let Ok(client) = client else { continue };
+                if refuse.load(Ordering::Relaxed) {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                }
                 let Ok(server) = TcpStream::connect(("127.0.0.1", target_port)) else {
                     continue;
                 };
@@ -49,11 +57,17 @@ impl CuttingProxy {
             port,
             open,
             stopped,
+            refusing,
         })
     }
 
     pub fn connect_string(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// While refusing, every new connection is closed as soon as it is accepted.
+    pub fn set_refusing(&self, refusing: bool) {
+        self.refusing.store(refusing, Ordering::Relaxed);
     }
 
     /// Closes every connection open through the proxy; clients may connect again at once.
