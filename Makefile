@@ -6,7 +6,7 @@ SANDBOX_DIR ?= $(CURDIR)/.sandbox
 SANDBOX_ZK_PORT ?= 2181
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps test lint unit sandbox sandbox-down bench-engine bench-memkube
+.PHONY: deps test lint unit sandbox sandbox-down bench-engine bench-memkube crds
 
 ## deps: install what the tests and the sandbox need (Debian packages, a JDK with javac)
 deps:
@@ -46,3 +46,7 @@ sandbox-down:
 ## bench-memkube: memkube listing 10,000 objects and fanning writes out to 200 watches
 bench-memkube:
 	$(CARGO) bench -p memkube --bench memkube_scale
+
+## crds: regenerate crds/ from the resource types (a test fails when it is stale)
+crds:
+	$(CARGO) run --quiet -- crd --output-dir crds

@@ -49,6 +49,15 @@ pub enum Command {
     /// Show who holds a ZooKeeper lock path and who waits, whichever client queued them
     /// (lockkeeper, Curator, kazoo).
     Queue(QueueArgs),
+    /// Print the CustomResourceDefinitions (what `crds/` holds), to `kubectl apply -f -`.
+    Crd(CrdArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CrdArgs {
+    /// Write one file per CRD into this directory instead of printing them.
+    #[arg(long)]
+    pub output_dir: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -87,8 +96,9 @@ impl QueueArgs {
 pub async fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.logging.log_format);
-    let result = match cli.command {
-        Command::Queue(args) => show_queue(args).await,
+    let result: Result<(), Box<dyn std::error::Error>> = match cli.command {
+        Command::Queue(args) => show_queue(args).await.map_err(Into::into),
+        Command::Crd(args) => write_crds(args).map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -97,6 +107,19 @@ pub async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn write_crds(args: CrdArgs) -> std::io::Result<()> {
+    match args.output_dir {
+        None => print!("{}", crate::resources::crds_yaml()),
+        Some(dir) => {
+            std::fs::create_dir_all(&dir)?;
+            for (file, yaml) in crate::resources::crd_documents() {
+                std::fs::write(dir.join(file), yaml)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn init_logging(format: LogFormat) {

@@ -7,5 +7,6 @@
 
 pub mod cli;
 pub mod lock_rules;
+pub mod resources;
 pub mod znode_name;
 pub mod zookeeper;

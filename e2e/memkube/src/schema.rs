@@ -334,22 +334,31 @@ fn check_bounds(schema: &Value, value: &Value, path: &str, errors: &mut Vec<Fiel
             if exclusive_min && number <= minimum {
                 invalid(
                     errors,
-                    format!("should be greater than {}", schema["minimum"]),
+                    format!("should be greater than {}", bound(&schema["minimum"])),
                 );
             } else if number < minimum {
                 invalid(
                     errors,
-                    format!("should be greater than or equal to {}", schema["minimum"]),
+                    format!(
+                        "should be greater than or equal to {}",
+                        bound(&schema["minimum"])
+                    ),
                 );
             }
         }
         if let Some(maximum) = schema["maximum"].as_f64() {
             if exclusive_max && number >= maximum {
-                invalid(errors, format!("should be less than {}", schema["maximum"]));
+                invalid(
+                    errors,
+                    format!("should be less than {}", bound(&schema["maximum"])),
+                );
             } else if number > maximum {
                 invalid(
                     errors,
-                    format!("should be less than or equal to {}", schema["maximum"]),
+                    format!(
+                        "should be less than or equal to {}",
+                        bound(&schema["maximum"])
+                    ),
                 );
             }
         }
@@ -401,6 +410,16 @@ fn check_bounds(schema: &Value, value: &Value, path: &str, errors: &mut Vec<Fiel
                 format!("Too many: {count}: must have at most {max} items"),
             ));
         }
+    }
+}
+
+/// A bound as kube-apiserver prints it: `1`, not `1.0` (generators often write floats).
+fn bound(value: &Value) -> String {
+    match value.as_f64() {
+        Some(number) if number.fract() == 0.0 && number.abs() < 1e15 => {
+            format!("{}", number as i64)
+        }
+        _ => value.to_string(),
     }
 }
 

@@ -1,0 +1,116 @@
+//! `DistributedLock`: a named lock in a namespace, its rules (type, permits, hold limit,
+//! lock-delay) and, in status, who holds it and how many wait.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::lock_claim::{ClaimMode, HolderRef};
+
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "lockkeeper.dev",
+    version = "v1alpha1",
+    kind = "DistributedLock",
+    plural = "distributedlocks",
+    singular = "distributedlock",
+    shortname = "lock",
+    shortname = "locks",
+    shortname = "dlock",
+    category = "lockkeeper",
+    namespaced,
+    doc = "A lock in a namespace: its type and rules, and who holds it.",
+    status = "DistributedLockStatus",
+    printcolumn = r#"{"name": "Type", "type": "string", "jsonPath": ".spec.type"}"#,
+    printcolumn = r#"{"name": "Holders", "type": "string", "jsonPath": ".status.holders[*].claim"}"#,
+    printcolumn = r#"{"name": "Waiting", "type": "integer", "jsonPath": ".status.waiting"}"#,
+    printcolumn = r#"{"name": "Path", "type": "string", "priority": 1, "jsonPath": ".status.zookeeperPath"}"#,
+    printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
+)]
+#[x_kube(validation = Rule::new("self.type == 'Semaphore' || !has(self.permits)").message("permits is only for Semaphore locks"))]
+#[x_kube(validation = Rule::new("self.type != 'Semaphore' || has(self.permits)").message("a Semaphore lock needs permits"))]
+#[x_kube(validation = Rule::new("self.type == oldSelf.type").message("type cannot change; create a new lock"))]
+#[x_kube(validation = Rule::new("has(self.zookeeper) == has(oldSelf.zookeeper) && (!has(self.zookeeper) || self.zookeeper == oldSelf.zookeeper)").message("zookeeper.path cannot change; create a new lock"))]
+#[serde(rename_all = "camelCase")]
+pub struct DistributedLockSpec {
+    /// Mutex (one holder), ReadWrite (many Shared holders or one Exclusive) or Semaphore
+    /// (up to `permits` holders).
+    #[serde(default, rename = "type")]
+    pub lock_type: LockType,
+    /// Semaphore only: how many claims may hold the lock at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub permits: Option<u32>,
+    /// A grant held longer than this is revoked (the claim ends `Expired`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_hold_seconds: Option<u64>,
+    /// After a grant is lost abnormally (the controller's ZooKeeper session expired), the
+    /// lock is granted again only after this many seconds, so that an old holder that may
+    /// still be working has time to notice and stop (Chubby's lock-delay).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub lock_delay_seconds: Option<u64>,
+    /// When a grant is lost abnormally, delete the holder Pod (or the Job's pods) before
+    /// anyone else is granted the lock.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub evict_on_loss: bool,
+    /// Where the lock lives in ZooKeeper, for clients outside Kubernetes (Curator, kazoo)
+    /// that share it. Default: `<root>/<namespace>/<name>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zookeeper: Option<ZooKeeperLocation>,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub enum LockType {
+    #[default]
+    Mutex,
+    ReadWrite,
+    Semaphore,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ZooKeeperLocation {
+    /// An absolute znode path, e.g. `/services/billing/locks/nightly`.
+    #[schemars(length(min = 2, max = 1024), regex(pattern = r"^/[^\u0000]*[^/]$"))]
+    pub path: String,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct DistributedLockStatus {
+    /// The claims holding the lock now, in grant order.
+    #[serde(default)]
+    pub holders: Vec<LockHolder>,
+    /// How many contenders wait, lockkeeper claims and clients outside Kubernetes alike.
+    #[serde(default)]
+    pub waiting: u32,
+    /// Holders that are not lockkeeper claims (Curator, kazoo clients on the same path).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub external_holders: u32,
+    /// The znode directory the lock's contenders queue in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zookeeper_path: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct LockHolder {
+    /// The LockClaim's name.
+    pub claim: String,
+    pub holder: HolderRef,
+    pub mode: ClaimMode,
+    pub fencing_token: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub granted_at: Option<Time>,
+}
