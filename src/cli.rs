@@ -51,6 +51,59 @@ pub enum Command {
     Queue(QueueArgs),
     /// Print the CustomResourceDefinitions (what `crds/` holds), to `kubectl apply -f -`.
     Crd(CrdArgs),
+    /// Run the operator: reconcile DistributedLocks and LockClaims against ZooKeeper.
+    Controller(ControllerArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ControllerArgs {
+    #[command(flatten)]
+    pub zookeeper: ZooKeeperArgs,
+    /// Default lock paths are `<root>/<namespace>/<name>`.
+    #[arg(long, default_value = "/lockkeeper", env = "LOCKKEEPER_ZOOKEEPER_ROOT")]
+    pub zookeeper_root: String,
+    /// ZooKeeper digest user (with --zookeeper-password): the controller's nodes are then
+    /// deletable only by this identity.
+    #[arg(
+        long,
+        env = "LOCKKEEPER_ZOOKEEPER_USER",
+        requires = "zookeeper_password"
+    )]
+    pub zookeeper_user: Option<String>,
+    #[arg(long, env = "LOCKKEEPER_ZOOKEEPER_PASSWORD", hide_env_values = true)]
+    pub zookeeper_password: Option<String>,
+    /// Serves /metrics, /healthz and /readyz.
+    #[arg(
+        long,
+        default_value = "127.0.0.1:8080",
+        env = "LOCKKEEPER_METRICS_ADDR"
+    )]
+    pub metrics_addr: std::net::SocketAddr,
+    /// Watch this namespace only (default: all namespaces).
+    #[arg(long, env = "LOCKKEEPER_WATCH_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// This replica's name in the leader election (the pod name in a cluster).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+}
+
+impl ControllerArgs {
+    pub fn config(self) -> crate::controller::Config {
+        let mut engine = EngineConfig::new(&self.zookeeper.connect);
+        engine.session_timeout = self.zookeeper.session_timeout;
+        if let (Some(user), Some(password)) = (self.zookeeper_user, self.zookeeper_password) {
+            engine.credentials = Some(crate::zookeeper::Credentials { user, password });
+        }
+        crate::controller::Config {
+            engine,
+            root: self.zookeeper_root,
+            metrics_addr: self.metrics_addr,
+            namespace: self.namespace,
+            identity: self
+                .identity
+                .unwrap_or_else(|| format!("lockkeeper-{}", std::process::id())),
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -99,6 +152,9 @@ pub async fn main() -> ExitCode {
     let result: Result<(), Box<dyn std::error::Error>> = match cli.command {
         Command::Queue(args) => show_queue(args).await.map_err(Into::into),
         Command::Crd(args) => write_crds(args).map_err(Into::into),
+        Command::Controller(args) => crate::controller::run(args.config())
+            .await
+            .map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -5,7 +5,9 @@
 //! - [`zookeeper`]: the lock engine, ZooKeeper I/O.
 //! - [`cli`]: the `lockkeeper` command.
 
+pub mod claim_lifecycle;
 pub mod cli;
+pub mod controller;
 pub mod lock_rules;
 pub mod resources;
 pub mod znode_name;

@@ -111,6 +111,11 @@ impl Contender {
 
     /// Waits for the next change of state and returns it; returns the current state at once
     /// when it is final.
+    /// A receiver of this contender's states, for whoever follows it elsewhere.
+    pub fn watch_state(&self) -> watch::Receiver<ContenderState> {
+        self.state.clone()
+    }
+
     pub async fn changed(&mut self) -> ContenderState {
         if !self.state().is_final() {
             let _ = self.state.changed().await;

@@ -1,0 +1,521 @@
+//! What happens next to a LockClaim, given what is known of it, its lock, its holder and its
+//! place in the ZooKeeper queue. Pure: the claim controller gathers the inputs, calls
+//! [`decide`], and carries out the [`Step`] (queue, status, Job resume, eviction, event).
+
+use std::time::Duration;
+
+use k8s_openapi::jiff::Timestamp;
+
+use crate::resources::{ClaimMode, ClaimPhase, HolderKind, LockClaimSpec, LockType};
+
+/// The lock as the claim needs it; `None` when it does not exist.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LockFacts {
+    pub lock_type: LockType,
+    pub max_hold: Option<Duration>,
+}
+
+/// The holder, as observed in Kubernetes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HolderState {
+    /// Not found. For a claim never queued this is a mistake to report; for a queued one it
+    /// means the holder was deleted.
+    Missing,
+    /// A Job that waits, suspended, for the grant.
+    SuspendedJob,
+    Running,
+    /// The grant (or the wait) ends: the reason says why, e.g. "Pod web-0 Succeeded".
+    Ended(String),
+}
+
+/// The claim's contender in ZooKeeper, as this controller knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum QueueState {
+    NotQueued,
+    Waiting {
+        position: u32,
+        sequence: i64,
+    },
+    Granted {
+        fencing_token: i64,
+        sequence: i64,
+    },
+    /// The node went without a dequeue (session expiry, deleted by someone else).
+    Lost(String),
+}
+
+/// The part of the claim's status the decision reads.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct ClaimFacts {
+    pub phase: ClaimPhase,
+    pub created: Option<Timestamp>,
+    pub granted_at: Option<Timestamp>,
+}
+
+/// Changes to the ZooKeeper queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QueueAction {
+    Keep,
+    Enqueue,
+    Dequeue,
+}
+
+/// What the claim's status becomes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Outcome {
+    pub phase: ClaimPhase,
+    pub position: Option<u32>,
+    pub sequence: Option<i64>,
+    pub fencing_token: Option<i64>,
+    /// Why, in a sentence, for `status.message` and the event.
+    pub message: String,
+    /// The Kubernetes event reason when this is a transition worth an event.
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Step {
+    pub queue: QueueAction,
+    /// `None`: leave the status as it is (the claim waits for its queue answer).
+    pub outcome: Option<Outcome>,
+    pub resume_job: bool,
+    /// Look again after this long (a deadline: wait timeout, hold limit, lease expiry).
+    pub requeue_after: Option<Duration>,
+}
+
+impl Step {
+    fn end(phase: ClaimPhase, reason: &'static str, message: String, queued: bool) -> Self {
+        Step {
+            queue: if queued {
+                QueueAction::Dequeue
+            } else {
+                QueueAction::Keep
+            },
+            outcome: Some(Outcome {
+                phase,
+                position: None,
+                sequence: None,
+                fencing_token: None,
+                message,
+                reason,
+            }),
+            resume_job: false,
+            requeue_after: None,
+        }
+    }
+}
+
+/// Time from `from` to `to`; zero if `to` is earlier (clocks disagree).
+pub fn elapsed(from: Timestamp, to: Timestamp) -> Duration {
+    to.duration_since(from).try_into().unwrap_or_default()
+}
+
+/// Checks what the schema cannot: the claim against its lock.
+pub fn validate(spec: &LockClaimSpec, lock: Option<&LockFacts>) -> Result<(), String> {
+    let Some(lock) = lock else {
+        return Err(format!(
+            "DistributedLock {:?} does not exist in this namespace; the claim is queued once it does",
+            spec.lock
+        ));
+    };
+    if spec.mode == ClaimMode::Shared && lock.lock_type != LockType::ReadWrite {
+        return Err(format!(
+            "mode Shared needs a ReadWrite lock; {:?} is a {:?} lock",
+            spec.lock, lock.lock_type
+        ));
+    }
+    Ok(())
+}
+
+fn kind_name(kind: HolderKind) -> &'static str {
+    match kind {
+        HolderKind::Pod => "Pod",
+        HolderKind::Job => "Job",
+        HolderKind::Lease => "Lease",
+    }
+}
+
+/// The next step for a claim that is not being deleted.
+pub fn decide(
+    spec: &LockClaimSpec,
+    claim: &ClaimFacts,
+    lock: Option<&LockFacts>,
+    holder: &HolderState,
+    queue: &QueueState,
+    now: Timestamp,
+) -> Step {
+    let queued = matches!(
+        queue,
+        QueueState::Waiting { .. } | QueueState::Granted { .. }
+    );
+    if claim.phase.is_final() {
+        return Step {
+            queue: if queued {
+                QueueAction::Dequeue
+            } else {
+                QueueAction::Keep
+            },
+            outcome: None,
+            resume_job: false,
+            requeue_after: None,
+        };
+    }
+    if let Err(message) = validate(spec, lock) {
+        return Step::end(ClaimPhase::Invalid, "Invalid", message, queued);
+    }
+    let holder_name = format!("{} {}", kind_name(spec.holder.kind), spec.holder.name);
+    let ever_queued = !matches!(claim.phase, ClaimPhase::Pending | ClaimPhase::Invalid);
+    match holder {
+        HolderState::Missing if !ever_queued => {
+            return Step::end(
+                ClaimPhase::Invalid,
+                "HolderNotFound",
+                format!("{holder_name} does not exist; the claim is queued once it does"),
+                queued,
+            );
+        }
+        HolderState::Missing => {
+            return Step::end(
+                ClaimPhase::Released,
+                "Released",
+                format!("{holder_name} was deleted"),
+                queued,
+            );
+        }
+        HolderState::Ended(why) => {
+            return Step::end(ClaimPhase::Released, "Released", why.clone(), queued);
+        }
+        HolderState::SuspendedJob | HolderState::Running => {}
+    }
+    let lock = lock.expect("validated");
+    match queue {
+        QueueState::NotQueued => Step {
+            queue: QueueAction::Enqueue,
+            outcome: None,
+            resume_job: false,
+            requeue_after: None,
+        },
+        QueueState::Lost(why) => Step::end(
+            ClaimPhase::Lost,
+            "Lost",
+            format!("the grant was lost: {why}"),
+            false,
+        ),
+        QueueState::Waiting { position, sequence } => {
+            let waited = claim
+                .created
+                .map(|created| elapsed(created, now))
+                .unwrap_or_default();
+            match spec.wait_timeout_seconds.map(Duration::from_secs) {
+                Some(limit) if waited >= limit => Step::end(
+                    ClaimPhase::Expired,
+                    "Expired",
+                    if limit.is_zero() {
+                        "the lock is held and the claim asked not to wait (waitTimeoutSeconds: 0)"
+                            .to_string()
+                    } else {
+                        format!(
+                            "not granted within waitTimeoutSeconds ({}s)",
+                            limit.as_secs()
+                        )
+                    },
+                    true,
+                ),
+                limit => Step {
+                    queue: QueueAction::Keep,
+                    outcome: Some(Outcome {
+                        phase: ClaimPhase::Waiting,
+                        position: Some(*position),
+                        sequence: Some(*sequence),
+                        fencing_token: None,
+                        message: format!("{position} ahead in the queue"),
+                        reason: "Waiting",
+                    }),
+                    resume_job: false,
+                    requeue_after: limit.map(|limit| limit - waited),
+                },
+            }
+        }
+        QueueState::Granted {
+            fencing_token,
+            sequence,
+        } => {
+            let held = claim
+                .granted_at
+                .map(|granted| elapsed(granted, now))
+                .unwrap_or_default();
+            match lock.max_hold {
+                Some(limit) if held >= limit => Step::end(
+                    ClaimPhase::Expired,
+                    "Expired",
+                    format!(
+                        "held longer than the lock's maxHoldSeconds ({}s)",
+                        limit.as_secs()
+                    ),
+                    true,
+                ),
+                limit => Step {
+                    queue: QueueAction::Keep,
+                    outcome: Some(Outcome {
+                        phase: ClaimPhase::Granted,
+                        position: None,
+                        sequence: Some(*sequence),
+                        fencing_token: Some(*fencing_token),
+                        message: format!("granted to {holder_name}, fencing token {fencing_token}"),
+                        reason: "Granted",
+                    }),
+                    resume_job: *holder == HolderState::SuspendedJob,
+                    requeue_after: limit.map(|limit| limit - held),
+                },
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::HolderRef;
+
+    fn spec(mode: ClaimMode, wait: Option<u64>) -> LockClaimSpec {
+        LockClaimSpec {
+            lock: "db".into(),
+            mode,
+            holder: HolderRef {
+                kind: HolderKind::Job,
+                name: "migrate".into(),
+            },
+            lease_duration_seconds: None,
+            renew_time: None,
+            wait_timeout_seconds: wait,
+        }
+    }
+
+    fn mutex(max_hold: Option<u64>) -> LockFacts {
+        LockFacts {
+            lock_type: LockType::Mutex,
+            max_hold: max_hold.map(Duration::from_secs),
+        }
+    }
+
+    fn at(seconds: i64) -> Timestamp {
+        Timestamp::from_second(1_700_000_000 + seconds).unwrap()
+    }
+
+    fn facts(phase: ClaimPhase) -> ClaimFacts {
+        ClaimFacts {
+            phase,
+            created: Some(at(0)),
+            granted_at: Some(at(0)),
+        }
+    }
+
+    fn phase_of(step: &Step) -> Option<ClaimPhase> {
+        step.outcome.as_ref().map(|o| o.phase)
+    }
+
+    #[test]
+    fn a_valid_claim_is_queued_then_follows_its_queue() {
+        let waiting = QueueState::Waiting {
+            position: 2,
+            sequence: 7,
+        };
+        let granted = QueueState::Granted {
+            fencing_token: 99,
+            sequence: 7,
+        };
+        let cases = [
+            (
+                HolderState::SuspendedJob,
+                QueueState::NotQueued,
+                QueueAction::Enqueue,
+                None,
+                false,
+            ),
+            (
+                HolderState::SuspendedJob,
+                waiting.clone(),
+                QueueAction::Keep,
+                Some(ClaimPhase::Waiting),
+                false,
+            ),
+            (
+                HolderState::SuspendedJob,
+                granted.clone(),
+                QueueAction::Keep,
+                Some(ClaimPhase::Granted),
+                true,
+            ),
+            (
+                HolderState::Running,
+                granted.clone(),
+                QueueAction::Keep,
+                Some(ClaimPhase::Granted),
+                false,
+            ),
+            (
+                HolderState::Ended("Job migrate Complete".into()),
+                granted.clone(),
+                QueueAction::Dequeue,
+                Some(ClaimPhase::Released),
+                false,
+            ),
+            (
+                HolderState::Missing,
+                waiting.clone(),
+                QueueAction::Dequeue,
+                Some(ClaimPhase::Released),
+                false,
+            ),
+            (
+                HolderState::Running,
+                QueueState::Lost("session expired".into()),
+                QueueAction::Keep,
+                Some(ClaimPhase::Lost),
+                false,
+            ),
+        ];
+        for (holder, queue, action, phase, resume) in cases {
+            let step = decide(
+                &spec(ClaimMode::Exclusive, None),
+                &facts(ClaimPhase::Waiting),
+                Some(&mutex(None)),
+                &holder,
+                &queue,
+                at(1),
+            );
+            assert_eq!(
+                (step.queue, phase_of(&step), step.resume_job),
+                (action, phase, resume),
+                "{holder:?} {queue:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_claims_are_invalid_and_never_queued() {
+        let pending = facts(ClaimPhase::Pending);
+        let no_lock = decide(
+            &spec(ClaimMode::Exclusive, None),
+            &pending,
+            None,
+            &HolderState::Running,
+            &QueueState::NotQueued,
+            at(1),
+        );
+        assert_eq!(
+            (no_lock.queue, phase_of(&no_lock)),
+            (QueueAction::Keep, Some(ClaimPhase::Invalid))
+        );
+        assert!(
+            no_lock
+                .outcome
+                .unwrap()
+                .message
+                .contains("\"db\" does not exist")
+        );
+        let shared = decide(
+            &spec(ClaimMode::Shared, None),
+            &pending,
+            Some(&mutex(None)),
+            &HolderState::Running,
+            &QueueState::NotQueued,
+            at(1),
+        );
+        assert!(
+            shared
+                .outcome
+                .unwrap()
+                .message
+                .contains("needs a ReadWrite lock")
+        );
+        let no_holder = decide(
+            &spec(ClaimMode::Exclusive, None),
+            &pending,
+            Some(&mutex(None)),
+            &HolderState::Missing,
+            &QueueState::NotQueued,
+            at(1),
+        );
+        assert_eq!(
+            (no_holder.queue, phase_of(&no_holder)),
+            (QueueAction::Keep, Some(ClaimPhase::Invalid))
+        );
+        assert_eq!(no_holder.outcome.unwrap().reason, "HolderNotFound");
+    }
+
+    #[test]
+    fn deadlines_expire_waits_and_holds() {
+        let waiting = QueueState::Waiting {
+            position: 1,
+            sequence: 3,
+        };
+        let try_lock = decide(
+            &spec(ClaimMode::Exclusive, Some(0)),
+            &facts(ClaimPhase::Pending),
+            Some(&mutex(None)),
+            &HolderState::SuspendedJob,
+            &waiting,
+            at(0),
+        );
+        assert_eq!(
+            (try_lock.queue, phase_of(&try_lock)),
+            (QueueAction::Dequeue, Some(ClaimPhase::Expired))
+        );
+        let patient = decide(
+            &spec(ClaimMode::Exclusive, Some(60)),
+            &facts(ClaimPhase::Waiting),
+            Some(&mutex(None)),
+            &HolderState::SuspendedJob,
+            &waiting,
+            at(20),
+        );
+        assert_eq!(patient.requeue_after, Some(Duration::from_secs(40)));
+        let granted = QueueState::Granted {
+            fencing_token: 5,
+            sequence: 3,
+        };
+        let held = decide(
+            &spec(ClaimMode::Exclusive, None),
+            &facts(ClaimPhase::Granted),
+            Some(&mutex(Some(30))),
+            &HolderState::Running,
+            &granted,
+            at(10),
+        );
+        assert_eq!(
+            (phase_of(&held), held.requeue_after),
+            (Some(ClaimPhase::Granted), Some(Duration::from_secs(20)))
+        );
+        let overheld = decide(
+            &spec(ClaimMode::Exclusive, None),
+            &facts(ClaimPhase::Granted),
+            Some(&mutex(Some(30))),
+            &HolderState::Running,
+            &granted,
+            at(30),
+        );
+        assert_eq!(
+            (overheld.queue, phase_of(&overheld)),
+            (QueueAction::Dequeue, Some(ClaimPhase::Expired))
+        );
+    }
+
+    #[test]
+    fn final_claims_only_leave_the_queue() {
+        for phase in [ClaimPhase::Released, ClaimPhase::Expired] {
+            let step = decide(
+                &spec(ClaimMode::Exclusive, None),
+                &facts(phase),
+                Some(&mutex(None)),
+                &HolderState::Running,
+                &QueueState::Granted {
+                    fencing_token: 1,
+                    sequence: 1,
+                },
+                at(1),
+            );
+            assert_eq!((step.queue, step.outcome), (QueueAction::Dequeue, None));
+        }
+    }
+}

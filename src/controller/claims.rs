@@ -1,0 +1,378 @@
+//! The LockClaim reconciler: gathers what [`crate::claim_lifecycle::decide`] needs (lock, holder,
+//! queue), then carries out its step — ZooKeeper queue, status (server-side apply), Job
+//! resume, events. A finalizer makes a deleted claim leave the queue first.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+
+use super::context::Context;
+use super::holders;
+use crate::claim_lifecycle::{self, ClaimFacts, HolderState, LockFacts, QueueAction, QueueState};
+use crate::resources::{ClaimPhase, DistributedLock, HolderKind, LockClaim, LockClaimStatus};
+use crate::znode_name::ContenderId;
+use crate::zookeeper::{ContenderState, EngineError};
+
+pub const FINALIZER: &str = "lockkeeper.dev/release";
+pub const MANAGER: &str = "lockkeeper";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("ZooKeeper: {0}")]
+    Engine(#[from] EngineError),
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+}
+
+pub async fn reconcile(claim: Arc<LockClaim>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let api: Api<LockClaim> =
+        Api::namespaced(ctx.client.clone(), &claim.namespace().unwrap_or_default());
+    finalizer(&api, FINALIZER, claim, |event| async {
+        match event {
+            Finalizer::Apply(claim) => apply(&claim, &ctx).await,
+            Finalizer::Cleanup(claim) => cleanup(&claim, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|err| Error::Finalizer(Box::new(err)))
+}
+
+pub fn error_policy(claim: Arc<LockClaim>, error: &Error, ctx: Arc<Context>) -> Action {
+    tracing::warn!(claim = %claim.name_any(), %error, "reconcile failed; retrying");
+    ctx.metrics.reconcile_error("LockClaim");
+    Action::requeue(Duration::from_secs(1))
+}
+
+fn lock_ref(claim: &LockClaim) -> ObjectRef<DistributedLock> {
+    ObjectRef::new(&claim.spec.lock).within(&claim.namespace().unwrap_or_default())
+}
+
+fn uid(claim: &LockClaim) -> String {
+    claim.uid().unwrap_or_default()
+}
+
+/// A deleted claim leaves the queue (releasing its grant) before its finalizer goes.
+async fn cleanup(claim: &LockClaim, ctx: &Context) -> Result<Action, Error> {
+    let tracked = ctx
+        .contenders
+        .lock()
+        .expect("contenders lock")
+        .remove(&uid(claim));
+    let lock = ctx.locks.get(&lock_ref(claim));
+    let spec = match (tracked, lock) {
+        (Some(tracked), _) => Some(tracked.lock),
+        (None, Some(lock)) => ctx.lock_spec(&lock).ok(),
+        (None, None) => None,
+    };
+    if let Some(spec) = spec {
+        let id = ContenderId::new(uid(claim)).map_err(EngineError::from)?;
+        match ctx.engine.dequeue(&spec, &id).await {
+            Ok(()) | Err(EngineError::NotQueued { .. }) => {}
+            Err(err) => return Err(err.into()),
+        }
+        if claim.status.as_ref().map(|s| s.phase) == Some(ClaimPhase::Granted) {
+            ctx.metrics.released(&claim.spec.lock);
+        }
+    }
+    let _ = ctx.lock_changed.send(lock_ref(claim));
+    Ok(Action::await_change())
+}
+
+fn queue_state(ctx: &Context, claim: &LockClaim) -> QueueState {
+    let contenders = ctx.contenders.lock().expect("contenders lock");
+    let Some(tracked) = contenders.get(&uid(claim)) else {
+        return QueueState::NotQueued;
+    };
+    let sequence = tracked.sequence;
+    match &*tracked.state.borrow() {
+        ContenderState::Queued | ContenderState::Released => QueueState::NotQueued,
+        ContenderState::Waiting { position, .. } => QueueState::Waiting {
+            position: *position as u32,
+            sequence,
+        },
+        ContenderState::Granted { fencing_token } => QueueState::Granted {
+            fencing_token: fencing_token.0,
+            sequence,
+        },
+        ContenderState::Lost(reason) => QueueState::Lost(reason.to_string()),
+    }
+}
+
+fn holder_state(
+    ctx: &Context,
+    claim: &LockClaim,
+    now: Timestamp,
+) -> (HolderState, Option<Duration>) {
+    let namespace = claim.namespace().unwrap_or_default();
+    let name = &claim.spec.holder.name;
+    match claim.spec.holder.kind {
+        HolderKind::Pod => {
+            let pod = ctx.pods.get(&ObjectRef::new(name).within(&namespace));
+            (holders::pod_state(name, pod.as_deref()), None)
+        }
+        HolderKind::Job => {
+            let job = ctx.jobs.get(&ObjectRef::new(name).within(&namespace));
+            (holders::job_state(name, job.as_deref()), None)
+        }
+        HolderKind::Lease => holders::lease_state(
+            name,
+            &claim.spec,
+            claim.meta().creation_timestamp.as_ref().map(|t| t.0),
+            now,
+        ),
+    }
+}
+
+fn facts(claim: &LockClaim) -> ClaimFacts {
+    let status = claim.status.clone().unwrap_or_default();
+    ClaimFacts {
+        phase: status.phase,
+        created: claim.meta().creation_timestamp.as_ref().map(|t| t.0),
+        granted_at: status.granted_at.map(|t| t.0),
+    }
+}
+
+async fn apply(claim: &LockClaim, ctx: &Arc<Context>) -> Result<Action, Error> {
+    let now = Timestamp::now();
+    let lock = ctx.locks.get(&lock_ref(claim));
+    let lock_facts = lock.as_ref().map(|lock| LockFacts {
+        lock_type: lock.spec.lock_type.clone(),
+        max_hold: lock.spec.max_hold_seconds.map(Duration::from_secs),
+    });
+    let (holder, holder_check) = holder_state(ctx, claim, now);
+    let mut queue = queue_state(ctx, claim);
+    let mut step = claim_lifecycle::decide(
+        &claim.spec,
+        &facts(claim),
+        lock_facts.as_ref(),
+        &holder,
+        &queue,
+        now,
+    );
+    match step.queue {
+        QueueAction::Keep => {}
+        QueueAction::Enqueue => {
+            let lock = lock.as_ref().expect("a valid claim has its lock");
+            if let Some(wait) = ctx.fenced_for(&lock_ref(claim)) {
+                return Ok(Action::requeue(wait));
+            }
+            queue = enqueue(ctx, claim, lock).await?;
+            step = claim_lifecycle::decide(
+                &claim.spec,
+                &facts(claim),
+                lock_facts.as_ref(),
+                &holder,
+                &queue,
+                now,
+            );
+            if step.queue == QueueAction::Dequeue {
+                dequeue(ctx, claim, lock).await?;
+            }
+        }
+        QueueAction::Dequeue => {
+            if let Some(lock) = lock.as_ref() {
+                dequeue(ctx, claim, lock).await?;
+            } else {
+                ctx.contenders
+                    .lock()
+                    .expect("contenders lock")
+                    .remove(&uid(claim));
+            }
+        }
+    }
+    if step.resume_job {
+        resume_job(ctx, claim).await?;
+    }
+    if let Some(outcome) = &step.outcome {
+        write_status(ctx, claim, outcome, now).await?;
+    }
+    let next = [step.requeue_after, holder_check]
+        .into_iter()
+        .flatten()
+        .min();
+    Ok(match next {
+        Some(after) => Action::requeue(after.max(Duration::from_millis(50))),
+        None => Action::await_change(),
+    })
+}
+
+async fn enqueue(
+    ctx: &Context,
+    claim: &LockClaim,
+    lock: &DistributedLock,
+) -> Result<QueueState, Error> {
+    ctx.queue_claim(&ctx.lock_spec(lock)?, claim).await?;
+    Ok(queue_state(ctx, claim))
+}
+
+async fn dequeue(ctx: &Context, claim: &LockClaim, lock: &DistributedLock) -> Result<(), Error> {
+    let tracked = ctx
+        .contenders
+        .lock()
+        .expect("contenders lock")
+        .remove(&uid(claim));
+    let spec = match tracked {
+        Some(tracked) => tracked.lock,
+        None => ctx.lock_spec(lock)?,
+    };
+    let id = ContenderId::new(uid(claim)).map_err(EngineError::from)?;
+    match ctx.engine.dequeue(&spec, &id).await {
+        Ok(()) | Err(EngineError::NotQueued { .. }) => Ok(()),
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// A suspended holder Job starts once its claim is granted.
+async fn resume_job(ctx: &Context, claim: &LockClaim) -> Result<(), Error> {
+    let jobs: Api<Job> =
+        Api::namespaced(ctx.client.clone(), &claim.namespace().unwrap_or_default());
+    jobs.patch(
+        &claim.spec.holder.name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"suspend": false}})),
+    )
+    .await?;
+    Ok(())
+}
+
+fn condition(
+    outcome: &claim_lifecycle::Outcome,
+    previous: &[Condition],
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Condition {
+    let status = if outcome.phase == ClaimPhase::Granted {
+        "True"
+    } else {
+        "False"
+    };
+    let since = previous
+        .iter()
+        .find(|c| c.type_ == "Granted" && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or(Time(now));
+    Condition {
+        type_: "Granted".into(),
+        status: status.into(),
+        reason: outcome.reason.into(),
+        message: outcome.message.clone(),
+        last_transition_time: since,
+        observed_generation: generation,
+    }
+}
+
+/// Writes the claim's status with server-side apply (one field manager, forced), and an
+/// event and metrics when the phase changes.
+async fn write_status(
+    ctx: &Context,
+    claim: &LockClaim,
+    outcome: &claim_lifecycle::Outcome,
+    now: Timestamp,
+) -> Result<(), Error> {
+    let current = claim.status.clone().unwrap_or_default();
+    let granted_at = match (outcome.phase, current.phase) {
+        (ClaimPhase::Granted, ClaimPhase::Granted) => {
+            current.granted_at.clone().or(Some(Time(now)))
+        }
+        (ClaimPhase::Granted, _) => Some(Time(now)),
+        _ => current.granted_at.clone(),
+    };
+    let released_at = match outcome.phase {
+        ClaimPhase::Released | ClaimPhase::Expired | ClaimPhase::Lost
+            if current.phase != outcome.phase =>
+        {
+            Some(Time(now))
+        }
+        ClaimPhase::Released | ClaimPhase::Expired | ClaimPhase::Lost => {
+            current.released_at.clone()
+        }
+        _ => None,
+    };
+    let generation = claim.meta().generation;
+    let wanted = LockClaimStatus {
+        phase: outcome.phase,
+        position: outcome.position,
+        sequence: outcome.sequence,
+        fencing_token: outcome.fencing_token,
+        znode: None,
+        granted_at,
+        released_at,
+        message: Some(outcome.message.clone()),
+        conditions: vec![condition(outcome, &current.conditions, generation, now)],
+        observed_generation: generation,
+    };
+    if wanted == current {
+        return Ok(());
+    }
+    let api: Api<LockClaim> =
+        Api::namespaced(ctx.client.clone(), &claim.namespace().unwrap_or_default());
+    let patch =
+        json!({"apiVersion": "lockkeeper.dev/v1alpha1", "kind": "LockClaim", "status": wanted});
+    api.patch_status(
+        &claim.name_any(),
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    if current.phase != outcome.phase {
+        record_transition(ctx, claim, outcome, &current).await;
+    }
+    let _ = ctx.lock_changed.send(lock_ref(claim));
+    Ok(())
+}
+
+async fn record_transition(
+    ctx: &Context,
+    claim: &LockClaim,
+    outcome: &claim_lifecycle::Outcome,
+    before: &LockClaimStatus,
+) {
+    let lock = &claim.spec.lock;
+    match outcome.phase {
+        ClaimPhase::Granted => {
+            ctx.metrics.granted(lock);
+            if let Some(created) = claim.meta().creation_timestamp.as_ref() {
+                ctx.metrics
+                    .waited(lock, claim_lifecycle::elapsed(created.0, Timestamp::now()));
+            }
+        }
+        ClaimPhase::Released if before.phase == ClaimPhase::Granted => ctx.metrics.released(lock),
+        ClaimPhase::Expired => ctx.metrics.expired(lock),
+        ClaimPhase::Lost => ctx.metrics.lost(lock),
+        _ => {}
+    }
+    if before.phase == ClaimPhase::Granted
+        && let Some(granted) = before.granted_at.as_ref()
+    {
+        ctx.metrics
+            .held(lock, claim_lifecycle::elapsed(granted.0, Timestamp::now()));
+    }
+    if outcome.phase == ClaimPhase::Waiting && before.phase == ClaimPhase::Waiting {
+        return;
+    }
+    let event = Event {
+        type_: match outcome.phase {
+            ClaimPhase::Lost | ClaimPhase::Invalid | ClaimPhase::Expired => EventType::Warning,
+            _ => EventType::Normal,
+        },
+        reason: outcome.reason.into(),
+        note: Some(outcome.message.clone()),
+        action: format!("{:?}", outcome.phase),
+        secondary: None,
+    };
+    if let Err(err) = ctx.recorder().publish(&event, &claim.object_ref(&())).await {
+        tracing::warn!(claim = %claim.name_any(), %err, "could not record an event");
+    }
+}

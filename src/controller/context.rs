@@ -1,0 +1,115 @@
+//! What every reconcile shares: the Kubernetes client, the lock engine, watch caches, the
+//! contenders this controller queued, fences after lost grants, events and metrics.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Client, ResourceExt};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use super::telemetry::Metrics;
+use crate::lock_rules::{LockKind, Mode};
+use crate::resources::{ClaimMode, DistributedLock, LockClaim, LockType};
+use crate::znode_name::{ContenderId, ContenderNode};
+use crate::zookeeper::{ContenderState, EngineError, LockEngine, LockSpec};
+
+/// A claim's contender as queued by this controller.
+pub struct Tracked {
+    pub lock: LockSpec,
+    pub sequence: i64,
+    pub state: watch::Receiver<ContenderState>,
+    /// The claim this contender belongs to (to map engine events back to it).
+    pub claim: ObjectRef<LockClaim>,
+}
+
+pub struct Context {
+    pub client: Client,
+    pub engine: LockEngine,
+    /// ZooKeeper root of default lock paths: `<root>/<namespace>/<name>`.
+    pub root: String,
+    pub reporter: Reporter,
+    pub locks: Store<DistributedLock>,
+    pub pods: Store<Pod>,
+    pub jobs: Store<Job>,
+    /// Claim UID → its contender.
+    pub contenders: Mutex<HashMap<String, Tracked>>,
+    /// Locks whose grants were lost abnormally: nobody is granted them before the instant.
+    pub fences: Mutex<HashMap<ObjectRef<DistributedLock>, Instant>>,
+    /// Asks the lock controller to refresh a lock's status.
+    pub lock_changed: mpsc::UnboundedSender<ObjectRef<DistributedLock>>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Context {
+    pub fn recorder(&self) -> Recorder {
+        Recorder::new(self.client.clone(), self.reporter.clone())
+    }
+
+    /// The engine's view of a lock: its ZooKeeper path and grant rules.
+    pub fn lock_spec(&self, lock: &DistributedLock) -> Result<LockSpec, EngineError> {
+        let path = match &lock.spec.zookeeper {
+            Some(location) => location.path.clone(),
+            None => format!(
+                "{}/{}/{}",
+                self.root.trim_end_matches('/'),
+                lock.namespace().unwrap_or_default(),
+                lock.name_any()
+            ),
+        };
+        let kind = match lock.spec.lock_type {
+            LockType::Mutex => LockKind::Mutex,
+            LockType::ReadWrite => LockKind::ReadWrite,
+            LockType::Semaphore => LockKind::semaphore(lock.spec.permits.unwrap_or(0))?,
+        };
+        LockSpec::new(&path, kind)
+    }
+
+    /// How long to wait before granting anyone this lock, if it is fenced. A fence lasts
+    /// until the lock's lock-delay has passed and its claims were queued again in order.
+    pub fn fenced_for(&self, lock: &ObjectRef<DistributedLock>) -> Option<Duration> {
+        let fences = self.fences.lock().expect("fences lock");
+        fences.get(lock).map(|until| {
+            until
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(100))
+        })
+    }
+
+    /// Queues a claim's contender (or finds it queued) and tracks it.
+    pub async fn queue_claim(&self, lock: &LockSpec, claim: &LockClaim) -> Result<(), EngineError> {
+        let uid = claim.uid().unwrap_or_default();
+        let id = ContenderId::new(uid.clone())?;
+        let mode = match claim.spec.mode {
+            ClaimMode::Exclusive => Mode::Exclusive,
+            ClaimMode::Shared => Mode::Shared,
+        };
+        // Other clients of the path can read whose node it is.
+        let data = serde_json::json!({
+            "namespace": claim.namespace(), "claim": claim.name_any(),
+            "holder": {"kind": claim.spec.holder.kind, "name": claim.spec.holder.name},
+        });
+        let contender = self
+            .engine
+            .enqueue(lock, &id, mode, data.to_string().as_bytes())
+            .await?;
+        let sequence = ContenderNode::parse(&contender.node)
+            .map(|node| node.sequence)
+            .unwrap_or_default();
+        self.contenders.lock().expect("contenders lock").insert(
+            uid,
+            Tracked {
+                lock: lock.clone(),
+                sequence,
+                state: contender.watch_state(),
+                claim: ObjectRef::from_obj(claim),
+            },
+        );
+        Ok(())
+    }
+}

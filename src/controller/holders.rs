@@ -1,0 +1,137 @@
+//! Holder liveness: what a claim's Pod, Job or Lease says about its grant. The functions
+//! on objects are pure; the controller looks the objects up in its watch caches.
+
+use std::time::Duration;
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::Timestamp;
+
+use crate::claim_lifecycle::HolderState;
+use crate::resources::LockClaimSpec;
+
+pub fn pod_state(name: &str, pod: Option<&Pod>) -> HolderState {
+    let Some(pod) = pod else {
+        return HolderState::Missing;
+    };
+    match pod.status.as_ref().and_then(|s| s.phase.as_deref()) {
+        Some(phase @ ("Succeeded" | "Failed")) => HolderState::Ended(format!("Pod {name} {phase}")),
+        _ => HolderState::Running,
+    }
+}
+
+pub fn job_state(name: &str, job: Option<&Job>) -> HolderState {
+    let Some(job) = job else {
+        return HolderState::Missing;
+    };
+    let finished = job
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|conditions| {
+            conditions
+                .iter()
+                .find(|c| c.status == "True" && matches!(c.type_.as_str(), "Complete" | "Failed"))
+        });
+    if let Some(condition) = finished {
+        return HolderState::Ended(format!("Job {name} {}", condition.type_));
+    }
+    if job.spec.as_ref().and_then(|s| s.suspend) == Some(true) {
+        HolderState::SuspendedJob
+    } else {
+        HolderState::Running
+    }
+}
+
+/// A Lease holder lives while it renews: `renewTime` (or, before the first renewal, the
+/// claim's creation) is younger than `leaseDurationSeconds`. Also returns when to look again.
+pub fn lease_state(
+    name: &str,
+    spec: &LockClaimSpec,
+    created: Option<Timestamp>,
+    now: Timestamp,
+) -> (HolderState, Option<Duration>) {
+    let duration = Duration::from_secs(spec.lease_duration_seconds.unwrap_or(0).into());
+    let Some(renewed) = spec.renew_time.as_ref().map(|t| t.0).or(created) else {
+        return (HolderState::Running, Some(duration));
+    };
+    let age = crate::claim_lifecycle::elapsed(renewed, now);
+    if age >= duration {
+        (
+            HolderState::Ended(format!(
+                "Lease holder {name} stopped renewing for {}s",
+                duration.as_secs()
+            )),
+            None,
+        )
+    } else {
+        (HolderState::Running, Some(duration - age))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn pods_and_jobs_end_as_the_design_says() {
+        let pod = |phase: &str| -> Pod {
+            serde_json::from_value(json!({"status": {"phase": phase}})).unwrap()
+        };
+        assert_eq!(pod_state("p", None), HolderState::Missing);
+        assert_eq!(pod_state("p", Some(&pod("Running"))), HolderState::Running);
+        assert_eq!(pod_state("p", Some(&pod("Pending"))), HolderState::Running);
+        assert_eq!(
+            pod_state("p", Some(&pod("Succeeded"))),
+            HolderState::Ended("Pod p Succeeded".into())
+        );
+        assert_eq!(
+            pod_state("p", Some(&pod("Failed"))),
+            HolderState::Ended("Pod p Failed".into())
+        );
+
+        let job = |value: serde_json::Value| -> Job { serde_json::from_value(value).unwrap() };
+        assert_eq!(
+            job_state(
+                "j",
+                Some(&job(json!({"spec": {"suspend": true, "template": {}}})))
+            ),
+            HolderState::SuspendedJob
+        );
+        assert_eq!(
+            job_state(
+                "j",
+                Some(&job(json!({"spec": {"suspend": false, "template": {}}})))
+            ),
+            HolderState::Running
+        );
+        let done = job(json!({"status": {"conditions": [{"type": "Complete", "status": "True"}]}}));
+        assert_eq!(
+            job_state("j", Some(&done)),
+            HolderState::Ended("Job j Complete".into())
+        );
+        let failing =
+            job(json!({"status": {"conditions": [{"type": "Failed", "status": "False"}]}}));
+        assert_eq!(job_state("j", Some(&failing)), HolderState::Running);
+    }
+
+    #[test]
+    fn a_lease_holder_lives_while_it_renews() {
+        let spec: LockClaimSpec = serde_json::from_value(json!({
+            "lock": "l", "holder": {"kind": "Lease", "name": "cli"}, "leaseDurationSeconds": 10,
+            "renewTime": "2026-01-01T00:00:00.000000Z",
+        }))
+        .unwrap();
+        let start: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let at = |s: i64| start + k8s_openapi::jiff::SignedDuration::from_secs(s);
+        assert_eq!(
+            lease_state("cli", &spec, None, at(4)),
+            (HolderState::Running, Some(Duration::from_secs(6)))
+        );
+        assert!(matches!(
+            lease_state("cli", &spec, None, at(10)).0,
+            HolderState::Ended(_)
+        ));
+    }
+}

@@ -1,0 +1,422 @@
+//! `lockkeeper controller`: the operator.
+//!
+//! A replica connects to Kubernetes and ZooKeeper, serves `/metrics`, and campaigns for
+//! leadership ([`leader`]). While it leads a term runs: claims queued by an earlier leader are
+//! queued again in order ([`resume`]), then the LockClaim controller ([`claims`]) and the
+//! DistributedLock controller ([`locks`]) run on kube-runtime, driven by watches on claims,
+//! locks, holder Pods and Jobs, and by the lock engine's events. When the ZooKeeper session
+//! is lost the term ends: grants it held are marked `Lost`, their locks fenced for their
+//! lock-delay, and the replica campaigns again.
+
+pub mod claims;
+pub mod context;
+pub mod holders;
+pub mod leader;
+pub mod locks;
+pub mod resume;
+pub mod telemetry;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::controller::Controller;
+use kube::runtime::events::Reporter;
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{WatchStreamExt, reflector as cache, watcher};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+
+use self::context::Context;
+use self::leader::Leadership;
+use self::telemetry::Metrics;
+use crate::resources::{ClaimPhase, DistributedLock, HolderKind, LockClaim, LockClaimStatus};
+use crate::znode_name::ContenderId;
+use crate::zookeeper::{ContenderState, EngineConfig, EngineError, LockEngine, SessionStatus};
+
+/// How the controller is set up (from `lockkeeper controller`'s flags).
+pub struct Config {
+    pub engine: EngineConfig,
+    /// Default lock paths are `<root>/<namespace>/<name>`.
+    pub root: String,
+    pub metrics_addr: SocketAddr,
+    /// Watch one namespace only; `None` for all.
+    pub namespace: Option<String>,
+    /// This replica's name (the pod name in a cluster).
+    pub identity: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes client: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("ZooKeeper: {0}")]
+    Engine(#[from] EngineError),
+    #[error("metrics server on {address}: {source}")]
+    Metrics {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Runs until SIGTERM / SIGINT.
+pub async fn run(config: Config) -> Result<(), Error> {
+    let client = Client::try_default().await?;
+    run_with(client, config, shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}
+
+/// Runs with a given client until `shutdown` resolves (tests run controllers in-process).
+pub async fn run_with(
+    client: Client,
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), Error> {
+    let metrics = Arc::new(Metrics::new());
+    let address = telemetry::serve(config.metrics_addr, metrics.clone())
+        .await
+        .map_err(|source| Error::Metrics {
+            address: config.metrics_addr,
+            source,
+        })?;
+    tracing::info!(%address, "serving /metrics, /healthz and /readyz");
+    let engine = LockEngine::connect(config.engine.clone()).await?;
+    follow_session(&engine, metrics.clone());
+    let election_id = ContenderId::random();
+    let mut fenced = HashMap::new();
+    tokio::pin!(shutdown);
+    loop {
+        metrics.set_ready(true);
+        let mut leadership = tokio::select! {
+            leadership = Leadership::campaign(&engine, &config.root, &election_id, &config.identity) => leadership?,
+            _ = &mut shutdown => break,
+        };
+        tracing::info!(identity = %config.identity, "leading");
+        metrics.leader(true);
+        let (ctx, inputs) = term_context(&client, &engine, &config, metrics.clone());
+        let ended = tokio::select! {
+            result = lead(ctx.clone(), inputs, &config, std::mem::take(&mut fenced)) => result,
+            _ = leadership.lost() => Ok(false),
+            _ = &mut shutdown => Ok(true),
+        };
+        metrics.leader(false);
+        match ended {
+            Ok(true) => break,
+            Ok(false) => {
+                tracing::warn!(
+                    "the ZooKeeper session was lost: fencing lost grants, then campaigning again"
+                );
+                fenced = fence_lost_grants(&ctx).await;
+            }
+            Err(err) => {
+                tracing::error!(%err, "the term failed; campaigning again");
+                fenced = fence_lost_grants(&ctx).await;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+    metrics.set_ready(false);
+    // Closing the session deletes every node at once: the next leader resumes from
+    // Kubernetes without waiting for a session timeout.
+    engine.close().await;
+    Ok(())
+}
+
+fn follow_session(engine: &LockEngine, metrics: Arc<Metrics>) {
+    let mut status = engine.session_status();
+    tokio::spawn(async move {
+        loop {
+            let connected = matches!(*status.borrow_and_update(), SessionStatus::Connected { .. });
+            metrics.session_connected(connected);
+            if status.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+}
+
+/// The watch caches' writers and the lock-refresh queue of one term, consumed by [`lead`].
+struct TermInputs {
+    locks: reflector::store::Writer<DistributedLock>,
+    pods: reflector::store::Writer<Pod>,
+    jobs: reflector::store::Writer<Job>,
+    lock_changes: mpsc::UnboundedReceiver<ObjectRef<DistributedLock>>,
+}
+
+fn term_context(
+    client: &Client,
+    engine: &LockEngine,
+    config: &Config,
+    metrics: Arc<Metrics>,
+) -> (Arc<Context>, TermInputs) {
+    let (lock_changed, lock_changes) = mpsc::unbounded_channel();
+    let (locks, locks_writer) = reflector::store();
+    let (pods, pods_writer) = reflector::store();
+    let (jobs, jobs_writer) = reflector::store();
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        engine: engine.clone(),
+        root: config.root.clone(),
+        reporter: Reporter {
+            controller: "lockkeeper".into(),
+            instance: Some(config.identity.clone()),
+        },
+        locks,
+        pods,
+        jobs,
+        contenders: Mutex::new(HashMap::new()),
+        fences: Mutex::new(HashMap::new()),
+        lock_changed,
+        metrics,
+    });
+    let inputs = TermInputs {
+        locks: locks_writer,
+        pods: pods_writer,
+        jobs: jobs_writer,
+        lock_changes,
+    };
+    (ctx, inputs)
+}
+
+/// One term of leadership: queue the previous leader's claims again in order, then run both
+/// controllers (until the term is ended from outside).
+async fn lead(
+    ctx: Arc<Context>,
+    inputs: TermInputs,
+    config: &Config,
+    fenced: HashMap<ObjectRef<DistributedLock>, Duration>,
+) -> Result<bool, Error> {
+    let client = &ctx.client;
+    let namespace = config.namespace.as_deref();
+    let claims_api: Api<LockClaim> = api(client, namespace);
+    let locks_api: Api<DistributedLock> = api(client, namespace);
+    let watch_config = watcher::Config::default();
+
+    let queued = resume::resume(&ctx, &claims_api, &locks_api, fenced).await?;
+    tracing::info!(
+        queued,
+        "claims of the previous leader queued again in order"
+    );
+
+    let lock_stream = cache(
+        inputs.locks,
+        watcher(locks_api.clone(), watch_config.clone()),
+    )
+    .default_backoff()
+    .touched_objects();
+    let pod_stream = cache(
+        inputs.pods,
+        watcher(api::<Pod>(client, namespace), watch_config.clone()),
+    )
+    .default_backoff()
+    .touched_objects();
+    let job_stream = cache(
+        inputs.jobs,
+        watcher(api::<Job>(client, namespace), watch_config.clone()),
+    )
+    .default_backoff()
+    .touched_objects();
+
+    // Engine events (grants, losses) reconcile the claim they concern.
+    let (claim_triggers, claim_trigger_stream) = mpsc::unbounded_channel::<ObjectRef<LockClaim>>();
+    let mut events = ctx.engine.events();
+    let event_ctx = ctx.clone();
+    let forward_events = tokio::spawn(async move {
+        let Some(events) = events.as_mut() else {
+            return;
+        };
+        while let Some(event) = events.recv().await {
+            let claim = event_ctx
+                .contenders
+                .lock()
+                .expect("contenders lock")
+                .get(event.id.as_str())
+                .map(|tracked| tracked.claim.clone());
+            if let Some(claim) = claim {
+                let _ = claim_triggers.send(claim);
+            }
+        }
+    });
+
+    let claims_controller = Controller::new(claims_api, watch_config.clone());
+    let claims_store = claims_controller.store();
+    let (by_lock, by_pod, by_job) = (
+        claims_store.clone(),
+        claims_store.clone(),
+        claims_store.clone(),
+    );
+    let claims_run = claims_controller
+        .watches_stream(lock_stream, move |lock: DistributedLock| {
+            claims_of(&by_lock, &lock.namespace().unwrap_or_default(), |c| {
+                c.spec.lock == lock.name_any()
+            })
+        })
+        .watches_stream(pod_stream, move |pod: Pod| {
+            claims_of(&by_pod, &pod.namespace().unwrap_or_default(), |c| {
+                c.spec.holder.kind == HolderKind::Pod && c.spec.holder.name == pod.name_any()
+            })
+        })
+        .watches_stream(job_stream, move |job: Job| {
+            claims_of(&by_job, &job.namespace().unwrap_or_default(), |c| {
+                c.spec.holder.kind == HolderKind::Job && c.spec.holder.name == job.name_any()
+            })
+        })
+        .reconcile_on(UnboundedReceiverStream::new(claim_trigger_stream))
+        .run(claims::reconcile, claims::error_policy, ctx.clone())
+        .for_each(|_| async {});
+
+    let lock_ctx = Arc::new(locks::LockContext {
+        shared: ctx.clone(),
+        claims: claims_store,
+    });
+    let locks_run = Controller::new(locks_api, watch_config)
+        .reconcile_on(UnboundedReceiverStream::new(inputs.lock_changes))
+        .run(locks::reconcile, locks::error_policy, lock_ctx)
+        .for_each(|_| async {});
+
+    futures::future::join(claims_run, locks_run).await;
+    forward_events.abort();
+    Ok(true)
+}
+
+fn claims_of(
+    store: &reflector::Store<LockClaim>,
+    namespace: &str,
+    matches: impl Fn(&LockClaim) -> bool,
+) -> Vec<ObjectRef<LockClaim>> {
+    store
+        .state()
+        .into_iter()
+        .filter(|c| c.namespace().as_deref() == Some(namespace) && matches(c))
+        .map(|c| ObjectRef::from_obj(&*c))
+        .collect()
+}
+
+/// After the session was lost: every claim this term had granted is marked `Lost` (with an
+/// event), its holder evicted where the lock asks for it, and its lock fenced for the
+/// lock's lock-delay before anyone is granted it again.
+async fn fence_lost_grants(ctx: &Arc<Context>) -> HashMap<ObjectRef<DistributedLock>, Duration> {
+    let lost: Vec<(ObjectRef<LockClaim>, String)> = ctx
+        .contenders
+        .lock()
+        .expect("contenders lock")
+        .values()
+        .filter_map(|tracked| match &*tracked.state.borrow() {
+            ContenderState::Lost(reason) => Some((tracked.claim.clone(), reason.to_string())),
+            _ => None,
+        })
+        .collect();
+    let mut fenced = HashMap::new();
+    for (claim_ref, reason) in lost {
+        let namespace = claim_ref.namespace.clone().unwrap_or_default();
+        let claims: Api<LockClaim> = Api::namespaced(ctx.client.clone(), &namespace);
+        let Ok(Some(claim)) = claims.get_opt(&claim_ref.name).await else {
+            continue;
+        };
+        let status = claim.status.clone().unwrap_or_default();
+        if status.phase != ClaimPhase::Granted {
+            continue;
+        }
+        let locks: Api<DistributedLock> = Api::namespaced(ctx.client.clone(), &namespace);
+        let lock = locks.get_opt(&claim.spec.lock).await.ok().flatten();
+        let delay = lock
+            .as_ref()
+            .and_then(|l| l.spec.lock_delay_seconds)
+            .map(Duration::from_secs)
+            .unwrap_or_default();
+        let message = format!("the grant was lost: {reason}; queued again after the lock-delay");
+        let wanted = LockClaimStatus {
+            phase: ClaimPhase::Lost,
+            message: Some(message.clone()),
+            released_at: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::now(),
+            )),
+            sequence: status.sequence,
+            granted_at: status.granted_at.clone(),
+            observed_generation: claim.metadata.generation,
+            ..Default::default()
+        };
+        let patch =
+            json!({"apiVersion": "lockkeeper.dev/v1alpha1", "kind": "LockClaim", "status": wanted});
+        if let Err(err) = claims
+            .patch_status(
+                &claim.name_any(),
+                &PatchParams::apply(claims::MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await
+        {
+            tracing::warn!(claim = %claim.name_any(), %err, "could not mark a lost grant");
+        }
+        ctx.metrics.lost(&claim.spec.lock);
+        let event = kube::runtime::events::Event {
+            type_: kube::runtime::events::EventType::Warning,
+            reason: "Lost".into(),
+            note: Some(message),
+            action: "Lost".into(),
+            secondary: None,
+        };
+        let _ = ctx
+            .recorder()
+            .publish(&event, &kube::Resource::object_ref(&claim, &()))
+            .await;
+        if lock.as_ref().is_some_and(|l| l.spec.evict_on_loss) {
+            evict_holder(ctx, &claim).await;
+        }
+        fenced.insert(ObjectRef::new(&claim.spec.lock).within(&namespace), delay);
+    }
+    fenced
+}
+
+/// Deletes the holder Pod, or the holder Job's pods, so an old holder stops working.
+async fn evict_holder(ctx: &Context, claim: &LockClaim) {
+    let namespace = claim.namespace().unwrap_or_default();
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+    let result = match claim.spec.holder.kind {
+        HolderKind::Pod => pods
+            .delete(&claim.spec.holder.name, &DeleteParams::default())
+            .await
+            .map(|_| ()),
+        HolderKind::Job => pods
+            .delete_collection(
+                &DeleteParams::default(),
+                &kube::api::ListParams::default()
+                    .labels(&format!("job-name={}", claim.spec.holder.name)),
+            )
+            .await
+            .map(|_| ()),
+        HolderKind::Lease => Ok(()),
+    };
+    if let Err(err) = result {
+        tracing::warn!(claim = %claim.name_any(), %err, "could not evict the old holder");
+    }
+}

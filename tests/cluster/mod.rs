@@ -1,0 +1,294 @@
+//! The end-to-end harness: a real ZooKeeper, an API server (memkube, or the cluster that
+//! `KUBECONFIG` points at), the CRDs, and `lockkeeper controller` running in-process on a
+//! namespace of its own. Tests play the kubelet and the Job controller: they create Pods and
+//! Jobs and move their phases, as kwok does.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use lockkeeper::controller::{self, Config};
+use lockkeeper::resources::{ClaimPhase, DistributedLock, LockClaim};
+use lockkeeper::zookeeper::EngineConfig;
+use lockkeeper_testkit::ZooKeeperServer;
+use serde_json::{Value, json};
+
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+pub struct Cluster {
+    pub client: Client,
+    pub namespace: String,
+    pub zk: ZooKeeperServer,
+    pub root: String,
+    memkube: Option<memkube::MemKube>,
+    controller: Option<Controller>,
+}
+
+pub struct Controller {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Cluster {
+    pub async fn start() -> Self {
+        let filter = tracing_subscriber::EnvFilter::try_from_env("LOCKKEEPER_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,zookeeper_client=error"));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+        let zk = ZooKeeperServer::start().expect("ZooKeeper starts (make deps installs it)");
+        let (client, memkube) = match std::env::var_os("KUBECONFIG") {
+            Some(_) => (
+                Client::try_default().await.expect("the KUBECONFIG cluster"),
+                None,
+            ),
+            None => {
+                let server = memkube::MemKube::start().await.expect("memkube starts");
+                (server.client(), Some(server))
+            }
+        };
+        let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
+        let namespace = format!("e2e-{suffix}");
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        namespaces
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({"metadata": {"name": namespace}})).unwrap(),
+            )
+            .await
+            .expect("create the test namespace");
+        install_crds(&client).await;
+        let mut cluster = Cluster {
+            client,
+            namespace,
+            zk,
+            root: format!("/lockkeeper-e2e/{suffix}"),
+            memkube,
+            controller: None,
+        };
+        cluster.start_controller();
+        cluster
+    }
+
+    pub fn controller_config(&self) -> Config {
+        let mut engine = EngineConfig::new(self.zk.connect_string());
+        engine.session_timeout = Duration::from_secs(4);
+        Config {
+            engine,
+            root: self.root.clone(),
+            metrics_addr: "127.0.0.1:0".parse().unwrap(),
+            namespace: Some(self.namespace.clone()),
+            identity: format!("test-{}", uuid::Uuid::new_v4().simple()),
+        }
+    }
+
+    pub fn start_controller(&mut self) {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (client, config) = (self.client.clone(), self.controller_config());
+        let task = tokio::spawn(async move {
+            controller::run_with(client, config, async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("the controller runs");
+        });
+        self.controller = Some(Controller { stop, task });
+    }
+
+    /// Stops the controller gracefully (its ZooKeeper session closes).
+    pub async fn stop_controller(&mut self) {
+        if let Some(controller) = self.controller.take() {
+            let _ = controller.stop.send(());
+            let _ = controller.task.await;
+        }
+    }
+
+    /// Kills the controller: no cleanup, its ZooKeeper session is left to expire.
+    pub fn kill_controller(&mut self) {
+        if let Some(controller) = self.controller.take() {
+            controller.task.abort();
+        }
+    }
+
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = kube::core::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+        K::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    pub async fn create<K>(&self, object: Value) -> K
+    where
+        K: kube::Resource<Scope = kube::core::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + serde::Serialize
+            + std::fmt::Debug,
+        K::DynamicType: Default,
+    {
+        let object: K = serde_json::from_value(object).expect("a valid object");
+        self.api::<K>()
+            .create(&PostParams::default(), &object)
+            .await
+            .expect("create")
+    }
+
+    pub async fn lock(&self, name: &str, spec: Value) -> DistributedLock {
+        self.create(json!({"apiVersion": "lockkeeper.dev/v1alpha1", "kind": "DistributedLock", "metadata": {"name": name}, "spec": spec}))
+            .await
+    }
+
+    pub async fn claim(&self, name: &str, spec: Value) -> LockClaim {
+        self.create(json!({"apiVersion": "lockkeeper.dev/v1alpha1", "kind": "LockClaim", "metadata": {"name": name}, "spec": spec}))
+            .await
+    }
+
+    /// A Job created suspended, as users apply it next to its LockClaim.
+    pub async fn suspended_job(&self, name: &str) -> Job {
+        self.create(json!({
+            "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name},
+            "spec": {"suspend": true, "template": {"spec": {"restartPolicy": "Never",
+                "containers": [{"name": "main", "image": "busybox", "command": ["true"]}]}}},
+        }))
+        .await
+    }
+
+    pub async fn pod(&self, name: &str) -> Pod {
+        self.create(json!({
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+            "spec": {"containers": [{"name": "main", "image": "busybox"}]},
+            "status": {"phase": "Pending"},
+        }))
+        .await
+    }
+
+    /// What the Job controller would write when a Job's pods succeeded.
+    pub async fn complete_job(&self, name: &str) {
+        let status = json!({"status": {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}});
+        self.api::<Job>()
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(status))
+            .await
+            .expect("complete the job");
+    }
+
+    pub async fn set_pod_phase(&self, name: &str, phase: &str) {
+        let status = json!({"status": {"phase": phase}});
+        self.api::<Pod>()
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(status))
+            .await
+            .expect("set the pod phase");
+    }
+
+    pub async fn claim_status(&self, name: &str) -> lockkeeper::resources::LockClaimStatus {
+        self.api::<LockClaim>()
+            .get(name)
+            .await
+            .expect("get claim")
+            .status
+            .unwrap_or_default()
+    }
+
+    pub async fn phase(&self, name: &str) -> ClaimPhase {
+        self.claim_status(name).await.phase
+    }
+
+    /// Waits until `check` holds, or fails the test naming `what`.
+    pub async fn eventually<F, Fut>(&self, what: &str, mut check: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while !check().await {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting until {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    pub async fn wait_phase(&self, claim: &str, phase: ClaimPhase) {
+        self.eventually(&format!("claim {claim} is {phase:?}"), || async {
+            self.phase(claim).await == phase
+        })
+        .await;
+    }
+
+    /// Names of the Jobs that are not suspended.
+    pub async fn running_jobs(&self) -> Vec<String> {
+        let jobs = self
+            .api::<Job>()
+            .list(&Default::default())
+            .await
+            .expect("list jobs");
+        jobs.items
+            .into_iter()
+            .filter(|j| j.spec.as_ref().and_then(|s| s.suspend) != Some(true))
+            .filter(|j| {
+                !j.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Complete"))
+            })
+            .map(|j| j.name_any())
+            .collect()
+    }
+
+    pub async fn stop(mut self) {
+        self.stop_controller().await;
+        let namespaces: Api<Namespace> = Api::all(self.client.clone());
+        let _ = namespaces
+            .delete(&self.namespace, &Default::default())
+            .await;
+        if let Some(server) = self.memkube.take() {
+            server.stop().await;
+        }
+    }
+}
+
+/// Applies `crds/` (what `lockkeeper crd` prints) and waits until they are served.
+pub async fn install_crds(client: &Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for (_, yaml) in lockkeeper::resources::crd_documents() {
+        let crd: CustomResourceDefinition = serde_yaml::from_str(&yaml).unwrap();
+        crds.patch(
+            &crd.name_any(),
+            &PatchParams::apply("lockkeeper-e2e").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .expect("apply a CRD");
+        let name = crd.name_any();
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let established = crds
+                .get(&name)
+                .await
+                .ok()
+                .and_then(|c| c.status)
+                .and_then(|s| s.conditions)
+                .is_some_and(|c| {
+                    c.iter()
+                        .any(|c| c.type_ == "Established" && c.status == "True")
+                });
+            if established {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "CRD {name} never established"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
