@@ -49,3 +49,251 @@ async fn suspended_jobs_run_one_at_a_time_in_claim_order() {
     }
     cluster.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_claims_hold_together_and_an_exclusive_claim_blocks_later_readers() {
+    let cluster = Cluster::start().await;
+    cluster.lock("catalog", json!({"type": "ReadWrite"})).await;
+    let claim = |name: &str, mode: &str| json!({"lock": "catalog", "mode": mode, "holder": {"kind": "Pod", "name": name}});
+    for reader in ["reader-1", "reader-2"] {
+        cluster.pod(reader).await;
+        cluster.claim(reader, claim(reader, "Shared")).await;
+        cluster.wait_phase(reader, ClaimPhase::Granted).await;
+    }
+    cluster.pod("writer").await;
+    cluster.claim("writer", claim("writer", "Exclusive")).await;
+    cluster.wait_phase("writer", ClaimPhase::Waiting).await;
+    cluster.pod("reader-3").await;
+    cluster.claim("reader-3", claim("reader-3", "Shared")).await;
+    cluster.wait_phase("reader-3", ClaimPhase::Waiting).await;
+    assert_eq!(
+        cluster.claim_status("reader-3").await.position,
+        Some(3),
+        "behind the writer: no writer starvation"
+    );
+
+    for reader in ["reader-1", "reader-2"] {
+        cluster.set_pod_phase(reader, "Succeeded").await;
+    }
+    cluster.wait_phase("writer", ClaimPhase::Granted).await;
+    assert_eq!(cluster.phase("reader-3").await, ClaimPhase::Waiting);
+    cluster.set_pod_phase("writer", "Failed").await;
+    cluster.wait_phase("reader-3", ClaimPhase::Granted).await;
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_semaphore_never_has_more_holders_than_permits() {
+    let cluster = Cluster::start().await;
+    cluster
+        .lock("pool", json!({"type": "Semaphore", "permits": 2}))
+        .await;
+    for i in 1..=4 {
+        let name = format!("worker-{i}");
+        cluster.pod(&name).await;
+        cluster
+            .claim(
+                &name,
+                json!({"lock": "pool", "holder": {"kind": "Pod", "name": name}}),
+            )
+            .await;
+    }
+    let holders = || async {
+        let mut held = Vec::new();
+        for i in 1..=4 {
+            if cluster.phase(&format!("worker-{i}")).await == ClaimPhase::Granted {
+                held.push(i);
+            }
+        }
+        held
+    };
+    cluster
+        .eventually("two workers hold the semaphore", || async {
+            holders().await.len() == 2
+        })
+        .await;
+    let lock_holders = || async {
+        let lock = cluster
+            .api::<lockkeeper::resources::DistributedLock>()
+            .get("pool")
+            .await
+            .unwrap();
+        let status = lock.status.unwrap_or_default();
+        (status.holders.len(), status.waiting)
+    };
+    cluster
+        .eventually(
+            "the lock's status lists both holders and two waiters",
+            || async { lock_holders().await == (2, 2) },
+        )
+        .await;
+    // Each release lets exactly one waiter in: two holders, never three.
+    for _ in 0..2 {
+        let first = holders().await[0];
+        cluster
+            .set_pod_phase(&format!("worker-{first}"), "Succeeded")
+            .await;
+        cluster
+            .wait_phase(&format!("worker-{first}"), ClaimPhase::Released)
+            .await;
+        cluster
+            .eventually("a waiter takes the freed permit", || async {
+                let held = holders().await;
+                assert!(held.len() <= 2, "more holders than permits: {held:?}");
+                held.len() == 2 && !held.contains(&first)
+            })
+            .await;
+    }
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_deleted_while_waiting_leaves_the_queue() {
+    let cluster = Cluster::start().await;
+    cluster.lock("report", json!({})).await;
+    for name in ["first", "second", "third"] {
+        cluster.pod(name).await;
+        cluster
+            .claim(
+                name,
+                json!({"lock": "report", "holder": {"kind": "Pod", "name": name}}),
+            )
+            .await;
+        cluster
+            .eventually("queued", || async {
+                cluster.phase(name).await != ClaimPhase::Pending
+            })
+            .await;
+    }
+    cluster.wait_phase("third", ClaimPhase::Waiting).await;
+    assert_eq!(cluster.claim_status("third").await.position, Some(2));
+    cluster
+        .api::<lockkeeper::resources::LockClaim>()
+        .delete("second", &Default::default())
+        .await
+        .unwrap();
+    cluster
+        .eventually("the deleted claim is gone (its finalizer ran)", || async {
+            cluster
+                .api::<lockkeeper::resources::LockClaim>()
+                .get_opt("second")
+                .await
+                .unwrap()
+                .is_none()
+        })
+        .await;
+    cluster
+        .eventually("the claim behind moved up", || async {
+            cluster.claim_status("third").await.position == Some(1)
+        })
+        .await;
+    cluster.set_pod_phase("first", "Succeeded").await;
+    cluster.wait_phase("third", ClaimPhase::Granted).await;
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_try_lock_expires_at_once_on_a_held_lock_and_is_granted_on_a_free_one() {
+    let cluster = Cluster::start().await;
+    cluster.lock("nightly", json!({})).await;
+    cluster.pod("holder").await;
+    cluster
+        .claim(
+            "holder",
+            json!({"lock": "nightly", "holder": {"kind": "Pod", "name": "holder"}}),
+        )
+        .await;
+    cluster.wait_phase("holder", ClaimPhase::Granted).await;
+    cluster.suspended_job("skipped").await;
+    cluster
+        .claim("skipped", json!({"lock": "nightly", "waitTimeoutSeconds": 0, "holder": {"kind": "Job", "name": "skipped"}}))
+        .await;
+    cluster.wait_phase("skipped", ClaimPhase::Expired).await;
+    assert!(
+        cluster.running_jobs().await.is_empty(),
+        "the try-lock's Job was never resumed"
+    );
+
+    cluster.lock("free", json!({})).await;
+    cluster.suspended_job("lucky").await;
+    cluster.claim("lucky", json!({"lock": "free", "waitTimeoutSeconds": 0, "holder": {"kind": "Job", "name": "lucky"}})).await;
+    cluster.wait_phase("lucky", ClaimPhase::Granted).await;
+    cluster
+        .eventually("its Job runs", || async {
+            cluster.running_jobs().await == vec!["lucky".to_string()]
+        })
+        .await;
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_claims_are_reported_and_served_once_fixed() {
+    let cluster = Cluster::start().await;
+    cluster.pod("p").await;
+    cluster
+        .claim(
+            "early",
+            json!({"lock": "later", "holder": {"kind": "Pod", "name": "p"}}),
+        )
+        .await;
+    cluster.wait_phase("early", ClaimPhase::Invalid).await;
+    let message = cluster
+        .claim_status("early")
+        .await
+        .message
+        .unwrap_or_default();
+    assert!(message.contains("\"later\" does not exist"), "{message}");
+    cluster.lock("later", json!({})).await;
+    cluster.wait_phase("early", ClaimPhase::Granted).await;
+
+    cluster
+        .claim(
+            "ghost",
+            json!({"lock": "later", "holder": {"kind": "Pod", "name": "nobody"}}),
+        )
+        .await;
+    cluster.wait_phase("ghost", ClaimPhase::Invalid).await;
+    let message = cluster
+        .claim_status("ghost")
+        .await
+        .message
+        .unwrap_or_default();
+    assert!(message.contains("Pod nobody does not exist"), "{message}");
+
+    cluster
+        .claim(
+            "reader",
+            json!({"lock": "later", "mode": "Shared", "holder": {"kind": "Pod", "name": "p"}}),
+        )
+        .await;
+    cluster.wait_phase("reader", ClaimPhase::Invalid).await;
+    assert!(
+        cluster
+            .claim_status("reader")
+            .await
+            .message
+            .unwrap_or_default()
+            .contains("needs a ReadWrite lock")
+    );
+
+    // The schema's CEL rules refuse what the controller would never accept.
+    let refused = cluster
+        .api::<lockkeeper::resources::DistributedLock>()
+        .create(
+            &Default::default(),
+            &serde_json::from_value(
+                json!({"apiVersion": "lockkeeper.dev/v1alpha1", "kind": "DistributedLock",
+                "metadata": {"name": "bad"}, "spec": {"type": "Mutex", "permits": 3}}),
+            )
+            .unwrap(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("permits is only for Semaphore locks"),
+        "{refused}"
+    );
+    cluster.stop().await;
+}
