@@ -297,3 +297,124 @@ async fn bad_claims_are_reported_and_served_once_fixed() {
     );
     cluster.stop().await;
 }
+
+/// Grants per claim, from the controller's `Granted` events.
+async fn granted_events(cluster: &Cluster) -> std::collections::BTreeMap<String, usize> {
+    let events: kube::Api<k8s_openapi::api::events::v1::Event> = cluster.api();
+    let mut counts = std::collections::BTreeMap::new();
+    for event in events.list(&Default::default()).await.unwrap().items {
+        if event.reason.as_deref() == Some("Granted") {
+            let claim = event.regarding.and_then(|r| r.name).unwrap_or_default();
+            *counts.entry(claim).or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_controller_restarts_without_granting_twice_or_losing_a_claim() {
+    let mut cluster = Cluster::start().await;
+    cluster.stop_controller().await;
+    cluster.start_controller_process();
+    cluster.lock("db", json!({})).await;
+    for i in 1..=3 {
+        let name = format!("job-{i}");
+        cluster.suspended_job(&name).await;
+        cluster
+            .claim(
+                &name,
+                json!({"lock": "db", "holder": {"kind": "Job", "name": name}}),
+            )
+            .await;
+        cluster
+            .eventually("queued", || async {
+                cluster.phase(&name).await != ClaimPhase::Pending
+            })
+            .await;
+    }
+    cluster.wait_phase("job-1", ClaimPhase::Granted).await;
+    cluster.wait_phase("job-3", ClaimPhase::Waiting).await;
+    // kill -9: no cleanup; the old session lives until ZooKeeper expires it.
+    cluster.kill_controller_process();
+    cluster.start_controller_process();
+    // The new leader takes over once the old session has expired (4 s), then queues the
+    // claims again: the holder first, the waiters in their order.
+    cluster
+        .eventually("the new leader has queued the claims again", || async {
+            cluster.claim_status("job-3").await.position == Some(2)
+                && cluster
+                    .claim_status("job-3")
+                    .await
+                    .observed_generation
+                    .is_some()
+        })
+        .await;
+    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    assert_eq!(
+        cluster.phase("job-1").await,
+        ClaimPhase::Granted,
+        "the holder kept its grant"
+    );
+    assert_eq!(cluster.running_jobs().await, vec!["job-1".to_string()]);
+    for i in 1..=3 {
+        let name = format!("job-{i}");
+        cluster.wait_phase(&name, ClaimPhase::Granted).await;
+        assert_eq!(cluster.running_jobs().await, vec![name.clone()]);
+        cluster.complete_job(&name).await;
+        cluster.wait_phase(&name, ClaimPhase::Released).await;
+    }
+    let grants = granted_events(&cluster).await;
+    assert_eq!(
+        grants.values().copied().collect::<Vec<_>>(),
+        vec![1, 1, 1],
+        "each claim granted once: {grants:?}"
+    );
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_zookeeper_session_marks_grants_lost_then_grants_again_in_order() {
+    let mut cluster = Cluster::start().await;
+    cluster.lock("db", json!({"lockDelaySeconds": 1})).await;
+    for name in ["a", "b", "c"] {
+        cluster.pod(name).await;
+        cluster
+            .claim(
+                name,
+                json!({"lock": "db", "holder": {"kind": "Pod", "name": name}}),
+            )
+            .await;
+        cluster
+            .eventually("queued", || async {
+                cluster.phase(name).await != ClaimPhase::Pending
+            })
+            .await;
+    }
+    cluster.wait_phase("a", ClaimPhase::Granted).await;
+    let token_before = cluster.claim_status("a").await.fencing_token.unwrap();
+    // ZooKeeper away for longer than the session timeout (4 s).
+    cluster.zk.stop().expect("ZooKeeper stops");
+    cluster.wait_phase("a", ClaimPhase::Lost).await;
+    assert!(
+        cluster
+            .claim_status("a")
+            .await
+            .message
+            .unwrap_or_default()
+            .contains("lost")
+    );
+    cluster.zk.restart().expect("ZooKeeper restarts");
+    cluster.wait_phase("a", ClaimPhase::Granted).await;
+    let token_after = cluster.claim_status("a").await.fencing_token.unwrap();
+    assert!(
+        token_after > token_before,
+        "a new grant has a larger fencing token"
+    );
+    assert_eq!(cluster.claim_status("b").await.position, Some(1));
+    assert_eq!(cluster.claim_status("c").await.position, Some(2));
+    for (name, next) in [("a", "b"), ("b", "c")] {
+        cluster.set_pod_phase(name, "Succeeded").await;
+        cluster.wait_phase(next, ClaimPhase::Granted).await;
+    }
+    cluster.stop().await;
+}

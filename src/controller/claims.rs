@@ -32,6 +32,8 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error("ZooKeeper: {0}")]
     Engine(#[from] EngineError),
+    #[error("the watch caches of this term are gone")]
+    CachesGone,
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
 }
@@ -145,6 +147,11 @@ fn facts(claim: &LockClaim) -> ClaimFacts {
 }
 
 async fn apply(claim: &LockClaim, ctx: &Arc<Context>) -> Result<Action, Error> {
+    // Decide on complete caches only: a holder missing from a cache still filling is not
+    // a deleted holder.
+    if !ctx.caches_ready().await {
+        return Err(Error::CachesGone);
+    }
     let now = Timestamp::now();
     let lock = ctx.locks.get(&lock_ref(claim));
     let lock_facts = lock.as_ref().map(|lock| LockFacts {

@@ -44,9 +44,25 @@ pub struct Context {
     /// Asks the lock controller to refresh a lock's status.
     pub lock_changed: mpsc::UnboundedSender<ObjectRef<DistributedLock>>,
     pub metrics: Arc<Metrics>,
+    /// Set once the lock, pod and job caches have been filled.
+    pub caches_filled: tokio::sync::OnceCell<bool>,
 }
 
 impl Context {
+    /// Waits until the watch caches are filled; false if they are gone. One task waits on
+    /// the stores and the rest wait on it: a store's readiness wakes only its last poller
+    /// (kube-runtime's `DelayedInit` keeps one waker), so concurrent waiters could hang.
+    pub async fn caches_ready(&self) -> bool {
+        *self
+            .caches_filled
+            .get_or_init(|| async {
+                self.locks.wait_until_ready().await.is_ok()
+                    && self.pods.wait_until_ready().await.is_ok()
+                    && self.jobs.wait_until_ready().await.is_ok()
+            })
+            .await
+    }
+
     pub fn recorder(&self) -> Recorder {
         Recorder::new(self.client.clone(), self.reporter.clone())
     }

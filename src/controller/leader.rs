@@ -8,6 +8,8 @@ use crate::lock_rules::{LockKind, Mode};
 use crate::znode_name::ContenderId;
 use crate::zookeeper::{Contender, ContenderState, EngineError, LockEngine, LockSpec};
 
+const RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub struct Leadership {
     contender: Contender,
 }
@@ -22,9 +24,19 @@ impl Leadership {
     ) -> Result<Self, EngineError> {
         let lock = election_lock(root)?;
         loop {
-            let mut contender = engine
+            let mut contender = match engine
                 .enqueue(&lock, id, Mode::Exclusive, identity.as_bytes())
-                .await?;
+                .await
+            {
+                Ok(contender) => contender,
+                // ZooKeeper away, or a new session being opened: keep trying.
+                Err(err) if err.is_transient() => {
+                    tracing::warn!(%err, "cannot campaign yet; retrying");
+                    tokio::time::sleep(RETRY).await;
+                    continue;
+                }
+                Err(err) => return Err(err),
+            };
             loop {
                 match contender.state() {
                     ContenderState::Granted { .. } => return Ok(Leadership { contender }),

@@ -39,7 +39,9 @@ use self::leader::Leadership;
 use self::telemetry::Metrics;
 use crate::resources::{ClaimPhase, DistributedLock, HolderKind, LockClaim, LockClaimStatus};
 use crate::znode_name::ContenderId;
-use crate::zookeeper::{ContenderState, EngineConfig, EngineError, LockEngine, SessionStatus};
+use crate::zookeeper::{
+    ContenderEvent, ContenderState, EngineConfig, EngineError, LockEngine, SessionStatus,
+};
 
 /// How the controller is set up (from `lockkeeper controller`'s flags).
 pub struct Config {
@@ -111,6 +113,10 @@ pub async fn run_with(
     tracing::info!(%address, "serving /metrics, /healthz and /readyz");
     let engine = LockEngine::connect(config.engine.clone()).await?;
     follow_session(&engine, metrics.clone());
+    // One stream of contender events for the engine's life, read by each term in turn.
+    let mut events = engine
+        .events()
+        .expect("the engine's events are read here only");
     let election_id = ContenderId::random();
     let mut fenced = HashMap::new();
     tokio::pin!(shutdown);
@@ -124,7 +130,7 @@ pub async fn run_with(
         metrics.leader(true);
         let (ctx, inputs) = term_context(&client, &engine, &config, metrics.clone());
         let ended = tokio::select! {
-            result = lead(ctx.clone(), inputs, &config, std::mem::take(&mut fenced)) => result,
+            result = lead(ctx.clone(), inputs, &mut events, &config, std::mem::take(&mut fenced)) => result,
             _ = leadership.lost() => Ok(false),
             _ = &mut shutdown => Ok(true),
         };
@@ -197,6 +203,7 @@ fn term_context(
         fences: Mutex::new(HashMap::new()),
         lock_changed,
         metrics,
+        caches_filled: tokio::sync::OnceCell::new(),
     });
     let inputs = TermInputs {
         locks: locks_writer,
@@ -212,6 +219,7 @@ fn term_context(
 async fn lead(
     ctx: Arc<Context>,
     inputs: TermInputs,
+    events: &mut mpsc::UnboundedReceiver<ContenderEvent>,
     config: &Config,
     fenced: HashMap<ObjectRef<DistributedLock>, Duration>,
 ) -> Result<bool, Error> {
@@ -248,14 +256,9 @@ async fn lead(
 
     // Engine events (grants, losses) reconcile the claim they concern.
     let (claim_triggers, claim_trigger_stream) = mpsc::unbounded_channel::<ObjectRef<LockClaim>>();
-    let mut events = ctx.engine.events();
-    let event_ctx = ctx.clone();
-    let forward_events = tokio::spawn(async move {
-        let Some(events) = events.as_mut() else {
-            return;
-        };
+    let forward_events = async {
         while let Some(event) = events.recv().await {
-            let claim = event_ctx
+            let claim = ctx
                 .contenders
                 .lock()
                 .expect("contenders lock")
@@ -265,7 +268,7 @@ async fn lead(
                 let _ = claim_triggers.send(claim);
             }
         }
-    });
+    };
 
     let claims_controller = Controller::new(claims_api, watch_config.clone());
     let claims_store = claims_controller.store();
@@ -303,8 +306,10 @@ async fn lead(
         .run(locks::reconcile, locks::error_policy, lock_ctx)
         .for_each(|_| async {});
 
-    futures::future::join(claims_run, locks_run).await;
-    forward_events.abort();
+    tokio::select! {
+        _ = futures::future::join(claims_run, locks_run) => {}
+        _ = forward_events => tracing::error!("the lock engine's event stream ended"),
+    }
     Ok(true)
 }
 
@@ -330,9 +335,15 @@ async fn fence_lost_grants(ctx: &Arc<Context>) -> HashMap<ObjectRef<DistributedL
         .lock()
         .expect("contenders lock")
         .values()
+        // The session is gone with the leadership, so every contender of the term is lost,
+        // even if the engine has not told each of them yet.
         .filter_map(|tracked| match &*tracked.state.borrow() {
+            ContenderState::Released => None,
             ContenderState::Lost(reason) => Some((tracked.claim.clone(), reason.to_string())),
-            _ => None,
+            _ => Some((
+                tracked.claim.clone(),
+                "the ZooKeeper session was lost".to_string(),
+            )),
         })
         .collect();
     let mut fenced = HashMap::new();

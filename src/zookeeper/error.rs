@@ -103,6 +103,18 @@ pub enum EngineError {
 }
 
 impl EngineError {
+    /// Errors that pass once ZooKeeper is back or a new session is open: worth retrying.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            EngineError::Unreachable { .. }
+                | EngineError::Disconnected(_)
+                | EngineError::SessionExpired
+                | EngineError::Reconnecting
+                | EngineError::ZooKeeper { .. }
+        )
+    }
+
     /// Maps a ZooKeeper error of one operation, keeping the session-level ones distinct.
     pub(crate) fn zookeeper(
         operation: &'static str,

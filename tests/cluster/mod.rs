@@ -28,9 +28,13 @@ pub struct Cluster {
     controller: Option<Controller>,
 }
 
-pub struct Controller {
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<()>,
+pub enum Controller {
+    InProcess {
+        stop: tokio::sync::oneshot::Sender<()>,
+        task: tokio::task::JoinHandle<()>,
+    },
+    /// The `lockkeeper controller` binary, for tests that kill it.
+    Process(std::process::Child),
 }
 
 impl Cluster {
@@ -88,8 +92,15 @@ impl Cluster {
     }
 
     pub fn start_controller(&mut self) {
+        self.start_controller_with(|_| {});
+    }
+
+    /// Starts a controller whose configuration `adjust` changed.
+    pub fn start_controller_with(&mut self, adjust: impl FnOnce(&mut Config)) {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (client, config) = (self.client.clone(), self.controller_config());
+        let mut config = self.controller_config();
+        adjust(&mut config);
+        let client = self.client.clone();
         let task = tokio::spawn(async move {
             controller::run_with(client, config, async {
                 let _ = stopped.await;
@@ -97,21 +108,77 @@ impl Cluster {
             .await
             .expect("the controller runs");
         });
-        self.controller = Some(Controller { stop, task });
+        self.controller = Some(Controller::InProcess { stop, task });
+    }
+
+    /// Starts `lockkeeper controller` as a process of its own, on this cluster.
+    pub fn start_controller_process(&mut self) {
+        let config = self.controller_config();
+        let kubeconfig = match &self.memkube {
+            Some(server) => {
+                let path = std::env::temp_dir()
+                    .join(format!("lockkeeper-e2e-{}.kubeconfig", self.namespace));
+                server
+                    .write_kubeconfig(&path)
+                    .expect("write memkube's kubeconfig");
+                path.into_os_string()
+            }
+            None => std::env::var_os("KUBECONFIG").expect("KUBECONFIG"),
+        };
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_lockkeeper"))
+            .args([
+                "controller",
+                "--zookeeper",
+                &self.zk.connect_string(),
+                "--session-timeout",
+                "4s",
+            ])
+            .args([
+                "--zookeeper-root",
+                &config.root,
+                "--namespace",
+                &self.namespace,
+            ])
+            .args([
+                "--metrics-addr",
+                "127.0.0.1:0",
+                "--identity",
+                &config.identity,
+            ])
+            .env("KUBECONFIG", kubeconfig)
+            .spawn()
+            .expect("start lockkeeper controller");
+        self.controller = Some(Controller::Process(child));
     }
 
     /// Stops the controller gracefully (its ZooKeeper session closes).
     pub async fn stop_controller(&mut self) {
-        if let Some(controller) = self.controller.take() {
-            let _ = controller.stop.send(());
-            let _ = controller.task.await;
+        match self.controller.take() {
+            Some(Controller::InProcess { stop, task }) => {
+                let _ = stop.send(());
+                let _ = task.await;
+            }
+            Some(Controller::Process(mut child)) => {
+                let _ = std::process::Command::new("kill")
+                    .args(["-TERM", &child.id().to_string()])
+                    .status();
+                let _ = child.wait();
+            }
+            None => {}
         }
     }
 
-    /// Kills the controller: no cleanup, its ZooKeeper session is left to expire.
-    pub fn kill_controller(&mut self) {
-        if let Some(controller) = self.controller.take() {
-            controller.task.abort();
+    /// SIGKILLs a controller process: no cleanup, its ZooKeeper session is left to expire.
+    pub fn kill_controller_process(&mut self) {
+        match self.controller.take() {
+            Some(Controller::Process(mut child)) => {
+                child.kill().expect("kill the controller");
+                let _ = child.wait();
+            }
+            other => panic!(
+                "only a controller process can be killed (have {})",
+                other.is_some()
+            ),
         }
     }
 
@@ -252,6 +319,20 @@ impl Cluster {
             .await;
         if let Some(server) = self.memkube.take() {
             server.stop().await;
+        }
+    }
+}
+
+impl Drop for Cluster {
+    /// A failed test must not leave a controller behind.
+    fn drop(&mut self) {
+        match self.controller.take() {
+            Some(Controller::Process(mut child)) => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            Some(Controller::InProcess { task, .. }) => task.abort(),
+            None => {}
         }
     }
 }
