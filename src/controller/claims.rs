@@ -159,15 +159,18 @@ async fn apply(claim: &LockClaim, ctx: &Arc<Context>) -> Result<Action, Error> {
         max_hold: lock.spec.max_hold_seconds.map(Duration::from_secs),
     });
     let (holder, holder_check) = holder_state(ctx, claim, now);
-    let mut queue = queue_state(ctx, claim);
-    let mut step = claim_lifecycle::decide(
-        &claim.spec,
-        &facts(claim),
-        lock_facts.as_ref(),
-        &holder,
-        &queue,
-        now,
-    );
+    let claim_facts = facts(claim);
+    let decide = |queue: &QueueState| {
+        claim_lifecycle::decide(
+            &claim.spec,
+            &claim_facts,
+            lock_facts.as_ref(),
+            &holder,
+            queue,
+            now,
+        )
+    };
+    let mut step = decide(&queue_state(ctx, claim));
     match step.queue {
         QueueAction::Keep => {}
         QueueAction::Enqueue => {
@@ -175,15 +178,8 @@ async fn apply(claim: &LockClaim, ctx: &Arc<Context>) -> Result<Action, Error> {
             if let Some(wait) = ctx.fenced_for(&lock_ref(claim)) {
                 return Ok(Action::requeue(wait));
             }
-            queue = enqueue(ctx, claim, lock).await?;
-            step = claim_lifecycle::decide(
-                &claim.spec,
-                &facts(claim),
-                lock_facts.as_ref(),
-                &holder,
-                &queue,
-                now,
-            );
+            // The engine answers with the queue already read: decide again on it.
+            step = decide(&enqueue(ctx, claim, lock).await?);
             if step.queue == QueueAction::Dequeue {
                 dequeue(ctx, claim, lock).await?;
             }
