@@ -6,11 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
@@ -18,13 +17,13 @@ use serde_json::json;
 
 use super::context::Context;
 use super::holders;
+use super::status;
 use crate::claim_lifecycle::{self, ClaimFacts, HolderState, LockFacts, QueueAction, QueueState};
 use crate::resources::{ClaimPhase, DistributedLock, HolderKind, LockClaim, LockClaimStatus};
 use crate::znode_name::ContenderId;
 use crate::zookeeper::{ContenderState, EngineError};
 
 pub const FINALIZER: &str = "lockkeeper.dev/release";
-pub const MANAGER: &str = "lockkeeper";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -67,26 +66,10 @@ fn uid(claim: &LockClaim) -> String {
 
 /// A deleted claim leaves the queue (releasing its grant) before its finalizer goes.
 async fn cleanup(claim: &LockClaim, ctx: &Context) -> Result<Action, Error> {
-    let tracked = ctx
-        .contenders
-        .lock()
-        .expect("contenders lock")
-        .remove(&uid(claim));
-    let lock = ctx.locks.get(&lock_ref(claim));
-    let spec = match (tracked, lock) {
-        (Some(tracked), _) => Some(tracked.lock),
-        (None, Some(lock)) => ctx.lock_spec(&lock).ok(),
-        (None, None) => None,
-    };
-    if let Some(spec) = spec {
-        let id = ContenderId::new(uid(claim)).map_err(EngineError::from)?;
-        match ctx.engine.dequeue(&spec, &id).await {
-            Ok(()) | Err(EngineError::NotQueued { .. }) => {}
-            Err(err) => return Err(err.into()),
-        }
-        if claim.status.as_ref().map(|s| s.phase) == Some(ClaimPhase::Granted) {
-            ctx.metrics.released(&claim.spec.lock);
-        }
+    let was_granted = claim.status.as_ref().map(|s| s.phase) == Some(ClaimPhase::Granted);
+    leave_queue(ctx, claim, ctx.locks.get(&lock_ref(claim)).as_deref()).await?;
+    if was_granted {
+        ctx.metrics.released(&claim.spec.lock);
     }
     let _ = ctx.lock_changed.send(lock_ref(claim));
     Ok(Action::await_change())
@@ -181,19 +164,10 @@ async fn apply(claim: &LockClaim, ctx: &Arc<Context>) -> Result<Action, Error> {
             // The engine answers with the queue already read: decide again on it.
             step = decide(&enqueue(ctx, claim, lock).await?);
             if step.queue == QueueAction::Dequeue {
-                dequeue(ctx, claim, lock).await?;
+                leave_queue(ctx, claim, Some(lock)).await?;
             }
         }
-        QueueAction::Dequeue => {
-            if let Some(lock) = lock.as_ref() {
-                dequeue(ctx, claim, lock).await?;
-            } else {
-                ctx.contenders
-                    .lock()
-                    .expect("contenders lock")
-                    .remove(&uid(claim));
-            }
-        }
+        QueueAction::Dequeue => leave_queue(ctx, claim, lock.as_deref()).await?,
     }
     if step.resume_job {
         resume_job(ctx, claim).await?;
@@ -220,7 +194,14 @@ async fn enqueue(
     Ok(queue_state(ctx, claim))
 }
 
-async fn dequeue(ctx: &Context, claim: &LockClaim, lock: &DistributedLock) -> Result<(), Error> {
+/// Takes the claim's contender out of the queue (releasing a grant), whether this term
+/// queued it or an earlier one did. Without a tracked contender or a usable lock nothing was
+/// queued, so nothing is dequeued.
+async fn leave_queue(
+    ctx: &Context,
+    claim: &LockClaim,
+    lock: Option<&DistributedLock>,
+) -> Result<(), Error> {
     let tracked = ctx
         .contenders
         .lock()
@@ -228,7 +209,10 @@ async fn dequeue(ctx: &Context, claim: &LockClaim, lock: &DistributedLock) -> Re
         .remove(&uid(claim));
     let spec = match tracked {
         Some(tracked) => tracked.lock,
-        None => ctx.lock_spec(lock)?,
+        None => match lock.map(|lock| ctx.lock_spec(lock)) {
+            Some(Ok(spec)) => spec,
+            _ => return Ok(()),
+        },
     };
     let id = ContenderId::new(uid(claim)).map_err(EngineError::from)?;
     match ctx.engine.dequeue(&spec, &id).await {
@@ -248,32 +232,6 @@ async fn resume_job(ctx: &Context, claim: &LockClaim) -> Result<(), Error> {
     )
     .await?;
     Ok(())
-}
-
-fn condition(
-    outcome: &claim_lifecycle::Outcome,
-    previous: &[Condition],
-    generation: Option<i64>,
-    now: Timestamp,
-) -> Condition {
-    let status = if outcome.phase == ClaimPhase::Granted {
-        "True"
-    } else {
-        "False"
-    };
-    let since = previous
-        .iter()
-        .find(|c| c.type_ == "Granted" && c.status == status)
-        .map(|c| c.last_transition_time.clone())
-        .unwrap_or(Time(now));
-    Condition {
-        type_: "Granted".into(),
-        status: status.into(),
-        reason: outcome.reason.into(),
-        message: outcome.message.clone(),
-        last_transition_time: since,
-        observed_generation: generation,
-    }
 }
 
 /// Writes the claim's status with server-side apply (one field manager, forced), and an
@@ -313,7 +271,18 @@ async fn write_status(
         granted_at,
         released_at,
         message: Some(outcome.message.clone()),
-        conditions: vec![condition(outcome, &current.conditions, generation, now)],
+        conditions: vec![status::condition(
+            "Granted",
+            if outcome.phase == ClaimPhase::Granted {
+                "True"
+            } else {
+                "False"
+            },
+            outcome.reason,
+            outcome.message.clone(),
+            &current.conditions,
+            generation,
+        )],
         observed_generation: generation,
     };
     if wanted == current {
@@ -321,14 +290,7 @@ async fn write_status(
     }
     let api: Api<LockClaim> =
         Api::namespaced(ctx.client.clone(), &claim.namespace().unwrap_or_default());
-    let patch =
-        json!({"apiVersion": "lockkeeper.dev/v1alpha1", "kind": "LockClaim", "status": wanted});
-    api.patch_status(
-        &claim.name_any(),
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
+    status::apply(&api, claim, &wanted).await?;
     if current.phase != outcome.phase {
         record_transition(ctx, claim, outcome, &current).await;
     }
@@ -365,17 +327,18 @@ async fn record_transition(
     if outcome.phase == ClaimPhase::Waiting && before.phase == ClaimPhase::Waiting {
         return;
     }
-    let event = Event {
-        type_: match outcome.phase {
-            ClaimPhase::Lost | ClaimPhase::Invalid | ClaimPhase::Expired => EventType::Warning,
-            _ => EventType::Normal,
-        },
-        reason: outcome.reason.into(),
-        note: Some(outcome.message.clone()),
-        action: format!("{:?}", outcome.phase),
-        secondary: None,
-    };
-    if let Err(err) = ctx.recorder().publish(&event, &claim.object_ref(&())).await {
-        tracing::warn!(claim = %claim.name_any(), %err, "could not record an event");
-    }
+    let warning = matches!(
+        outcome.phase,
+        ClaimPhase::Lost | ClaimPhase::Invalid | ClaimPhase::Expired
+    );
+    let action = format!("{:?}", outcome.phase);
+    status::publish(
+        ctx,
+        claim,
+        warning,
+        outcome.reason,
+        &action,
+        outcome.message.clone(),
+    )
+    .await;
 }

@@ -5,15 +5,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::Store;
 use kube::{Resource, ResourceExt};
-use serde_json::json;
 
-use super::claims::MANAGER;
 use super::context::Context;
+use super::status;
 use crate::resources::{ClaimPhase, DistributedLock, DistributedLockStatus, LockClaim, LockHolder};
 use crate::zookeeper::EngineError;
 
@@ -37,21 +35,15 @@ pub async fn reconcile(lock: Arc<DistributedLock>, ctx: Arc<LockContext>) -> Res
     let namespace = lock.namespace().unwrap_or_default();
     let current = lock.status.clone().unwrap_or_default();
     let generation = lock.meta().generation;
-    let condition = |status: &str, reason: &str, message: String| {
-        let since = current
-            .conditions
-            .iter()
-            .find(|c| c.type_ == "Ready" && c.status == status)
-            .map(|c| c.last_transition_time.clone())
-            .unwrap_or(Time(k8s_openapi::jiff::Timestamp::now()));
-        Condition {
-            type_: "Ready".into(),
-            status: status.into(),
-            reason: reason.into(),
+    let condition = |state: &str, reason: &str, message: String| {
+        status::condition(
+            "Ready",
+            state,
+            reason,
             message,
-            last_transition_time: since,
-            observed_generation: generation,
-        }
+            &current.conditions,
+            generation,
+        )
     };
     let wanted = match ctx.shared.lock_spec(&lock) {
         Err(err) => DistributedLockStatus {
@@ -105,13 +97,7 @@ pub async fn reconcile(lock: Arc<DistributedLock>, ctx: Arc<LockContext>) -> Res
     };
     if wanted != current {
         let api: Api<DistributedLock> = Api::namespaced(ctx.shared.client.clone(), &namespace);
-        let patch = json!({"apiVersion": "lockkeeper.dev/v1alpha1", "kind": "DistributedLock", "status": wanted});
-        api.patch_status(
-            &lock.name_any(),
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await?;
+        status::apply(&api, lock.as_ref(), &wanted).await?;
     }
     Ok(Action::await_change())
 }

@@ -14,6 +14,7 @@ pub mod holders;
 pub mod leader;
 pub mod locks;
 pub mod resume;
+pub mod status;
 pub mod telemetry;
 
 use std::collections::HashMap;
@@ -24,13 +25,12 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams};
 use kube::runtime::controller::Controller;
 use kube::runtime::events::Reporter;
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, reflector as cache, watcher};
 use kube::{Client, ResourceExt};
-use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
@@ -357,8 +357,10 @@ async fn fence_lost_grants(ctx: &Arc<Context>) -> HashMap<ObjectRef<DistributedL
         if status.phase != ClaimPhase::Granted {
             continue;
         }
-        let locks: Api<DistributedLock> = Api::namespaced(ctx.client.clone(), &namespace);
-        let lock = locks.get_opt(&claim.spec.lock).await.ok().flatten();
+        // The term's lock cache still holds what the locks said when the term ended.
+        let lock = ctx
+            .locks
+            .get(&ObjectRef::new(&claim.spec.lock).within(&namespace));
         let delay = lock
             .as_ref()
             .and_then(|l| l.spec.lock_delay_seconds)
@@ -376,30 +378,11 @@ async fn fence_lost_grants(ctx: &Arc<Context>) -> HashMap<ObjectRef<DistributedL
             observed_generation: claim.metadata.generation,
             ..Default::default()
         };
-        let patch =
-            json!({"apiVersion": "lockkeeper.dev/v1alpha1", "kind": "LockClaim", "status": wanted});
-        if let Err(err) = claims
-            .patch_status(
-                &claim.name_any(),
-                &PatchParams::apply(claims::MANAGER).force(),
-                &Patch::Apply(&patch),
-            )
-            .await
-        {
+        if let Err(err) = status::apply(&claims, &claim, &wanted).await {
             tracing::warn!(claim = %claim.name_any(), %err, "could not mark a lost grant");
         }
         ctx.metrics.lost(&claim.spec.lock);
-        let event = kube::runtime::events::Event {
-            type_: kube::runtime::events::EventType::Warning,
-            reason: "Lost".into(),
-            note: Some(message),
-            action: "Lost".into(),
-            secondary: None,
-        };
-        let _ = ctx
-            .recorder()
-            .publish(&event, &kube::Resource::object_ref(&claim, &()))
-            .await;
+        status::publish(ctx, &claim, true, "Lost", "Lost", message).await;
         if lock.as_ref().is_some_and(|l| l.spec.evict_on_loss) {
             evict_holder(ctx, &claim).await;
         }

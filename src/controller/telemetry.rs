@@ -13,7 +13,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LockLabel {
@@ -27,6 +27,12 @@ struct KindLabel {
 
 fn seconds_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.005, 4.0, 12))
+}
+
+/// Registers `metric` (a cheap handle onto shared values) and returns it.
+fn registered<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    registry.register(name, help, metric.clone());
+    metric
 }
 
 pub struct Metrics {
@@ -55,69 +61,65 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("lockkeeper");
-        let metrics = Metrics {
-            grants: Family::default(),
-            releases: Family::default(),
-            expiries: Family::default(),
-            losses: Family::default(),
-            wait_seconds: Family::new_with_constructor(seconds_histogram),
-            hold_seconds: Family::new_with_constructor(seconds_histogram),
-            queue_length: Family::default(),
-            reconcile_errors: Family::default(),
-            session_connected: Gauge::default(),
-            leader: Gauge::default(),
-            ready: AtomicBool::new(false),
-            registry: Registry::default(),
-        };
-        registry.register("grants", "Claims granted", metrics.grants.clone());
-        registry.register(
-            "releases",
-            "Grants released by their holder's end or the claim's deletion",
-            metrics.releases.clone(),
-        );
-        registry.register(
-            "expiries",
-            "Claims expired (wait timeout or maxHoldSeconds)",
-            metrics.expiries.clone(),
-        );
-        registry.register(
-            "losses",
-            "Grants lost to a backend failure",
-            metrics.losses.clone(),
-        );
-        registry.register(
-            "wait_seconds",
-            "Time from claim creation to grant",
-            metrics.wait_seconds.clone(),
-        );
-        registry.register(
-            "hold_seconds",
-            "Time from grant to release",
-            metrics.hold_seconds.clone(),
-        );
-        registry.register(
-            "queue_length",
-            "Contenders waiting on a lock",
-            metrics.queue_length.clone(),
-        );
-        registry.register(
-            "reconcile_errors",
-            "Failed reconciles by resource kind",
-            metrics.reconcile_errors.clone(),
-        );
-        registry.register(
-            "zookeeper_session_connected",
-            "1 while the ZooKeeper session is connected",
-            metrics.session_connected.clone(),
-        );
-        registry.register(
-            "leader",
-            "1 while this replica drives grants",
-            metrics.leader.clone(),
-        );
+        let r = &mut registry;
         Metrics {
+            grants: registered(r, "grants", "Claims granted", Family::default()),
+            releases: registered(
+                r,
+                "releases",
+                "Grants released by their holder's end or the claim's deletion",
+                Family::default(),
+            ),
+            expiries: registered(
+                r,
+                "expiries",
+                "Claims expired (wait timeout or maxHoldSeconds)",
+                Family::default(),
+            ),
+            losses: registered(
+                r,
+                "losses",
+                "Grants lost to a backend failure",
+                Family::default(),
+            ),
+            wait_seconds: registered(
+                r,
+                "wait_seconds",
+                "Time from claim creation to grant",
+                Family::new_with_constructor(seconds_histogram as fn() -> Histogram),
+            ),
+            hold_seconds: registered(
+                r,
+                "hold_seconds",
+                "Time from grant to release",
+                Family::new_with_constructor(seconds_histogram as fn() -> Histogram),
+            ),
+            queue_length: registered(
+                r,
+                "queue_length",
+                "Contenders waiting on a lock",
+                Family::default(),
+            ),
+            reconcile_errors: registered(
+                r,
+                "reconcile_errors",
+                "Failed reconciles by resource kind",
+                Family::default(),
+            ),
+            session_connected: registered(
+                r,
+                "zookeeper_session_connected",
+                "1 while the ZooKeeper session is connected",
+                Gauge::default(),
+            ),
+            leader: registered(
+                r,
+                "leader",
+                "1 while this replica drives grants",
+                Gauge::default(),
+            ),
+            ready: AtomicBool::new(false),
             registry,
-            ..metrics
         }
     }
 

@@ -41,6 +41,13 @@ impl Conflict {
     }
 }
 
+/// The 409 a refused apply gets.
+impl From<Vec<Conflict>> for crate::api_error::ApiError {
+    fn from(conflicts: Vec<Conflict>) -> Self {
+        crate::api_error::ApiError::apply_conflict(&Conflict::message(&conflicts))
+    }
+}
+
 /// The fields a configuration sets. `metadata` contributes only labels and annotations.
 fn fields_of(config: &Value) -> BTreeSet<Field> {
     let mut found = BTreeSet::new();

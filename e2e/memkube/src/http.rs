@@ -16,7 +16,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::api_error::ApiError;
 use crate::faults::Faults;
-use crate::field_managers::{self, Conflict, Writer};
+use crate::field_managers::{self, Writer};
 use crate::resources::{Registry, ResourceId, ResourceInfo};
 use crate::selectors::{FieldSelector, LabelSelector};
 use crate::store::{DeleteOptions, EventType, Propagation, Store, Target, WatchEvent};
@@ -243,6 +243,7 @@ async fn handle(
                         query: &query,
                         headers: &headers,
                         body: &body,
+                        decoded: std::sync::OnceLock::new(),
                     };
                     request.serve(&method).await
                 }
@@ -370,6 +371,8 @@ struct Request<'a> {
     query: &'a HashMap<String, String>,
     headers: &'a HeaderMap,
     body: &'a Bytes,
+    /// The body, decoded once however many steps read it.
+    decoded: std::sync::OnceLock<Result<Value, ApiError>>,
 }
 
 impl Request<'_> {
@@ -582,12 +585,31 @@ impl Request<'_> {
         }
     }
 
+    /// The request body as a JSON value, decoded by its content type (once per request).
     fn parse_body(&self) -> Result<Value, ApiError> {
+        self.decoded.get_or_init(|| self.decode_body()).clone()
+    }
+
+    fn decode_body(&self) -> Result<Value, ApiError> {
         let content_type = self
             .headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default();
+        match self.content_kind() {
+            "application/apply-patch+yaml" => {
+                return serde_yaml::from_slice(self.body).map_err(|err| {
+                    ApiError::bad_request(format!("the apply patch is not YAML: {err}"))
+                });
+            }
+            "application/merge-patch+json"
+            | "application/strategic-merge-patch+json"
+            | "application/json-patch+json" => {
+                return serde_json::from_slice(self.body)
+                    .map_err(|err| ApiError::bad_request(format!("the patch is not JSON: {err}")));
+            }
+            _ => {}
+        }
         if content_type.contains("protobuf") && self.info.kind == "Namespace" {
             return crate::protobuf::decode_namespace(self.body);
         }
@@ -705,14 +727,11 @@ impl Request<'_> {
 
     fn patch(&self, name: &str, target: Target, dry_run: bool) -> Result<Response, ApiError> {
         let kind = self.content_kind();
-        let patch: Value = match kind {
-            "application/apply-patch+yaml" => serde_yaml::from_slice(self.body).map_err(|err| {
-                ApiError::bad_request(format!("the apply patch is not YAML: {err}"))
-            })?,
-            "application/merge-patch+json"
+        let patch = match kind {
+            "application/apply-patch+yaml"
+            | "application/merge-patch+json"
             | "application/strategic-merge-patch+json"
-            | "application/json-patch+json" => serde_json::from_slice(self.body)
-                .map_err(|err| ApiError::bad_request(format!("the patch is not JSON: {err}")))?,
+            | "application/json-patch+json" => self.parse_body()?,
             other => {
                 return Err(ApiError::unsupported_media_type(format!(
                     "the patch content type {other:?} is not supported"
@@ -730,9 +749,7 @@ impl Request<'_> {
             dry_run,
             |current| {
                 if apply {
-                    return field_managers::apply(current, &patch, &writer, force).map_err(
-                        |conflicts| ApiError::apply_conflict(&Conflict::message(&conflicts)),
-                    );
+                    return Ok(field_managers::apply(current, &patch, &writer, force)?);
                 }
                 let mut next = current.clone();
                 if kind == "application/json-patch+json" {
@@ -756,10 +773,7 @@ impl Request<'_> {
         let object = match result {
             // Server-side apply creates what does not exist yet.
             Err(error) if error.code == 404 && apply && target == Target::Main => {
-                let mut object = field_managers::apply(&json!({}), &patch, &writer, force)
-                    .map_err(|conflicts| {
-                        ApiError::apply_conflict(&Conflict::message(&conflicts))
-                    })?;
+                let mut object = field_managers::apply(&json!({}), &patch, &writer, force)?;
                 object["metadata"]["name"] = json!(name);
                 let created =
                     self.server
