@@ -290,7 +290,12 @@ async fn write_status(
     }
     let api: Api<LockClaim> =
         Api::namespaced(ctx.client.clone(), &claim.namespace().unwrap_or_default());
-    status::apply(&api, claim, &wanted).await?;
+    match status::apply(&api, claim, &wanted, true).await {
+        Ok(()) => {}
+        // Decided on an old copy: the newer one is on its way and reconciles again.
+        Err(kube::Error::Api(status)) if status.code == 409 => return Ok(()),
+        Err(err) => return Err(err.into()),
+    }
     if current.phase != outcome.phase {
         record_transition(ctx, claim, outcome, &current).await;
     }

@@ -97,7 +97,7 @@ pub async fn reconcile(lock: Arc<DistributedLock>, ctx: Arc<LockContext>) -> Res
     };
     if wanted != current {
         let api: Api<DistributedLock> = Api::namespaced(ctx.shared.client.clone(), &namespace);
-        status::apply(&api, lock.as_ref(), &wanted).await?;
+        status::apply(&api, lock.as_ref(), &wanted, false).await?;
     }
     Ok(Action::await_change())
 }

@@ -378,7 +378,7 @@ async fn fence_lost_grants(ctx: &Arc<Context>) -> HashMap<ObjectRef<DistributedL
             observed_generation: claim.metadata.generation,
             ..Default::default()
         };
-        if let Err(err) = status::apply(&claims, &claim, &wanted).await {
+        if let Err(err) = status::apply(&claims, &claim, &wanted, true).await {
             tracing::warn!(claim = %claim.name_any(), %err, "could not mark a lost grant");
         }
         ctx.metrics.lost(&claim.spec.lock);

@@ -39,12 +39,23 @@ pub fn condition(
 }
 
 /// Server-side applies `status` to the object's status subresource (forced: the controller
-/// is the only writer of status).
-pub async fn apply<K>(api: &Api<K>, object: &K, status: &impl Serialize) -> Result<(), kube::Error>
+/// is the only writer of status). With `if_unchanged`, the write carries the object's
+/// resourceVersion and gets 409 if the object changed since it was read: what is derived
+/// from the transition (events, metrics) then happens once, from the latest object.
+pub async fn apply<K>(
+    api: &Api<K>,
+    object: &K,
+    status: &impl Serialize,
+    if_unchanged: bool,
+) -> Result<(), kube::Error>
 where
     K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
-    let patch = json!({"apiVersion": K::api_version(&()), "kind": K::kind(&()), "status": status});
+    let mut patch =
+        json!({"apiVersion": K::api_version(&()), "kind": K::kind(&()), "status": status});
+    if if_unchanged && let Some(version) = &object.meta().resource_version {
+        patch["metadata"] = json!({"resourceVersion": version});
+    }
     api.patch_status(
         &object.name_any(),
         &PatchParams::apply(MANAGER).force(),

@@ -749,6 +749,14 @@ impl Request<'_> {
             dry_run,
             |current| {
                 if apply {
+                    // A resourceVersion in the configuration is a precondition, as in
+                    // kube-apiserver.
+                    let wanted_version = patch["metadata"]["resourceVersion"].as_str();
+                    if wanted_version
+                        .is_some_and(|v| Some(v) != current["metadata"]["resourceVersion"].as_str())
+                    {
+                        return Err(ApiError::conflict(&self.info.id, name));
+                    }
                     return Ok(field_managers::apply(current, &patch, &writer, force)?);
                 }
                 let mut next = current.clone();

@@ -765,4 +765,13 @@ async fn server_side_apply_tracks_field_managers() {
         .filter_map(|entry| entry.manager.clone())
         .collect();
     assert_eq!(managers, ["two"]);
+
+    // A resourceVersion in the configuration is a precondition.
+    let stale = Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "shared", "resourceVersion": "1"}, "data": {"a": "3"}}));
+    let err = maps
+        .patch("shared", &PatchParams::apply("two"), &stale)
+        .await
+        .unwrap_err();
+    assert_eq!(api_error(err), (409, "Conflict".into()));
 }
