@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::claim_client::ClaimError;
 use crate::lock_rules::{LockKind, Verdict, WaitTarget};
+use crate::resources::ClaimMode;
 use crate::zookeeper::{EngineConfig, EngineError, LockEngine, LockQueue, LockSpec};
 
 #[derive(Debug, Parser)]
@@ -53,6 +55,65 @@ pub enum Command {
     Crd(CrdArgs),
     /// Run the operator: reconcile DistributedLocks and LockClaims against ZooKeeper.
     Controller(ControllerArgs),
+    /// Init container: wait until this pod's claim on a lock is granted, write the fencing
+    /// token, exit 0. The lock is held until the pod ends.
+    Gate(GateArgs),
+    /// Hold a lock while a command runs (the lock is released when it exits).
+    Run(RunArgs),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ModeArg {
+    #[value(name = "Exclusive")]
+    Exclusive,
+    #[value(name = "Shared")]
+    Shared,
+}
+
+impl From<ModeArg> for ClaimMode {
+    fn from(mode: ModeArg) -> Self {
+        match mode {
+            ModeArg::Exclusive => ClaimMode::Exclusive,
+            ModeArg::Shared => ClaimMode::Shared,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct GateArgs {
+    /// The DistributedLock, in the pod's namespace.
+    #[arg(long)]
+    pub lock: String,
+    #[arg(long, value_enum, ignore_case = true, default_value_t = ModeArg::Exclusive)]
+    pub mode: ModeArg,
+    /// Give up after waiting this long (exit 75); the claim expires too. Default: wait.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub timeout: Option<Duration>,
+    /// Write the fencing token here (e.g. on an emptyDir shared with the main containers).
+    #[arg(long)]
+    pub token_file: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The DistributedLock.
+    #[arg(long)]
+    pub lock: String,
+    /// The lock's namespace (default: the kubeconfig context's).
+    #[arg(long, short = 'n')]
+    pub namespace: Option<String>,
+    #[arg(long, value_enum, ignore_case = true, default_value_t = ModeArg::Exclusive)]
+    pub mode: ModeArg,
+    /// If this process dies without releasing, the lock is released this long after its
+    /// last renewal.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    pub lease_duration: Duration,
+    /// Give up after waiting this long (exit 75, the command does not run); 0s tries once.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub timeout: Option<Duration>,
+    /// The command and its arguments; it gets LOCKKEEPER_FENCING_TOKEN in its environment.
+    #[arg(last = true, required = true, num_args = 1..)]
+    pub command: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -155,6 +216,8 @@ pub async fn main() -> ExitCode {
         Command::Controller(args) => crate::controller::run(args.config())
             .await
             .map_err(Into::into),
+        Command::Gate(args) => return exit(gate(args).await.map(|_| 0)),
+        Command::Run(args) => return exit(run(args).await),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -163,6 +226,43 @@ pub async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn exit(result: Result<u8, ClaimError>) -> ExitCode {
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            eprintln!("lockkeeper: {err}");
+            ExitCode::from(err.exit_code())
+        }
+    }
+}
+
+async fn gate(args: GateArgs) -> Result<i64, ClaimError> {
+    let pod = crate::gate::PodIdentity::from_env()?;
+    let client = kube::Client::try_default().await?;
+    let request = crate::gate::GateRequest {
+        lock: args.lock,
+        mode: args.mode.into(),
+        timeout: args.timeout,
+        token_file: args.token_file,
+    };
+    crate::gate::gate(client, pod, request).await
+}
+
+async fn run(args: RunArgs) -> Result<u8, ClaimError> {
+    let client = kube::Client::try_default().await?;
+    let request = crate::run::RunRequest {
+        lock: args.lock,
+        namespace: args
+            .namespace
+            .unwrap_or_else(|| client.default_namespace().to_string()),
+        mode: args.mode.into(),
+        lease_duration: args.lease_duration,
+        timeout: args.timeout,
+        command: args.command,
+    };
+    crate::run::run(client, request).await
 }
 
 fn write_crds(args: CrdArgs) -> std::io::Result<()> {

@@ -111,21 +111,36 @@ impl Cluster {
         self.controller = Some(Controller::InProcess { stop, task });
     }
 
-    /// Starts `lockkeeper controller` as a process of its own, on this cluster.
-    pub fn start_controller_process(&mut self) {
-        let config = self.controller_config();
-        let kubeconfig = match &self.memkube {
+    fn kubeconfig_path(&self) -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("lockkeeper-e2e-{}.kubeconfig", self.namespace))
+    }
+
+    /// The kubeconfig of this cluster, for processes the test starts.
+    pub fn kubeconfig(&self) -> std::ffi::OsString {
+        match &self.memkube {
             Some(server) => {
-                let path = std::env::temp_dir()
-                    .join(format!("lockkeeper-e2e-{}.kubeconfig", self.namespace));
+                let path = self.kubeconfig_path();
                 server
                     .write_kubeconfig(&path)
                     .expect("write memkube's kubeconfig");
                 path.into_os_string()
             }
             None => std::env::var_os("KUBECONFIG").expect("KUBECONFIG"),
-        };
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_lockkeeper"))
+        }
+    }
+
+    /// The `lockkeeper` binary, talking to this cluster.
+    pub fn lockkeeper(&self) -> std::process::Command {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_lockkeeper"));
+        command.env("KUBECONFIG", self.kubeconfig());
+        command
+    }
+
+    /// Starts `lockkeeper controller` as a process of its own, on this cluster.
+    pub fn start_controller_process(&mut self) {
+        let config = self.controller_config();
+        let child = self
+            .lockkeeper()
             .args([
                 "controller",
                 "--zookeeper",
@@ -145,10 +160,25 @@ impl Cluster {
                 "--identity",
                 &config.identity,
             ])
-            .env("KUBECONFIG", kubeconfig)
             .spawn()
             .expect("start lockkeeper controller");
         self.controller = Some(Controller::Process(child));
+    }
+
+    /// Starts `lockkeeper gate` as the kubelet would run the init container of `pod`: with
+    /// the downward-API variables. Its stderr goes to `log`.
+    pub fn gate(&self, pod: &Pod, args: &[&str], log: &std::path::Path) -> std::process::Child {
+        let meta = &pod.metadata;
+        self.lockkeeper()
+            .arg("gate")
+            .args(args)
+            .env("POD_NAME", meta.name.as_deref().unwrap())
+            .env("POD_NAMESPACE", meta.namespace.as_deref().unwrap())
+            .env("POD_UID", meta.uid.as_deref().unwrap())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(log).expect("a log file"))
+            .spawn()
+            .expect("start lockkeeper gate")
     }
 
     /// Stops the controller gracefully (its ZooKeeper session closes).
@@ -264,6 +294,16 @@ impl Cluster {
             .unwrap_or_default()
     }
 
+    /// The claim's phase, or `None` while it does not exist.
+    pub async fn phase_if_exists(&self, name: &str) -> Option<ClaimPhase> {
+        let claim = self
+            .api::<LockClaim>()
+            .get_opt(name)
+            .await
+            .expect("get claim")?;
+        Some(claim.status.unwrap_or_default().phase)
+    }
+
     pub async fn phase(&self, name: &str) -> ClaimPhase {
         self.claim_status(name).await.phase
     }
@@ -320,6 +360,7 @@ impl Cluster {
         if let Some(server) = self.memkube.take() {
             server.stop().await;
         }
+        let _ = std::fs::remove_file(self.kubeconfig_path());
     }
 }
 

@@ -1,0 +1,330 @@
+//! What `lockkeeper gate` and `lockkeeper run` share: they make a LockClaim for their holder
+//! and follow it through a watch until the controller decides it. They talk to the
+//! Kubernetes API only; ZooKeeper is the controller's business.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use kube::api::{Api, DeleteParams, PostParams, Preconditions};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Resource, ResourceExt};
+
+use crate::resources::{ClaimPhase, LockClaim, LockClaimStatus};
+
+/// Exit code when the lock was not granted (wait timeout, try-lock on a held lock, grant
+/// ended before use): sysexits' EX_TEMPFAIL, "try again later".
+pub const EXIT_NOT_GRANTED: u8 = 75;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClaimError {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("{0} is not set; an init container gets it from the downward API (see examples/)")]
+    MissingEnv(&'static str),
+    #[error("lock {lock} was not granted: {reason}")]
+    NotGranted { lock: String, reason: String },
+    #[error("claim {0} was deleted before it was granted")]
+    Deleted(String),
+    #[error("claim {name} already exists and is not this holder's: {why}")]
+    Foreign { name: String, why: String },
+    #[error("cannot write the token file {path}: {source}")]
+    TokenFile {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot start {command:?}: {source}")]
+    Spawn {
+        command: String,
+        source: std::io::Error,
+    },
+}
+
+impl ClaimError {
+    /// The process exit code: 75 when the lock was not granted, 127 when the command could
+    /// not start (as shells do), 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ClaimError::NotGranted { .. } => EXIT_NOT_GRANTED,
+            ClaimError::Spawn { .. } => 127,
+            _ => 1,
+        }
+    }
+}
+
+/// What the watch says about the claim.
+#[derive(Debug)]
+pub enum ClaimUpdate {
+    Changed(Box<LockClaim>),
+    Deleted,
+}
+
+/// One claim, followed through a watch on its name. Dropped watches, API errors and relists
+/// are handled here (with kube-runtime's backoff); a claim that disappeared while the watch
+/// was down is reported as deleted.
+pub struct ClaimWatch {
+    stream: BoxStream<'static, Result<watcher::Event<LockClaim>, watcher::Error>>,
+    relisting: bool,
+    seen_in_relist: bool,
+}
+
+impl ClaimWatch {
+    pub fn new(api: Api<LockClaim>, name: &str) -> Self {
+        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+        ClaimWatch {
+            stream: watcher(api, config).default_backoff().boxed(),
+            relisting: false,
+            seen_in_relist: false,
+        }
+    }
+
+    pub async fn next(&mut self) -> ClaimUpdate {
+        loop {
+            match self.stream.next().await {
+                Some(Ok(watcher::Event::Apply(claim) | watcher::Event::InitApply(claim))) => {
+                    self.seen_in_relist = true;
+                    return ClaimUpdate::Changed(Box::new(claim));
+                }
+                Some(Ok(watcher::Event::Delete(_))) => return ClaimUpdate::Deleted,
+                Some(Ok(watcher::Event::Init)) => {
+                    self.relisting = true;
+                    self.seen_in_relist = false;
+                }
+                Some(Ok(watcher::Event::InitDone)) => {
+                    let gone = self.relisting && !self.seen_in_relist;
+                    self.relisting = false;
+                    if gone {
+                        return ClaimUpdate::Deleted;
+                    }
+                }
+                Some(Err(err)) => tracing::warn!(error = %err, "watching the claim; retrying"),
+                None => return ClaimUpdate::Deleted,
+            }
+        }
+    }
+}
+
+/// How the wait for a grant ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Granted {
+        fencing_token: i64,
+    },
+    /// The claim ended without a grant to use (Expired, Released): the reason says why.
+    Refused(String),
+}
+
+/// The decision a status carries, if any. `Lost` and `Invalid` are not decisions: the
+/// controller queues a lost claim again, and an invalid one once it is fixed (e.g. when
+/// its lock is created).
+pub fn decision(status: &LockClaimStatus) -> Option<Decision> {
+    let reason = || {
+        let message = status.message.as_deref().unwrap_or("no reason given");
+        format!("the claim is {:?}: {message}", status.phase)
+    };
+    match status.phase {
+        ClaimPhase::Granted => status
+            .fencing_token
+            .map(|fencing_token| Decision::Granted { fencing_token }),
+        ClaimPhase::Expired | ClaimPhase::Released => Some(Decision::Refused(reason())),
+        ClaimPhase::Pending | ClaimPhase::Waiting | ClaimPhase::Lost | ClaimPhase::Invalid => None,
+    }
+}
+
+/// A line for the user when the claim's standing changed, e.g. "waiting, 2 ahead".
+pub fn progress(status: &LockClaimStatus) -> String {
+    let mut line = match (status.phase, status.position) {
+        (ClaimPhase::Waiting, Some(ahead)) => format!("waiting, {ahead} ahead"),
+        (phase, _) => format!("{phase:?}").to_lowercase(),
+    };
+    if !matches!(status.phase, ClaimPhase::Waiting | ClaimPhase::Granted)
+        && let Some(message) = &status.message
+    {
+        line.push_str(": ");
+        line.push_str(message);
+    }
+    line
+}
+
+/// Follows the claim until it is decided, printing each change of its standing on stderr.
+pub async fn wait_for_decision(
+    watch: &mut ClaimWatch,
+    claim_name: &str,
+) -> Result<Decision, ClaimError> {
+    let mut last_line = String::new();
+    loop {
+        let claim = match watch.next().await {
+            ClaimUpdate::Changed(claim) => claim,
+            ClaimUpdate::Deleted => return Err(ClaimError::Deleted(claim_name.to_string())),
+        };
+        let status = claim.status.unwrap_or_default();
+        let line = progress(&status);
+        if line != last_line {
+            eprintln!("lockkeeper: claim {claim_name}: {line}");
+            last_line = line;
+        }
+        if let Some(decision) = decision(&status) {
+            return Ok(decision);
+        }
+    }
+}
+
+/// Deletes the claim (its finalizer takes it out of the ZooKeeper queue first) and waits up
+/// to `patience` until it is gone. `uid` guards against deleting a newer claim of that name.
+pub async fn delete_claim(
+    api: &Api<LockClaim>,
+    name: &str,
+    uid: &str,
+    patience: Duration,
+) -> Result<(), ClaimError> {
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: Some(uid.to_string()),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    match api.delete(name, &params).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if status.is_not_found() || status.is_conflict() => {
+            return Ok(());
+        }
+        Err(err) => return Err(err.into()),
+    }
+    let gone = kube::runtime::wait::await_condition(
+        api.clone(),
+        name,
+        kube::runtime::wait::conditions::is_deleted(uid),
+    );
+    if tokio::time::timeout(patience, gone).await.is_err() {
+        tracing::warn!(
+            claim = name,
+            "the claim is still being deleted (is the controller running?)"
+        );
+    }
+    Ok(())
+}
+
+/// Creates the claim, or returns an existing one of that name that `adopt` accepts. An
+/// existing claim that is over (Released, Expired) or that `adopt` calls stale is deleted and
+/// made again.
+pub async fn create_or_adopt(
+    api: &Api<LockClaim>,
+    claim: &LockClaim,
+    adopt: impl Fn(&LockClaim) -> Adoption,
+) -> Result<LockClaim, ClaimError> {
+    let name = claim.name_any();
+    loop {
+        if let Some(existing) = api.get_opt(&name).await? {
+            let over = existing.status.as_ref().is_some_and(|s| s.phase.is_final());
+            match adopt(&existing) {
+                Adoption::Foreign(why) => return Err(ClaimError::Foreign { name, why }),
+                Adoption::Adopt if !over => return Ok(existing),
+                Adoption::Adopt | Adoption::Replace => {
+                    eprintln!(
+                        "lockkeeper: claim {name} is left from an earlier attempt; making it anew"
+                    );
+                    let uid = existing.meta().uid.clone().unwrap_or_default();
+                    delete_claim(api, &name, &uid, Duration::from_secs(60)).await?;
+                    continue;
+                }
+            }
+        }
+        match api.create(&PostParams::default(), claim).await {
+            Ok(created) => return Ok(created),
+            // Made meanwhile (a restarted init container racing its predecessor): look again.
+            Err(kube::Error::Api(status)) if status.is_already_exists() => continue,
+            Err(err) => return Err(err.into()),
+        }
+    }
+}
+
+/// What to do with a claim that already has the name a holder wants.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Adoption {
+    /// It is this holder's: go on with it.
+    Adopt,
+    /// It was an earlier holder's of the same name (e.g. a StatefulSet pod made again).
+    Replace,
+    /// Someone else's: refuse, saying why.
+    Foreign(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(
+        phase: ClaimPhase,
+        position: Option<u32>,
+        token: Option<i64>,
+        message: Option<&str>,
+    ) -> LockClaimStatus {
+        LockClaimStatus {
+            phase,
+            position,
+            fencing_token: token,
+            message: message.map(str::to_string),
+            ..LockClaimStatus::default()
+        }
+    }
+
+    #[test]
+    fn only_a_grant_with_a_token_or_an_end_decides_the_wait() {
+        assert_eq!(
+            decision(&status(ClaimPhase::Granted, None, Some(42), None)),
+            Some(Decision::Granted { fencing_token: 42 })
+        );
+        assert_eq!(
+            decision(&status(ClaimPhase::Granted, None, None, None)),
+            None
+        );
+        assert_eq!(
+            decision(&status(ClaimPhase::Expired, None, None, Some("waited 5s"))),
+            Some(Decision::Refused("the claim is Expired: waited 5s".into()))
+        );
+        for phase in [
+            ClaimPhase::Pending,
+            ClaimPhase::Waiting,
+            ClaimPhase::Lost,
+            ClaimPhase::Invalid,
+        ] {
+            assert_eq!(
+                decision(&status(phase, None, None, Some("x"))),
+                None,
+                "{phase:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn progress_lines_say_where_the_claim_stands() {
+        assert_eq!(
+            progress(&status(ClaimPhase::Waiting, Some(2), None, Some("queued"))),
+            "waiting, 2 ahead"
+        );
+        assert_eq!(
+            progress(&status(
+                ClaimPhase::Invalid,
+                None,
+                None,
+                Some("DistributedLock \"db\" does not exist")
+            )),
+            "invalid: DistributedLock \"db\" does not exist"
+        );
+        assert_eq!(
+            progress(&status(ClaimPhase::Granted, None, Some(7), Some("granted"))),
+            "granted"
+        );
+    }
+
+    #[test]
+    fn exit_codes_tell_a_refusal_from_a_failure() {
+        let refused = ClaimError::NotGranted {
+            lock: "db".into(),
+            reason: "timeout".into(),
+        };
+        assert_eq!(refused.exit_code(), EXIT_NOT_GRANTED);
+        assert_eq!(ClaimError::MissingEnv("POD_UID").exit_code(), 1);
+    }
+}

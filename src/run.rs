@@ -1,0 +1,304 @@
+//! `lockkeeper run --lock NAME -- COMMAND…`: hold a lock while a command runs, from anywhere
+//! with a kubeconfig. The claim's holder is a Lease that this process renews; if the process
+//! dies without cleanup, the controller releases the lock once the lease runs out. On exit or
+//! signal the claim is deleted (released) and the command's exit code is passed through.
+
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::{Client, Resource, ResourceExt};
+use nix::sys::signal::Signal;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::claim_client::{self, ClaimError, ClaimUpdate, ClaimWatch, Decision};
+use crate::resources::{ClaimMode, ClaimPhase, HolderKind, HolderRef, LockClaim, LockClaimSpec};
+
+#[derive(Clone, Debug)]
+pub struct RunRequest {
+    pub lock: String,
+    pub namespace: String,
+    pub mode: ClaimMode,
+    /// The lock is released this long after the last renewal if this process dies.
+    pub lease_duration: Duration,
+    /// Give up after waiting this long (0: try once); the command then does not run.
+    pub timeout: Option<Duration>,
+    pub command: Vec<String>,
+}
+
+/// How long a command that was told to stop (lock lost) gets before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+/// How long to wait for the controller to take a deleted claim out of the queue.
+const RELEASE_PATIENCE: Duration = Duration::from_secs(10);
+
+/// `<host>-<pid>`: who holds the lease, as `kubectl get claims` shows it.
+pub fn holder_name() -> String {
+    let host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".into());
+    let host: String = host
+        .to_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(200)
+        .collect();
+    format!("{}-{}", host.trim_matches(['-', '.']), std::process::id())
+}
+
+pub fn claim_for(request: &RunRequest, holder: &str, now: Timestamp) -> LockClaim {
+    let lease_seconds = request.lease_duration.as_secs_f64().ceil().max(1.0) as u32;
+    let mut claim = LockClaim::new(
+        "",
+        LockClaimSpec {
+            lock: request.lock.clone(),
+            mode: request.mode,
+            holder: HolderRef {
+                kind: HolderKind::Lease,
+                name: holder.to_string(),
+            },
+            lease_duration_seconds: Some(lease_seconds),
+            renew_time: Some(MicroTime(now)),
+            wait_timeout_seconds: request.timeout.map(|t| t.as_secs_f64().ceil() as u64),
+        },
+    );
+    let prefix: String = request.lock.chars().take(200).collect();
+    claim.metadata = ObjectMeta {
+        generate_name: Some(format!("{}-run-", prefix.trim_end_matches(['-', '.']))),
+        namespace: Some(request.namespace.clone()),
+        labels: Some(
+            [(
+                "app.kubernetes.io/managed-by".to_string(),
+                "lockkeeper-run".to_string(),
+            )]
+            .into(),
+        ),
+        ..ObjectMeta::default()
+    };
+    claim
+}
+
+/// The exit code a shell would report: the command's, or 128 + the signal that ended it.
+pub fn exit_code(status: ExitStatus) -> u8 {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => code as u8,
+        (None, Some(signal)) => (128 + signal) as u8,
+        (None, None) => 1,
+    }
+}
+
+/// Takes the lock, runs the command while holding it, releases it, and returns the command's
+/// exit code.
+pub async fn run(client: Client, request: RunRequest) -> Result<u8, ClaimError> {
+    let api: Api<LockClaim> = Api::namespaced(client, &request.namespace);
+    let holder = holder_name();
+    let wanted = claim_for(&request, &holder, Timestamp::now());
+    let claim = api.create(&PostParams::default(), &wanted).await?;
+    let name = claim.name_any();
+    let uid = claim.meta().uid.clone().unwrap_or_default();
+    eprintln!(
+        "lockkeeper: {holder} waits for lock {}/{} ({:?}) with claim {name}",
+        request.namespace, request.lock, request.mode
+    );
+    let renewal = tokio::spawn(renew(api.clone(), name.clone(), request.lease_duration));
+    let outcome = hold_and_run(&api, &name, &request).await;
+    renewal.abort();
+    claim_client::delete_claim(&api, &name, &uid, RELEASE_PATIENCE).await?;
+    outcome
+}
+
+/// Stops waiting or stops the command on SIGINT, SIGTERM and SIGHUP.
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        Ok(Signals {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+            hangup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    async fn recv(&mut self) -> Signal {
+        tokio::select! {
+            _ = self.interrupt.recv() => Signal::SIGINT,
+            _ = self.terminate.recv() => Signal::SIGTERM,
+            _ = self.hangup.recv() => Signal::SIGHUP,
+        }
+    }
+}
+
+async fn hold_and_run(
+    api: &Api<LockClaim>,
+    name: &str,
+    request: &RunRequest,
+) -> Result<u8, ClaimError> {
+    let mut signals = Signals::new().map_err(|source| ClaimError::Spawn {
+        command: "signal handlers".into(),
+        source,
+    })?;
+    let mut watch = ClaimWatch::new(api.clone(), name);
+    let refused = |reason: String| ClaimError::NotGranted {
+        lock: request.lock.clone(),
+        reason,
+    };
+    let fencing_token = {
+        let wait = claim_client::wait_for_decision(&mut watch, name);
+        let deadline = async {
+            match request.timeout {
+                // The controller expires the claim; give it a moment, then give up anyway.
+                Some(timeout) => tokio::time::sleep(timeout + Duration::from_secs(5)).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            decided = wait => match decided? {
+                Decision::Granted { fencing_token } => fencing_token,
+                Decision::Refused(reason) => return Err(refused(reason)),
+            },
+            () = deadline => return Err(refused("the wait timed out".into())),
+            signal = signals.recv() => return Ok(128 + signal as u8),
+        }
+    };
+    eprintln!(
+        "lockkeeper: lock {} granted (fencing token {fencing_token}); running {:?}",
+        request.lock, request.command
+    );
+    let mut child = tokio::process::Command::new(&request.command[0])
+        .args(&request.command[1..])
+        .env("LOCKKEEPER_FENCING_TOKEN", fencing_token.to_string())
+        .env("LOCKKEEPER_LOCK", &request.lock)
+        .env("LOCKKEEPER_CLAIM", name)
+        .spawn()
+        .map_err(|source| ClaimError::Spawn {
+            command: request.command.join(" "),
+            source,
+        })?;
+    let pid = child.id().map(|id| nix::unistd::Pid::from_raw(id as i32));
+    let send = |signal: Signal| {
+        if let Some(pid) = pid {
+            let _ = nix::sys::signal::kill(pid, signal);
+        }
+    };
+    let mut lost_at: Option<tokio::time::Instant> = None;
+    loop {
+        let kill_deadline = async {
+            match lost_at {
+                Some(at) => tokio::time::sleep_until(at + STOP_GRACE).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            status = child.wait() => {
+                let status = status.map_err(|source| ClaimError::Spawn { command: request.command.join(" "), source })?;
+                return Ok(exit_code(status));
+            }
+            update = watch.next(), if lost_at.is_none() => {
+                let reason = match update {
+                    ClaimUpdate::Deleted => Some("the claim was deleted".to_string()),
+                    ClaimUpdate::Changed(claim) => {
+                        let status = claim.status.unwrap_or_default();
+                        (status.phase != ClaimPhase::Granted).then(|| claim_client::progress(&status))
+                    }
+                };
+                if let Some(reason) = reason {
+                    eprintln!("lockkeeper: lock {} is no longer held ({reason}); stopping the command", request.lock);
+                    send(Signal::SIGTERM);
+                    lost_at = Some(tokio::time::Instant::now());
+                }
+            }
+            () = kill_deadline => {
+                eprintln!("lockkeeper: the command did not stop within {}s; killing it", STOP_GRACE.as_secs());
+                send(Signal::SIGKILL);
+                lost_at = None;
+            }
+            signal = signals.recv() => send(signal),
+        }
+    }
+}
+
+/// Renews the claim's lease a few times per lease duration, from the claim's creation to
+/// its release. A failed renewal is retried at the next tick; if renewals keep failing the
+/// controller ends the grant and the watch stops the command.
+async fn renew(api: Api<LockClaim>, name: String, lease_duration: Duration) {
+    let mut ticks = tokio::time::interval((lease_duration / 3).max(Duration::from_millis(200)));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        let patch = serde_json::json!({"spec": {"renewTime": MicroTime(Timestamp::now())}});
+        if let Err(err) = api
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            tracing::warn!(claim = %name, error = %err, "renewing the lease failed; retrying");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request() -> RunRequest {
+        RunRequest {
+            lock: "reports".into(),
+            namespace: "batch".into(),
+            mode: ClaimMode::Shared,
+            lease_duration: Duration::from_millis(2500),
+            timeout: Some(Duration::ZERO),
+            command: vec!["true".into()],
+        }
+    }
+
+    #[test]
+    fn the_claim_is_a_renewed_lease_with_a_generated_name() {
+        let now: Timestamp = "2026-11-21T10:00:00Z".parse().unwrap();
+        let claim = claim_for(&request(), "build-7-123", now);
+        assert_eq!(
+            claim.metadata.generate_name.as_deref(),
+            Some("reports-run-")
+        );
+        assert_eq!(claim.metadata.namespace.as_deref(), Some("batch"));
+        assert_eq!(claim.spec.holder.kind, HolderKind::Lease);
+        assert_eq!(claim.spec.lease_duration_seconds, Some(3), "rounded up");
+        assert_eq!(claim.spec.renew_time, Some(MicroTime(now)));
+        assert_eq!(claim.spec.wait_timeout_seconds, Some(0), "a try-lock");
+        assert_eq!(claim.spec.mode, ClaimMode::Shared);
+    }
+
+    #[test]
+    fn the_holder_name_is_a_valid_name_part() {
+        let name = holder_name();
+        assert!(name.ends_with(&format!("-{}", std::process::id())));
+        assert!(
+            name.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.'),
+            "{name}"
+        );
+    }
+
+    #[test]
+    fn exit_codes_pass_through_like_a_shell() {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(exit_code(ExitStatus::from_raw(3 << 8)), 3);
+        assert_eq!(
+            exit_code(ExitStatus::from_raw(15)),
+            143,
+            "killed by SIGTERM"
+        );
+    }
+}

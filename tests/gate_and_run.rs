@@ -1,0 +1,364 @@
+//! `lockkeeper gate` and `lockkeeper run` as users run them: real processes talking to the
+//! API server (memkube, or the `KUBECONFIG` cluster), a controller on real ZooKeeper.
+//! Issue 4's scenarios 2 and 6.
+
+mod cluster;
+
+use std::path::Path;
+use std::process::{Child, ExitStatus};
+
+use cluster::Cluster;
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+use kube::api::ListParams;
+use lockkeeper::resources::{ClaimPhase, LockClaim};
+use serde_json::json;
+
+fn log_of(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// The exit status of whichever of `children` has exited, if any.
+fn exited(children: &mut [(String, Child)]) -> Vec<(usize, ExitStatus)> {
+    children
+        .iter_mut()
+        .enumerate()
+        .filter_map(|(index, (_, child))| {
+            child
+                .try_wait()
+                .expect("poll a process")
+                .map(|s| (index, s))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gated_pods_start_one_at_a_time_with_growing_fencing_tokens() {
+    let cluster = Cluster::start().await;
+    cluster.lock("reports", json!({"type": "Mutex"})).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut gates: Vec<(String, Child)> = Vec::new();
+    for i in 0..5 {
+        let name = format!("report-{i}");
+        let pod: Pod = cluster.pod(&name).await;
+        let token_file = dir.path().join(format!("{name}.token"));
+        let log = dir.path().join(format!("{name}.log"));
+        let gate = cluster.gate(
+            &pod,
+            &[
+                "--lock",
+                "reports",
+                "--token-file",
+                token_file.to_str().unwrap(),
+            ],
+            &log,
+        );
+        gates.push((name.clone(), gate));
+        // The gate makes the pod's claim, owned by the pod; queue them in pod order.
+        let claim = format!("{name}-reports");
+        cluster
+            .eventually(&format!("{name}'s gate queued its claim"), || async {
+                matches!(
+                    cluster.phase_if_exists(&claim).await,
+                    Some(ClaimPhase::Waiting | ClaimPhase::Granted)
+                )
+            })
+            .await;
+        let made = cluster.api::<LockClaim>().get(&claim).await.unwrap();
+        assert_eq!(
+            made.owner_references()[0].uid,
+            pod.uid().unwrap(),
+            "owned by its pod"
+        );
+    }
+
+    let mut last_token = 0;
+    for round in 0..5 {
+        let name = format!("report-{round}");
+        let mut done = Vec::new();
+        cluster
+            .eventually(&format!("{name}'s gate exits"), || {
+                done = exited(&mut gates);
+                let any = !done.is_empty();
+                async move { any }
+            })
+            .await;
+        assert_eq!(done.len(), 1, "one gate exits at a time: {done:?}");
+        let (index, status) = done[0];
+        let (exited_name, _) = gates.remove(index);
+        let log = log_of(&dir.path().join(format!("{exited_name}.log")));
+        assert_eq!(exited_name, name, "gates open in claim order; log: {log}");
+        assert!(status.success(), "{name}'s gate: {status}; log: {log}");
+        for (waiting, _) in &gates {
+            assert_eq!(
+                cluster.phase(&format!("{waiting}-reports")).await,
+                ClaimPhase::Waiting
+            );
+        }
+
+        let token: i64 = std::fs::read_to_string(dir.path().join(format!("{name}.token")))
+            .expect("the gate wrote the token file")
+            .trim()
+            .parse()
+            .expect("a number");
+        let status = cluster.claim_status(&format!("{name}-reports")).await;
+        assert_eq!(
+            status.fencing_token,
+            Some(token),
+            "the file holds the grant's token"
+        );
+        assert!(
+            token > last_token,
+            "fencing tokens grow: {token} after {last_token}"
+        );
+        last_token = token;
+
+        // The pod's main containers ran; it ends one way or the other.
+        if round % 2 == 0 {
+            cluster.set_pod_phase(&name, "Succeeded").await;
+            cluster
+                .wait_phase(&format!("{name}-reports"), ClaimPhase::Released)
+                .await;
+        } else {
+            cluster
+                .api::<Pod>()
+                .delete(&name, &Default::default())
+                .await
+                .unwrap();
+        }
+    }
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gate_restarted_after_its_grant_adopts_the_claim_and_a_gate_that_times_out_leaves_the_queue()
+ {
+    let cluster = Cluster::start().await;
+    cluster.lock("cache", json!({"type": "Mutex"})).await;
+    let dir = tempfile::tempdir().unwrap();
+    let holder = cluster.pod("holder").await;
+    let token_file = dir.path().join("holder.token");
+    let args = [
+        "--lock",
+        "cache",
+        "--token-file",
+        token_file.to_str().unwrap(),
+    ];
+    let first = cluster
+        .gate(&holder, &args, &dir.path().join("first.log"))
+        .wait_with_output()
+        .unwrap();
+    assert!(
+        first.status.success(),
+        "{}",
+        log_of(&dir.path().join("first.log"))
+    );
+    let token = std::fs::read_to_string(&token_file).unwrap();
+
+    // The kubelet runs the init container again (pod sandbox restarted): same claim, same token.
+    let again = cluster
+        .gate(&holder, &args, &dir.path().join("again.log"))
+        .wait_with_output()
+        .unwrap();
+    assert!(
+        again.status.success(),
+        "{}",
+        log_of(&dir.path().join("again.log"))
+    );
+    assert_eq!(std::fs::read_to_string(&token_file).unwrap(), token);
+    let claims = cluster
+        .api::<LockClaim>()
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        claims.items.len(),
+        1,
+        "the restarted gate adopted its claim"
+    );
+
+    // A pod that may wait only 1 s gives up with exit code 75 and its claim leaves the queue.
+    let impatient = cluster.pod("impatient").await;
+    let log = dir.path().join("impatient.log");
+    let gave_up = cluster
+        .gate(&impatient, &["--lock", "cache", "--timeout", "1s"], &log)
+        .wait_with_output()
+        .unwrap();
+    assert_eq!(gave_up.status.code(), Some(75), "{}", log_of(&log));
+    assert!(
+        log_of(&log).contains("lock cache was not granted"),
+        "{}",
+        log_of(&log)
+    );
+    assert_eq!(cluster.phase("impatient-cache").await, ClaimPhase::Expired);
+
+    // Without the downward-API variables the gate says what is missing.
+    let bare = cluster
+        .lockkeeper()
+        .args(["gate", "--lock", "cache"])
+        .env_remove("POD_NAME")
+        .output()
+        .unwrap();
+    assert_eq!(bare.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bare.stderr).contains("POD_NAME is not set"));
+    cluster.stop().await;
+}
+
+/// The claims `lockkeeper run` made, by name.
+async fn run_claims(cluster: &Cluster) -> Vec<LockClaim> {
+    let params = ListParams::default().labels("app.kubernetes.io/managed-by=lockkeeper-run");
+    cluster
+        .api::<LockClaim>()
+        .list(&params)
+        .await
+        .unwrap()
+        .items
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lockkeeper_run_holds_the_lock_while_its_command_runs_and_a_killed_run_lets_its_lease_lapse()
+ {
+    let cluster = Cluster::start().await;
+    cluster.lock("nightly", json!({"type": "Mutex"})).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ns = cluster.namespace.clone();
+    let script =
+        "echo $LOCKKEEPER_FENCING_TOKEN > token; while [ ! -e done ]; do sleep 0.05; done; exit 3";
+    let mut run = cluster
+        .lockkeeper()
+        .args([
+            "run", "--lock", "nightly", "-n", &ns, "--", "sh", "-c", script,
+        ])
+        .current_dir(dir.path())
+        .spawn()
+        .unwrap();
+    let token_file = dir.path().join("token");
+    cluster
+        .eventually("the command runs", || async { token_file.exists() })
+        .await;
+    let claims = run_claims(&cluster).await;
+    assert_eq!(claims.len(), 1);
+    let held = claims[0].status.clone().unwrap();
+    assert_eq!(
+        held.phase,
+        ClaimPhase::Granted,
+        "the command runs only once granted"
+    );
+    let token: i64 = std::fs::read_to_string(&token_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        held.fencing_token,
+        Some(token),
+        "LOCKKEEPER_FENCING_TOKEN is the grant's token"
+    );
+
+    cluster.pod("waiter").await;
+    cluster
+        .claim(
+            "waiter",
+            json!({"lock": "nightly", "holder": {"kind": "Pod", "name": "waiter"}}),
+        )
+        .await;
+    cluster.wait_phase("waiter", ClaimPhase::Waiting).await;
+
+    // A try-lock on the held lock: exit 75, the command never runs.
+    let tried = cluster
+        .lockkeeper()
+        .args([
+            "run",
+            "--lock",
+            "nightly",
+            "-n",
+            &ns,
+            "--timeout",
+            "0s",
+            "--",
+            "touch",
+            "ran",
+        ])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(
+        tried.status.code(),
+        Some(75),
+        "{}",
+        String::from_utf8_lossy(&tried.stderr)
+    );
+    assert!(!dir.path().join("ran").exists());
+
+    std::fs::write(dir.path().join("done"), "").unwrap();
+    let status = run.wait().unwrap();
+    assert_eq!(
+        status.code(),
+        Some(3),
+        "the command's exit code passes through"
+    );
+    assert!(
+        run_claims(&cluster).await.is_empty(),
+        "released on exit: the claim is gone"
+    );
+    cluster.wait_phase("waiter", ClaimPhase::Granted).await;
+    cluster.set_pod_phase("waiter", "Succeeded").await;
+
+    // Killed without cleanup (with its command): the lease lapses and the lock moves on.
+    let mut killed = {
+        use std::os::unix::process::CommandExt;
+        cluster
+            .lockkeeper()
+            .args([
+                "run",
+                "--lock",
+                "nightly",
+                "-n",
+                &ns,
+                "--lease-duration",
+                "2s",
+                "--",
+                "sleep",
+                "600",
+            ])
+            .process_group(0)
+            .spawn()
+            .unwrap()
+    };
+    cluster
+        .eventually("the second run holds the lock", || async {
+            run_claims(&cluster).await.iter().any(|c| {
+                c.status
+                    .as_ref()
+                    .is_some_and(|s| s.phase == ClaimPhase::Granted)
+            })
+        })
+        .await;
+    cluster.pod("next").await;
+    cluster
+        .claim(
+            "next",
+            json!({"lock": "nightly", "holder": {"kind": "Pod", "name": "next"}}),
+        )
+        .await;
+    cluster.wait_phase("next", ClaimPhase::Waiting).await;
+    nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(killed.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    killed.wait().unwrap();
+    cluster.wait_phase("next", ClaimPhase::Granted).await;
+    let lapsed = run_claims(&cluster).await;
+    let status = lapsed[0].status.clone().unwrap();
+    assert_eq!(status.phase, ClaimPhase::Released);
+    assert!(
+        status
+            .message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("stopped renewing"),
+        "{status:?}"
+    );
+    cluster.stop().await;
+}
