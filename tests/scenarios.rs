@@ -4,8 +4,17 @@
 
 mod cluster;
 
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
 use cluster::Cluster;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::{WatchStreamExt, watcher};
 use lockkeeper::resources::ClaimPhase;
+use lockkeeper::resources::LockClaim;
+use memkube::ErrorRule;
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -299,13 +308,14 @@ async fn bad_claims_are_reported_and_served_once_fixed() {
 }
 
 /// Grants per claim, from the controller's `Granted` events.
-async fn granted_events(cluster: &Cluster) -> std::collections::BTreeMap<String, usize> {
+/// How many events with `reason` each claim got (a repeated event counts its series).
+async fn events_by_claim(cluster: &Cluster, reason: &str) -> BTreeMap<String, i32> {
     let events: kube::Api<k8s_openapi::api::events::v1::Event> = cluster.api();
-    let mut counts = std::collections::BTreeMap::new();
+    let mut counts = BTreeMap::new();
     for event in events.list(&Default::default()).await.unwrap().items {
-        if event.reason.as_deref() == Some("Granted") {
+        if event.reason.as_deref() == Some(reason) {
             let claim = event.regarding.and_then(|r| r.name).unwrap_or_default();
-            *counts.entry(claim).or_insert(0) += 1;
+            *counts.entry(claim).or_insert(0) += event.series.map_or(1, |s| s.count);
         }
     }
     counts
@@ -363,7 +373,7 @@ async fn a_killed_controller_restarts_without_granting_twice_or_losing_a_claim()
         cluster.complete_job(&name).await;
         cluster.wait_phase(&name, ClaimPhase::Released).await;
     }
-    let grants = granted_events(&cluster).await;
+    let grants = events_by_claim(&cluster, "Granted").await;
     assert_eq!(
         grants.values().copied().collect::<Vec<_>>(),
         vec![1, 1, 1],
@@ -415,6 +425,196 @@ async fn a_lost_zookeeper_session_marks_grants_lost_then_grants_again_in_order()
     for (name, next) in [("a", "b"), ("b", "c")] {
         cluster.set_pod_phase(name, "Succeeded").await;
         cluster.wait_phase(next, ClaimPhase::Granted).await;
+    }
+    cluster.stop().await;
+}
+
+/// What a watcher saw: each claim's phases in order (repeats folded), and the grants in
+/// order as (lock, sequence).
+#[derive(Default)]
+struct Observed {
+    phases: HashMap<String, Vec<ClaimPhase>>,
+    grants: Vec<(String, i64)>,
+}
+
+type Seen = Arc<Mutex<Observed>>;
+
+/// Watches every claim of the test namespace, recording phases; plays the kubelet by ending
+/// a holder pod as soon as its claim is granted.
+fn observe_and_release(cluster: &Cluster, seen: Seen) -> tokio::task::JoinHandle<()> {
+    let claims = cluster.api::<LockClaim>();
+    let pods = cluster.api::<Pod>();
+    tokio::spawn(async move {
+        let mut stream = watcher(claims, watcher::Config::default())
+            .default_backoff()
+            .applied_objects()
+            .boxed();
+        while let Some(claim) = stream.next().await {
+            let Ok(claim) = claim else { continue };
+            let status = claim.status.clone().unwrap_or_default();
+            let phase = status.phase;
+            let name = kube::ResourceExt::name_any(&claim);
+            let fresh = {
+                let mut seen = seen.lock().unwrap();
+                let phases = seen.phases.entry(name).or_default();
+                let fresh = phases.last() != Some(&phase);
+                if fresh {
+                    phases.push(phase);
+                }
+                if fresh && phase == ClaimPhase::Granted {
+                    let sequence = status.sequence.expect("a granted claim has its sequence");
+                    seen.grants.push((claim.spec.lock.clone(), sequence));
+                }
+                fresh
+            };
+            if fresh && phase == ClaimPhase::Granted {
+                let pods = pods.clone();
+                let holder = claim.spec.holder.name.clone();
+                tokio::spawn(async move {
+                    let succeeded = serde_json::json!({"status": {"phase": "Succeeded"}});
+                    let patch = kube::api::Patch::Merge(&succeeded);
+                    while pods
+                        .patch_status(&holder, &Default::default(), &patch)
+                        .await
+                        .is_err()
+                    {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                });
+            }
+        }
+    })
+}
+
+/// While `stop` is open: drops every watch, and has memkube answer claim writes and relists
+/// with 500s and 409s, a few at a time.
+fn inject_faults(
+    cluster: &Cluster,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let faults = cluster.faults()?;
+    let rule = |code, verb: &str, resource: &str| ErrorRule {
+        code,
+        count: 2,
+        verb: Some(verb.into()),
+        resource: Some(resource.into()),
+    };
+    Some(tokio::spawn(async move {
+        for round in 0u32.. {
+            if *stop.borrow() {
+                return;
+            }
+            match round % 5 {
+                0 => faults.close_watches(),
+                1 => faults.inject(rule(500, "patch", "lockclaims")),
+                2 => faults.inject(rule(409, "patch", "lockclaims")),
+                3 => faults.inject(rule(500, "list", "lockclaims")),
+                _ => faults.inject(rule(500, "list", "pods")),
+            }
+            tokio::time::sleep(Duration::from_millis(120)).await;
+        }
+    }))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_claims_through_dropped_watches_500s_and_409s_are_each_granted_and_released_once()
+ {
+    const LOCKS: usize = 4;
+    const CLAIMS: usize = 200;
+    let cluster = Cluster::start().await;
+    for lock in 0..LOCKS {
+        cluster
+            .lock(&format!("batch-{lock}"), json!({"type": "Mutex"}))
+            .await;
+    }
+    let seen = Seen::default();
+    let observer = observe_and_release(&cluster, seen.clone());
+    let (stop_faults, faults_stopped) = tokio::sync::watch::channel(false);
+    let injector = inject_faults(&cluster, faults_stopped);
+
+    for i in 0..CLAIMS {
+        let name = format!("work-{i}");
+        cluster.pod(&name).await;
+        let lock = format!("batch-{}", i % LOCKS);
+        cluster
+            .claim(
+                &name,
+                json!({"lock": lock, "holder": {"kind": "Pod", "name": name}}),
+            )
+            .await;
+    }
+    let unreleased = || {
+        let seen = seen.lock().unwrap();
+        (0..CLAIMS)
+            .map(|i| format!("work-{i}"))
+            .filter(|name| {
+                seen.phases.get(name).and_then(|p| p.last()) != Some(&ClaimPhase::Released)
+            })
+            .collect::<Vec<_>>()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+    while !unreleased().is_empty() {
+        if tokio::time::Instant::now() > deadline {
+            let mut report = String::new();
+            for name in unreleased() {
+                let phases = seen.lock().unwrap().phases.get(&name).cloned();
+                let status = cluster.claim_status(&name).await;
+                report.push_str(&format!("{name}: seen {phases:?}, now {status:?}\n"));
+            }
+            panic!("claims never released:\n{report}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = stop_faults.send(true);
+    if let Some(injector) = injector {
+        injector.await.unwrap();
+        let faults = cluster.faults().unwrap();
+        faults.reset();
+        assert!(
+            faults.errors_answered() > 20,
+            "faults happened: {}",
+            faults.errors_answered()
+        );
+    }
+    observer.abort();
+
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    for (claim, phases) in &seen.phases {
+        let granted = phases.iter().filter(|p| **p == ClaimPhase::Granted).count();
+        assert_eq!(granted, 1, "{claim} granted once: {phases:?}");
+        let at = phases
+            .iter()
+            .position(|p| *p == ClaimPhase::Granted)
+            .unwrap();
+        assert_eq!(
+            &phases[at + 1..],
+            [ClaimPhase::Released],
+            "{claim}: {phases:?}"
+        );
+        assert!(
+            phases[..at]
+                .iter()
+                .all(|p| matches!(p, ClaimPhase::Pending | ClaimPhase::Waiting)),
+            "{claim}: {phases:?}"
+        );
+    }
+    // FIFO per lock: each lock's grants came in sequence order.
+    let mut last: HashMap<&str, i64> = HashMap::new();
+    for (lock, sequence) in &seen.grants {
+        let before = last.insert(lock, *sequence);
+        assert!(
+            before < Some(*sequence),
+            "{lock}: {sequence} granted after {before:?}"
+        );
+    }
+    // Events (not faulted): one Granted and one Released per claim.
+    for reason in ["Granted", "Released"] {
+        let counts = events_by_claim(&cluster, reason).await;
+        assert_eq!(counts.len(), CLAIMS, "{reason} events for every claim");
+        assert!(
+            counts.values().all(|n| *n == 1),
+            "{reason} once each: {counts:?}"
+        );
     }
     cluster.stop().await;
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
@@ -120,6 +121,23 @@ fn holder_state(
     }
 }
 
+/// The holder as the API server has it now (Pods and Jobs; a Lease holder is the claim).
+async fn read_holder(ctx: &Context, claim: &LockClaim) -> Result<HolderState, Error> {
+    let namespace = claim.namespace().unwrap_or_default();
+    let name = &claim.spec.holder.name;
+    Ok(match claim.spec.holder.kind {
+        HolderKind::Pod => {
+            let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+            holders::pod_state(name, pods.get_opt(name).await?.as_ref())
+        }
+        HolderKind::Job => {
+            let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
+            holders::job_state(name, jobs.get_opt(name).await?.as_ref())
+        }
+        HolderKind::Lease => HolderState::Running,
+    })
+}
+
 fn facts(claim: &LockClaim) -> ClaimFacts {
     let status = claim.status.clone().unwrap_or_default();
     ClaimFacts {
@@ -141,8 +159,14 @@ async fn apply(claim: &LockClaim, ctx: &Arc<Context>) -> Result<Action, Error> {
         lock_type: lock.spec.lock_type.clone(),
         max_hold: lock.spec.max_hold_seconds.map(Duration::from_secs),
     });
-    let (holder, holder_check) = holder_state(ctx, claim, now);
+    let (mut holder, holder_check) = holder_state(ctx, claim, now);
     let claim_facts = facts(claim);
+    let never_queued = matches!(claim_facts.phase, ClaimPhase::Pending | ClaimPhase::Invalid);
+    if holder == HolderState::Missing && never_queued {
+        // The caches may lag behind a holder made just before its claim: ask the API
+        // before reporting the holder missing.
+        holder = read_holder(ctx, claim).await?;
+    }
     let decide = |queue: &QueueState| {
         claim_lifecycle::decide(
             &claim.spec,
@@ -172,10 +196,13 @@ async fn apply(claim: &LockClaim, ctx: &Arc<Context>) -> Result<Action, Error> {
     if step.resume_job {
         resume_job(ctx, claim).await?;
     }
-    if let Some(outcome) = &step.outcome {
-        write_status(ctx, claim, outcome, now).await?;
+    let mut retry_write = None;
+    if let Some(outcome) = &step.outcome
+        && write_status(ctx, claim, outcome, now).await? == Written::Conflict
+    {
+        retry_write = Some(CONFLICT_RETRY);
     }
-    let next = [step.requeue_after, holder_check]
+    let next = [step.requeue_after, holder_check, retry_write]
         .into_iter()
         .flatten()
         .min();
@@ -234,14 +261,25 @@ async fn resume_job(ctx: &Context, claim: &LockClaim) -> Result<(), Error> {
     Ok(())
 }
 
-/// Writes the claim's status with server-side apply (one field manager, forced), and an
-/// event and metrics when the phase changes.
+/// Whether a status write went through.
+#[derive(Debug, PartialEq, Eq)]
+enum Written {
+    Yes,
+    /// 409: the decision was made on an old copy. The newer copy reconciles again when its
+    /// watch event comes; a retry soon after covers a conflict without one.
+    Conflict,
+}
+
+const CONFLICT_RETRY: Duration = Duration::from_millis(250);
+
+/// Writes the claim's status with server-side apply (one field manager, forced, on the
+/// resourceVersion the decision read), and an event and metrics when the phase changes.
 async fn write_status(
     ctx: &Context,
     claim: &LockClaim,
     outcome: &claim_lifecycle::Outcome,
     now: Timestamp,
-) -> Result<(), Error> {
+) -> Result<Written, Error> {
     let current = claim.status.clone().unwrap_or_default();
     let granted_at = match (outcome.phase, current.phase) {
         (ClaimPhase::Granted, ClaimPhase::Granted) => {
@@ -286,21 +324,20 @@ async fn write_status(
         observed_generation: generation,
     };
     if wanted == current {
-        return Ok(());
+        return Ok(Written::Yes);
     }
     let api: Api<LockClaim> =
         Api::namespaced(ctx.client.clone(), &claim.namespace().unwrap_or_default());
     match status::apply(&api, claim, &wanted, true).await {
         Ok(()) => {}
-        // Decided on an old copy: the newer one is on its way and reconciles again.
-        Err(kube::Error::Api(status)) if status.code == 409 => return Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 409 => return Ok(Written::Conflict),
         Err(err) => return Err(err.into()),
     }
     if current.phase != outcome.phase {
         record_transition(ctx, claim, outcome, &current).await;
     }
     let _ = ctx.lock_changed.send(lock_ref(claim));
-    Ok(())
+    Ok(Written::Yes)
 }
 
 async fn record_transition(

@@ -115,6 +115,11 @@ impl Cluster {
         std::env::temp_dir().join(format!("lockkeeper-e2e-{}.kubeconfig", self.namespace))
     }
 
+    /// memkube's fault injection; `None` on a real cluster.
+    pub fn faults(&self) -> Option<std::sync::Arc<memkube::faults::Faults>> {
+        self.memkube.as_ref().map(|server| server.faults())
+    }
+
     /// The kubeconfig of this cluster, for processes the test starts.
     pub fn kubeconfig(&self) -> std::ffi::OsString {
         match &self.memkube {
@@ -309,12 +314,20 @@ impl Cluster {
     }
 
     /// Waits until `check` holds, or fails the test naming `what`.
-    pub async fn eventually<F, Fut>(&self, what: &str, mut check: F)
+    pub async fn eventually<F, Fut>(&self, what: &str, check: F)
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = bool>,
     {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
+        self.eventually_within(PATIENCE, what, check).await
+    }
+
+    pub async fn eventually_within<F, Fut>(&self, patience: Duration, what: &str, mut check: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = tokio::time::Instant::now() + patience;
         while !check().await {
             assert!(
                 tokio::time::Instant::now() < deadline,

@@ -26,6 +26,8 @@ pub struct ErrorRule {
 
 pub struct Faults {
     rules: Mutex<Vec<ErrorRule>>,
+    /// Errors answered so far, so a test can show its faults happened.
+    answered: std::sync::atomic::AtomicU64,
     latency: Mutex<Duration>,
     closer: tokio::sync::watch::Sender<u64>,
 }
@@ -34,6 +36,7 @@ impl Default for Faults {
     fn default() -> Self {
         Faults {
             rules: Mutex::default(),
+            answered: Default::default(),
             latency: Mutex::default(),
             closer: tokio::sync::watch::channel(0).0,
         }
@@ -55,6 +58,8 @@ impl Faults {
                 && rule.resource.as_deref().is_none_or(|r| r == resource)
         })?;
         rule.count -= 1;
+        self.answered
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let message = format!("memkube injected fault for {verb} {resource}");
         Some(match rule.code {
             429 => ApiError::too_many_requests(message),
@@ -77,8 +82,19 @@ impl Faults {
         self.rules.lock().expect("faults lock").push(rule);
     }
 
+    /// How many requests got an injected error.
+    pub fn errors_answered(&self) -> u64 {
+        self.answered.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub fn set_latency(&self, latency: Duration) {
         *self.latency.lock().expect("faults lock") = latency;
+    }
+
+    /// Drops the error rules and the latency.
+    pub fn reset(&self) {
+        self.rules.lock().expect("faults lock").clear();
+        self.set_latency(Duration::ZERO);
     }
 
     /// Ends every watch open now (clients see the stream end and must resume).
@@ -122,10 +138,7 @@ impl Faults {
                     .ok_or_else(|| ApiError::bad_request("latency needs {\"millis\": N}"))?;
                 self.set_latency(Duration::from_millis(millis));
             }
-            "reset" => {
-                self.rules.lock().expect("faults lock").clear();
-                self.set_latency(Duration::ZERO);
-            }
+            "reset" => self.reset(),
             other => {
                 return Err(ApiError::bad_request(format!(
                     "unknown admin action {other:?}"

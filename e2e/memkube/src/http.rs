@@ -30,7 +30,7 @@ const BOOKMARK_EVERY: Duration = Duration::from_secs(5);
 pub struct Server {
     pub store: Store,
     pub registry: RwLock<Registry>,
-    pub faults: Faults,
+    pub faults: Arc<Faults>,
 }
 
 impl Server {
@@ -38,7 +38,7 @@ impl Server {
         Server {
             store: Store::new(history_limit),
             registry: RwLock::new(Registry::default()),
-            faults: Faults::default(),
+            faults: Arc::default(),
         }
     }
 

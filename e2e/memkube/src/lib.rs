@@ -89,8 +89,9 @@ impl MemKube {
         std::fs::write(path, self.kubeconfig())
     }
 
-    pub fn faults(&self) -> &faults::Faults {
-        &self.server.faults
+    /// Fault injection; the handle may outlive this borrow (e.g. in a task).
+    pub fn faults(&self) -> Arc<faults::Faults> {
+        self.server.faults.clone()
     }
 
     pub fn store(&self) -> &store::Store {
