@@ -229,7 +229,7 @@ async fn lead(
     let locks_api: Api<DistributedLock> = api(client, namespace);
     let watch_config = watcher::Config::default();
 
-    let queued = resume::resume(&ctx, &claims_api, &locks_api, fenced).await?;
+    let queued = resume::resume_with_retries(&ctx, &claims_api, &locks_api, fenced).await?;
     tracing::info!(
         queued,
         "claims of the previous leader queued again in order"

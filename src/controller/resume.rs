@@ -40,6 +40,36 @@ fn was_queued(claim: &LockClaim) -> bool {
     ) && claim.metadata.deletion_timestamp.is_none()
 }
 
+/// Whether an API error may pass by itself (server errors, throttling, the connection).
+pub fn is_transient(err: &kube::Error) -> bool {
+    match err {
+        kube::Error::Api(status) => status.code >= 500 || status.code == 429,
+        kube::Error::HyperError(_) | kube::Error::Service(_) | kube::Error::ReadEvents(_) => true,
+        _ => false,
+    }
+}
+
+/// [`resume`], retried with backoff (0.2 s doubling to 10 s) while the API answers with
+/// transient errors: a term starts once the API lets it, without giving up leadership.
+pub async fn resume_with_retries(
+    ctx: &Arc<Context>,
+    claims: &Api<LockClaim>,
+    locks: &Api<DistributedLock>,
+    fenced: HashMap<ObjectRef<DistributedLock>, Duration>,
+) -> Result<usize, kube::Error> {
+    let mut pause = Duration::from_millis(200);
+    loop {
+        match resume(ctx, claims, locks, fenced.clone()).await {
+            Err(err) if is_transient(&err) => {
+                tracing::warn!(%err, retry_in = ?pause, "listing claims and locks to resume failed");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(10));
+            }
+            result => return result,
+        }
+    }
+}
+
 /// Queues every previously queued claim again, lock by lock in order. `fenced` names the
 /// locks (with their lock-delay) whose grants this process lost with its session.
 pub async fn resume(
@@ -103,5 +133,29 @@ async fn requeue_in_order(ctx: &Context, lock: &DistributedLock, claims: &[LockC
             // The claim reconciler queues it (out of order) when it comes to it.
             tracing::warn!(claim = %claim.name_any(), %err, "could not queue a claim again in order");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api_error(code: u16) -> kube::Error {
+        kube::Error::Api(Box::new(kube::core::Status {
+            code,
+            ..Default::default()
+        }))
+    }
+
+    #[test]
+    fn server_errors_and_throttling_are_retried_refusals_are_not() {
+        assert!(is_transient(&api_error(500)));
+        assert!(is_transient(&api_error(503)));
+        assert!(is_transient(&api_error(429)));
+        assert!(
+            !is_transient(&api_error(403)),
+            "RBAC will not change by itself"
+        );
+        assert!(!is_transient(&api_error(404)));
     }
 }
