@@ -13,7 +13,8 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::{WatchStreamExt, watcher};
 use lockkeeper::resources::ClaimPhase;
-use lockkeeper::resources::LockClaim;
+use lockkeeper::resources::{DistributedLock, LockClaim};
+use lockkeeper_testkit::{PeerKind, PeerLibrary, PeerProcess, PeerSpec};
 use memkube::ErrorRule;
 use serde_json::json;
 
@@ -622,4 +623,99 @@ async fn two_hundred_claims_through_dropped_watches_500s_and_409s_are_each_grant
         );
     }
     cluster.stop().await;
+}
+
+/// A service outside Kubernetes locking `payments` through ZooKeeper with Curator or kazoo,
+/// and LockClaims on a DistributedLock pointed at the same path: they queue together.
+async fn an_outside_client_and_claims_share_one_lock(library: PeerLibrary) {
+    const PEER_START: Duration = Duration::from_secs(60);
+    // Long enough for a side that wrongly ignored the other's hold to have taken the lock.
+    const SETTLE: Duration = Duration::from_millis(1500);
+    let cluster = Cluster::start().await;
+    let path = format!("{}-shared/payments", cluster.root);
+    cluster
+        .lock(
+            "payments",
+            json!({"type": "Mutex", "zookeeper": {"path": path}}),
+        )
+        .await;
+    let mut service = PeerProcess::spawn(&PeerSpec {
+        library,
+        connect: cluster.zk.connect_string(),
+        path,
+        kind: PeerKind::Mutex,
+        name: "billing-service".into(),
+    })
+    .expect("the peer starts");
+
+    // The outside service holds: the claim waits behind it.
+    service.start_acquire().unwrap();
+    assert!(
+        service.wait_acquired(PEER_START).unwrap(),
+        "the service takes the free lock"
+    );
+    cluster.pod("settle-a").await;
+    cluster
+        .claim(
+            "settle-a",
+            json!({"lock": "payments", "holder": {"kind": "Pod", "name": "settle-a"}}),
+        )
+        .await;
+    cluster.wait_phase("settle-a", ClaimPhase::Waiting).await;
+    assert_eq!(cluster.claim_status("settle-a").await.position, Some(1));
+    cluster
+        .eventually("the lock shows the outside holder", || async {
+            let lock = cluster
+                .api::<DistributedLock>()
+                .get("payments")
+                .await
+                .unwrap();
+            lock.status
+                .is_some_and(|s| s.external_holders == 1 && s.holders.is_empty())
+        })
+        .await;
+    tokio::time::sleep(SETTLE).await;
+    assert_eq!(cluster.phase("settle-a").await, ClaimPhase::Waiting);
+    service.release(cluster::PATIENCE).unwrap();
+    cluster.wait_phase("settle-a", ClaimPhase::Granted).await;
+
+    // The claim holds: the service waits, and a later claim queues behind the service.
+    service.start_acquire().unwrap();
+    assert!(
+        !service.wait_acquired(SETTLE).unwrap(),
+        "the service must not take a lock a claim holds"
+    );
+    cluster.pod("settle-b").await;
+    cluster
+        .claim(
+            "settle-b",
+            json!({"lock": "payments", "holder": {"kind": "Pod", "name": "settle-b"}}),
+        )
+        .await;
+    cluster.wait_phase("settle-b", ClaimPhase::Waiting).await;
+    assert_eq!(
+        cluster.claim_status("settle-b").await.position,
+        Some(2),
+        "behind the service"
+    );
+    cluster.set_pod_phase("settle-a", "Succeeded").await;
+    assert!(
+        service.wait_acquired(cluster::PATIENCE).unwrap(),
+        "the service was next in line"
+    );
+    tokio::time::sleep(SETTLE).await;
+    assert_eq!(cluster.phase("settle-b").await, ClaimPhase::Waiting);
+    service.release(cluster::PATIENCE).unwrap();
+    cluster.wait_phase("settle-b", ClaimPhase::Granted).await;
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_curator_service_and_lock_claims_exclude_each_other() {
+    an_outside_client_and_claims_share_one_lock(PeerLibrary::Curator).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kazoo_service_and_lock_claims_exclude_each_other() {
+    an_outside_client_and_claims_share_one_lock(PeerLibrary::Kazoo).await;
 }
