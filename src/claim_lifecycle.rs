@@ -13,6 +13,8 @@ use crate::resources::{ClaimMode, ClaimPhase, HolderKind, LockClaimSpec, LockTyp
 pub struct LockFacts {
     pub lock_type: LockType,
     pub max_hold: Option<Duration>,
+    /// Delete the holder when its grant is lost.
+    pub evict_on_loss: bool,
 }
 
 /// The holder, as observed in Kubernetes.
@@ -79,6 +81,9 @@ pub struct Step {
     /// `None`: leave the status as it is (the claim waits for its queue answer).
     pub outcome: Option<Outcome>,
     pub resume_job: bool,
+    /// Delete the holder Pod (or the Job's pods): its grant was lost and the lock asks for
+    /// old holders to be stopped.
+    pub evict_holder: bool,
     /// Look again after this long (a deadline: wait timeout, hold limit, lease expiry).
     pub requeue_after: Option<Duration>,
 }
@@ -100,6 +105,7 @@ impl Step {
                 reason,
             }),
             resume_job: false,
+            evict_holder: false,
             requeue_after: None,
         }
     }
@@ -157,6 +163,7 @@ pub fn decide(
             },
             outcome: None,
             resume_job: false,
+            evict_holder: false,
             requeue_after: None,
         };
     }
@@ -193,6 +200,7 @@ pub fn decide(
             queue: QueueAction::Enqueue,
             outcome: None,
             resume_job: false,
+            evict_holder: false,
             requeue_after: None,
         },
         QueueState::Lost(why) => Step::end(
@@ -201,6 +209,26 @@ pub fn decide(
             format!("the grant was lost: {why}"),
             false,
         ),
+        // Granted before, behind someone now: while the controller was away (restart, session
+        // expiry) its node went and another client took the lock. The holder must learn it
+        // lost the grant; the claim keeps its new place and is granted again in turn.
+        QueueState::Waiting { position, sequence } if claim.phase == ClaimPhase::Granted => Step {
+            queue: QueueAction::Keep,
+            outcome: Some(Outcome {
+                phase: ClaimPhase::Lost,
+                position: Some(*position),
+                sequence: Some(*sequence),
+                fencing_token: None,
+                message: format!(
+                    "the grant was lost while the controller was away and the lock was taken by \
+                     another client; queued again, {position} ahead"
+                ),
+                reason: "Lost",
+            }),
+            resume_job: false,
+            evict_holder: lock.evict_on_loss,
+            requeue_after: None,
+        },
         QueueState::Waiting { position, sequence } => {
             let waited = claim
                 .created
@@ -232,6 +260,7 @@ pub fn decide(
                         reason: "Waiting",
                     }),
                     resume_job: false,
+                    evict_holder: false,
                     requeue_after: limit.map(|limit| limit - waited),
                 },
             }
@@ -265,6 +294,7 @@ pub fn decide(
                         reason: "Granted",
                     }),
                     resume_job: *holder == HolderState::SuspendedJob,
+                    evict_holder: false,
                     requeue_after: limit.map(|limit| limit - held),
                 },
             }
@@ -295,6 +325,7 @@ mod tests {
         LockFacts {
             lock_type: LockType::Mutex,
             max_hold: max_hold.map(Duration::from_secs),
+            evict_on_loss: false,
         }
     }
 
@@ -499,6 +530,43 @@ mod tests {
             (overheld.queue, phase_of(&overheld)),
             (QueueAction::Dequeue, Some(ClaimPhase::Expired))
         );
+    }
+
+    #[test]
+    fn a_grant_found_behind_another_holder_is_lost_and_the_holder_evicted_if_asked() {
+        let behind = QueueState::Waiting {
+            position: 1,
+            sequence: 12,
+        };
+        let mut lock = mutex(None);
+        lock.evict_on_loss = true;
+        let step = decide(
+            &spec(ClaimMode::Exclusive, None),
+            &facts(ClaimPhase::Granted),
+            Some(&lock),
+            &HolderState::Running,
+            &behind,
+            at(5),
+        );
+        let outcome = step.outcome.clone().unwrap();
+        assert_eq!(
+            (outcome.phase, outcome.position),
+            (ClaimPhase::Lost, Some(1))
+        );
+        assert_eq!(outcome.fencing_token, None, "no token to use any more");
+        assert_eq!(step.queue, QueueAction::Keep, "it keeps its new place");
+        assert!(step.evict_holder);
+        // Once reported, the lost claim waits like any other.
+        let next = decide(
+            &spec(ClaimMode::Exclusive, None),
+            &facts(ClaimPhase::Lost),
+            Some(&lock),
+            &HolderState::Running,
+            &behind,
+            at(6),
+        );
+        assert_eq!(phase_of(&next), Some(ClaimPhase::Waiting));
+        assert!(!next.evict_holder);
     }
 
     #[test]

@@ -137,6 +137,18 @@ async fn a_semaphore_never_has_more_holders_than_permits() {
             || async { lock_holders().await == (2, 2) },
         )
         .await;
+    let (ok, table, err) = cluster.kubectl(&["get", "locks"], "");
+    assert!(ok, "{err}");
+    let held = holders().await;
+    let row = table.lines().find(|l| l.starts_with("pool")).expect(&table);
+    let columns: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(columns[1], "Semaphore", "{table}");
+    let shown: Vec<&str> = columns[2].split(',').collect();
+    assert_eq!(shown.len(), 2, "both holders shown: {table}");
+    for i in held {
+        assert!(shown.contains(&format!("worker-{i}").as_str()), "{table}");
+    }
+    assert_eq!(columns[3], "2", "two waiting: {table}");
     // Each release lets exactly one waiter in: two holders, never three.
     for _ in 0..2 {
         let first = holders().await[0];
@@ -284,6 +296,41 @@ async fn bad_claims_are_reported_and_served_once_fixed() {
             .message
             .unwrap_or_default()
             .contains("needs a ReadWrite lock")
+    );
+
+    // kubectl apply refuses what the schema and its CEL rules forbid, with the rule's message.
+    let refusals = [
+        (
+            "kind: DistributedLock\nmetadata: {name: bad}\nspec: {type: Mutex, permits: 3}",
+            "permits is only for Semaphore locks",
+        ),
+        (
+            "kind: DistributedLock\nmetadata: {name: bad}\nspec: {type: Semaphore}",
+            "a Semaphore lock needs permits",
+        ),
+        (
+            "kind: DistributedLock\nmetadata: {name: bad}\nspec: {type: Spinlock}",
+            "Unsupported value: \"Spinlock\"",
+        ),
+        (
+            "kind: LockClaim\nmetadata: {name: bad}\nspec: {lock: later, holder: {kind: Lease, name: cli}}",
+            "a Lease holder needs leaseDurationSeconds",
+        ),
+        (
+            "kind: LockClaim\nmetadata: {name: bad}\nspec: {lock: later, holder: {kind: Pod, name: p}, waitTimeoutSeconds: -1}",
+            "spec.waitTimeoutSeconds",
+        ),
+    ];
+    for (object, message) in refusals {
+        let manifest = format!("apiVersion: lockkeeper.dev/v1alpha1\n{object}\n");
+        let (ok, _, err) = cluster.kubectl(&["apply", "-f", "-"], &manifest);
+        assert!(!ok && err.contains(message), "{manifest}: {err}");
+    }
+    let moved = "apiVersion: lockkeeper.dev/v1alpha1\nkind: LockClaim\nmetadata: {name: early}\nspec: {lock: other, holder: {kind: Pod, name: p}}\n";
+    let (ok, _, err) = cluster.kubectl(&["apply", "-f", "-"], moved);
+    assert!(
+        !ok && err.contains("lock, mode and holder cannot change"),
+        "{err}"
     );
 
     // The schema's CEL rules refuse what the controller would never accept.
@@ -718,4 +765,71 @@ async fn a_curator_service_and_lock_claims_exclude_each_other() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kazoo_service_and_lock_claims_exclude_each_other() {
     an_outside_client_and_claims_share_one_lock(PeerLibrary::Kazoo).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_taken_by_an_outside_client_while_the_controller_was_down_is_reported_lost() {
+    let mut cluster = Cluster::start().await;
+    cluster.stop_controller().await;
+    cluster.start_controller_process();
+    let path = format!("{}-shared/reports", cluster.root);
+    cluster
+        .lock(
+            "reports",
+            json!({"zookeeper": {"path": path}, "evictOnLoss": true}),
+        )
+        .await;
+    cluster.pod("nightly").await;
+    cluster
+        .claim(
+            "nightly",
+            json!({"lock": "reports", "holder": {"kind": "Pod", "name": "nightly"}}),
+        )
+        .await;
+    cluster.wait_phase("nightly", ClaimPhase::Granted).await;
+
+    // The controller dies; once its ZooKeeper session expires, a service outside Kubernetes
+    // takes the lock before a new controller is up.
+    cluster.kill_controller_process();
+    let mut service = PeerProcess::spawn(&PeerSpec {
+        library: PeerLibrary::Kazoo,
+        connect: cluster.zk.connect_string(),
+        path,
+        kind: PeerKind::Mutex,
+        name: "report-service".into(),
+    })
+    .expect("the peer starts");
+    service.start_acquire().unwrap();
+    assert!(service.wait_acquired(Duration::from_secs(60)).unwrap());
+    cluster.start_controller_process();
+
+    cluster.wait_phase("nightly", ClaimPhase::Lost).await;
+    let status = cluster.claim_status("nightly").await;
+    assert!(
+        status
+            .message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("taken by another client"),
+        "{status:?}"
+    );
+    assert_eq!(status.fencing_token, None);
+    // evictOnLoss: the old holder is stopped, and its claim ends with it.
+    cluster
+        .eventually("the holder pod is evicted", || async {
+            cluster
+                .api::<Pod>()
+                .get_opt("nightly")
+                .await
+                .unwrap()
+                .is_none()
+        })
+        .await;
+    cluster.wait_phase("nightly", ClaimPhase::Released).await;
+    assert_eq!(
+        events_by_claim(&cluster, "Lost").await.get("nightly"),
+        Some(&1)
+    );
+    service.release(cluster::PATIENCE).unwrap();
+    cluster.stop().await;
 }

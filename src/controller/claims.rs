@@ -158,6 +158,7 @@ async fn apply(claim: &LockClaim, ctx: &Arc<Context>) -> Result<Action, Error> {
     let lock_facts = lock.as_ref().map(|lock| LockFacts {
         lock_type: lock.spec.lock_type.clone(),
         max_hold: lock.spec.max_hold_seconds.map(Duration::from_secs),
+        evict_on_loss: lock.spec.evict_on_loss,
     });
     let (mut holder, holder_check) = holder_state(ctx, claim, now);
     let claim_facts = facts(claim);
@@ -195,6 +196,9 @@ async fn apply(claim: &LockClaim, ctx: &Arc<Context>) -> Result<Action, Error> {
     }
     if step.resume_job {
         resume_job(ctx, claim).await?;
+    }
+    if step.evict_holder {
+        super::evict_holder(ctx, claim).await;
     }
     let mut retry_write = None;
     if let Some(outcome) = &step.outcome

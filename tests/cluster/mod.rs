@@ -141,6 +141,33 @@ impl Cluster {
         command
     }
 
+    /// Runs kubectl in the test namespace with `input` on stdin; returns (success, stdout,
+    /// stderr).
+    pub fn kubectl(&self, args: &[&str], input: &str) -> (bool, String, String) {
+        use std::io::Write;
+        let mut child = std::process::Command::new("kubectl")
+            .args(["--namespace", &self.namespace])
+            .args(args)
+            .env("KUBECONFIG", self.kubeconfig())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("kubectl runs (it is installed on this machine)");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        let output = child.wait_with_output().unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+
     /// Starts `lockkeeper controller` as a process of its own, on this cluster.
     pub fn start_controller_process(&mut self) {
         let config = self.controller_config();
