@@ -4,6 +4,8 @@ CARGO ?= cargo
 DEBIAN_PACKAGES := zookeeper python3-kazoo libcurator-recipes-java
 SANDBOX_DIR ?= $(CURDIR)/.sandbox
 SANDBOX_ZK_PORT ?= 2181
+SANDBOX_API_PORT ?= 6443
+SANDBOX_METRICS_PORT ?= 9464
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: deps test lint unit sandbox sandbox-down bench-engine bench-memkube crds
@@ -34,12 +36,13 @@ test: deps lint
 bench-engine: deps
 	$(CARGO) bench --bench engine_handoff
 
-## sandbox: start a local ZooKeeper on 127.0.0.1:$(SANDBOX_ZK_PORT) (data kept in .sandbox/)
+## sandbox: ZooKeeper, memkube, lockkeeper controller, the CRDs and a demo on loopback, left running
 sandbox: deps
+	@echo "==> building lockkeeper, memkube and the sandbox's ZooKeeper launcher (cargo build)"
 	@$(CARGO) build --quiet --workspace --bins
-	@bash e2e/sandbox/up.sh "$(SANDBOX_DIR)" "$(SANDBOX_ZK_PORT)"
+	@bash e2e/sandbox/up.sh "$(SANDBOX_DIR)" "$(SANDBOX_ZK_PORT)" "$(SANDBOX_API_PORT)" "$(SANDBOX_METRICS_PORT)"
 
-## sandbox-down: stop the sandbox; its data stays in .sandbox/
+## sandbox-down: stop the sandbox (controller, memkube, ZooKeeper); ZooKeeper data and logs stay in .sandbox/
 sandbox-down:
 	@bash e2e/sandbox/down.sh "$(SANDBOX_DIR)"
 

@@ -1,11 +1,19 @@
 #!/usr/bin/env bash
-# Stops the sandbox; its data stays in DIR.
+# `make sandbox-down`: stops the controller, memkube and ZooKeeper, in that order. ZooKeeper's
+# data and every log stay in DIR; nothing outside DIR is touched (the sandbox's kubeconfig
+# is DIR/kubeconfig, never ~/.kube/config).
 set -uo pipefail
 dir=$1
-pidfile="$dir/zookeeper/pid"
-if [ -f "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null; then
-  echo "==> ZooKeeper stopped (data kept in $dir/zookeeper/data)"
-else
-  echo "==> no sandbox ZooKeeper running"
-fi
-rm -f "$pidfile"
+stop() {
+  local name=$1 pidfile=$2 pid
+  if [ -f "$pidfile" ] && pid=$(cat "$pidfile") && kill "$pid" 2>/dev/null; then
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    echo "==> $name stopped"
+  else
+    echo "==> $name was not running"
+  fi
+  rm -f "$pidfile"
+}
+stop "lockkeeper controller" "$dir/controller/pid"
+stop "memkube (its objects were in memory)" "$dir/memkube/pid"
+stop "ZooKeeper (data kept in $dir/zookeeper)" "$dir/zookeeper/pid"

@@ -1,19 +1,73 @@
 #!/usr/bin/env bash
-# Starts the local sandbox: today a ZooKeeper server on loopback (data kept in DIR).
+# `make sandbox`: ZooKeeper, memkube (the in-memory API server), `lockkeeper controller`,
+# the CRDs and a demo, all on loopback, all left running. State and logs live in DIR.
+# Usage: up.sh DIR ZOOKEEPER_PORT API_PORT METRICS_PORT
 set -euo pipefail
-dir=$1 port=$2
-mkdir -p "$dir/zookeeper"
+dir=$1 zk_port=$2 api_port=$3 metrics_port=$4
 root=$(cd "$(dirname "$0")/../.." && pwd)
-ruok() { timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$port; echo ruok >&3; cat <&3" 2>/dev/null; }
-if [ "$(ruok)" = imok ]; then
-  echo "==> ZooKeeper already answers on 127.0.0.1:$port"
+bin=$root/target/debug
+export KUBECONFIG=$dir/kubeconfig
+mkdir -p "$dir/zookeeper" "$dir/memkube" "$dir/controller"
+
+step() { echo "==> $*"; }
+fail() { echo "!! $1; see $2" >&2; exit 1; }
+alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+listening() { timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null; }
+ruok() { timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$zk_port; echo ruok >&3; cat <&3" 2>/dev/null; }
+zk_ready() { [ "$(ruok)" = imok ]; }
+kubectl_answers() { kubectl get namespaces --request-timeout=1s >/dev/null 2>&1; }
+# wait_for SECONDS WHAT LOG COMMAND…: retries COMMAND every 0.1 s.
+wait_for() {
+  local seconds=$1 what=$2 log=$3; shift 3
+  for _ in $(seq 1 $((seconds * 10))); do "$@" && return 0; sleep 0.1; done
+  fail "$what did not come up within ${seconds}s" "$log"
+}
+
+if zk_ready; then
+  step "ZooKeeper already answers on 127.0.0.1:$zk_port"
 else
-  echo "==> starting ZooKeeper on 127.0.0.1:$port (log: $dir/zookeeper/server.log)"
-  nohup "$root/target/debug/zookeeper-sandbox" "$dir/zookeeper" "$port" >"$dir/zookeeper/server.log" 2>&1 &
+  step "starting ZooKeeper on 127.0.0.1:$zk_port (log: $dir/zookeeper/server.log)"
+  nohup "$bin/zookeeper-sandbox" "$dir/zookeeper" "$zk_port" >"$dir/zookeeper/server.log" 2>&1 &
   echo $! >"$dir/zookeeper/pid"
-  for _ in $(seq 1 300); do [ "$(ruok)" = imok ] && break; sleep 0.1; done
-  [ "$(ruok)" = imok ] || { echo "!! ZooKeeper did not start; see $dir/zookeeper/server.log"; exit 1; }
+  wait_for 60 ZooKeeper "$dir/zookeeper/server.log" zk_ready
 fi
-echo "==> ready. Inspect any lock path, whichever client holds it:"
-echo "    $root/target/debug/lockkeeper queue --zookeeper 127.0.0.1:$port --path /lockkeeper/default/demo"
-echo "    stop with: make sandbox-down"
+
+if alive "$dir/memkube/pid" && listening "$api_port"; then
+  step "memkube already serves on 127.0.0.1:$api_port"
+else
+  step "starting memkube (the in-memory Kubernetes API server) on 127.0.0.1:$api_port (log: $dir/memkube/memkube.log)"
+  nohup "$bin/memkube" --listen "127.0.0.1:$api_port" --kubeconfig "$KUBECONFIG" \
+    >"$dir/memkube/memkube.log" 2>&1 &
+  echo $! >"$dir/memkube/pid"
+  wait_for 30 memkube "$dir/memkube/memkube.log" kubectl_answers
+fi
+
+step "applying the CRDs from crds/"
+kubectl apply -f "$root/crds/" >"$dir/crds.log" 2>&1 || fail "kubectl apply -f crds/ failed" "$dir/crds.log"
+kubectl wait --for=condition=Established --timeout=30s \
+  crd/distributedlocks.lockkeeper.dev crd/lockclaims.lockkeeper.dev >>"$dir/crds.log" 2>&1 ||
+  fail "the CRDs were not established" "$dir/crds.log"
+
+if alive "$dir/controller/pid"; then
+  step "lockkeeper controller already runs (log: $dir/controller/controller.log)"
+else
+  step "starting lockkeeper controller (metrics on 127.0.0.1:$metrics_port, log: $dir/controller/controller.log)"
+  LOCKKEEPER_LOG=${LOCKKEEPER_LOG:-info,zookeeper_client=error} nohup "$bin/lockkeeper" controller \
+    --zookeeper "127.0.0.1:$zk_port" --metrics-addr "127.0.0.1:$metrics_port" --identity sandbox \
+    >"$dir/controller/controller.log" 2>&1 &
+  echo $! >"$dir/controller/pid"
+  wait_for 30 "the controller" "$dir/controller/controller.log" listening "$metrics_port"
+fi
+
+bash "$root/e2e/sandbox/demo.sh" "$dir"
+
+cat <<EOF
+
+==> The sandbox keeps running. Explore it with kubectl:
+    export KUBECONFIG=$KUBECONFIG
+    kubectl get locks,claims -A
+    kubectl describe claim -n lockkeeper-demo migrate-orders
+    $bin/lockkeeper run --lock schema-migrations -n lockkeeper-demo -- echo holding the lock
+    curl -s 127.0.0.1:$metrics_port/metrics | grep lockkeeper_
+    stop it with: make sandbox-down
+EOF

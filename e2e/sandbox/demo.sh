@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# The sandbox's demo, in namespace lockkeeper-demo: the Jobs of examples/job-with-claim and
+# the gated pods of examples/gated-pod contend for their locks. memkube has no kubelet and no
+# Job controller, so this script plays them: it completes each Job once it runs, and runs
+# each pod's `lockkeeper gate` init container as a local process with the downward-API
+# variables, as kubectl would show it on a real cluster.
+# Usage: demo.sh DIR (KUBECONFIG set)
+set -euo pipefail
+dir=$1
+root=$(cd "$(dirname "$0")/../.." && pwd)
+bin=$root/target/debug
+ns=lockkeeper-demo
+log=$dir/demo.log
+k() { kubectl --namespace "$ns" "$@"; }
+step() { echo "==> $*"; }
+fail() { echo "!! $1; see $log and $dir/controller/controller.log" >&2; exit 1; }
+show() {
+  echo "\$ kubectl get locks"
+  k get locks
+  echo "\$ kubectl get claims -o wide"
+  k get claims -o wide
+}
+# wait_phase CLAIM PHASE
+wait_phase() {
+  k wait --for=jsonpath='{.status.phase}'="$2" --timeout=60s "lockclaim/$1" >>"$log" 2>&1 ||
+    fail "claim $1 did not become $2"
+}
+# wait_queued CLAIM: until the claim exists and is in line (Waiting) or holds (Granted).
+wait_queued() {
+  for _ in $(seq 1 300); do
+    case "$(k get lockclaim "$1" -o jsonpath='{.status.phase}' 2>>"$log")" in
+      Waiting | Granted) return 0 ;;
+    esac
+    sleep 0.1
+  done
+  fail "claim $1 was not queued"
+}
+
+: >"$log"
+if kubectl get namespace "$ns" >/dev/null 2>&1; then
+  step "removing the previous demo (namespace $ns)"
+  kubectl delete namespace "$ns" --wait=true --timeout=60s >>"$log" 2>&1 || fail "deleting namespace $ns failed"
+fi
+kubectl create namespace "$ns" >>"$log"
+
+step "demo 1: three migration Jobs, created suspended, each with a LockClaim on one Mutex (examples/job-with-claim)"
+k apply -f "$root/examples/job-with-claim/lock.yaml" >>"$log"
+for job in orders billing search; do
+  k apply -f "$root/examples/job-with-claim/migrate-$job.yaml" >>"$log"
+  wait_queued "migrate-$job" # queued in this order, so the demo always reads the same way
+done
+for job in orders billing search; do
+  wait_phase "migrate-$job" Granted
+  suspended=$(k get job "migrate-$job" -o jsonpath='{.spec.suspend}')
+  step "migrate-$job holds the lock and runs (spec.suspend: $suspended); the others wait, suspended"
+  show
+  sleep 1
+  step "migrate-$job completes (the demo plays the Job controller)"
+  k patch job "migrate-$job" --subresource status --type merge \
+    -p '{"status":{"succeeded":1,"conditions":[{"type":"Complete","status":"True"}]}}' >>"$log"
+  wait_phase "migrate-$job" Released
+done
+show
+
+step "demo 2: two pods gated by the lockkeeper gate init container (examples/gated-pod)"
+k apply -f "$root/examples/gated-pod/" >>"$log"
+gates=()
+for pod in report-1 report-2; do
+  uid=$(k get pod "$pod" -o jsonpath='{.metadata.uid}')
+  POD_NAME=$pod POD_NAMESPACE=$ns POD_UID=$uid "$bin/lockkeeper" gate --lock report-writer \
+    --token-file "$dir/demo/$pod/token" >>"$log" 2>"$dir/demo-$pod-gate.log" &
+  gates+=($!)
+  wait_queued "$pod-report-writer"
+done
+for i in 0 1; do
+  pod=report-$((i + 1))
+  wait "${gates[$i]}" || fail "the gate of $pod failed (see $dir/demo-$pod-gate.log)"
+  step "$pod: its init container exited 0 with fencing token $(cat "$dir/demo/$pod/token"); its main container runs"
+  k patch pod "$pod" --subresource status --type merge -p '{"status":{"phase":"Running"}}' >>"$log"
+  show
+  sleep 1
+  step "$pod succeeds (the demo plays the kubelet); the lock moves on"
+  k patch pod "$pod" --subresource status --type merge -p '{"status":{"phase":"Succeeded"}}' >>"$log"
+  wait_phase "$pod-report-writer" Released
+done
+show
+step "demo done: every claim was granted in order and released when its holder ended"
