@@ -29,6 +29,7 @@ lint:
 ## test: the whole suite (unit, property, real-ZooKeeper, Curator and kazoo interoperability)
 test: deps lint
 	@mkdir -p target
+	$(CARGO) build --workspace --bins
 	set -o pipefail; $(CARGO) test --workspace 2>&1 | tee target/test-output.log
 	@awk '/^test result:/ {p += $$4; f += $$6} END {printf "%d passed, %d failed\n", p, f}' target/test-output.log
 
