@@ -52,6 +52,8 @@ pub struct ClaimFacts {
     pub phase: ClaimPhase,
     pub created: Option<Timestamp>,
     pub granted_at: Option<Timestamp>,
+    /// `status.message`: a lost claim keeps saying why while it waits to be granted again.
+    pub message: Option<String>,
 }
 
 /// Changes to the ZooKeeper queue.
@@ -209,32 +211,46 @@ pub fn decide(
             format!("the grant was lost: {why}"),
             false,
         ),
-        // Granted before, behind someone now: while the controller was away (restart, session
-        // expiry) its node went and another client took the lock. The holder must learn it
-        // lost the grant; the claim keeps its new place and is granted again in turn.
-        QueueState::Waiting { position, sequence } if claim.phase == ClaimPhase::Granted => Step {
-            queue: QueueAction::Keep,
-            outcome: Some(Outcome {
-                phase: ClaimPhase::Lost,
-                position: Some(*position),
-                sequence: Some(*sequence),
-                fencing_token: None,
-                message: format!(
-                    "the grant was lost while the controller was away and the lock was taken by \
-                     another client; queued again, {position} ahead"
-                ),
-                reason: "Lost",
-            }),
-            resume_job: false,
-            evict_holder: lock.evict_on_loss,
-            requeue_after: None,
-        },
         QueueState::Waiting { position, sequence } => {
+            let (phase, reason, message, evict_holder) = match claim.phase {
+                // Granted before, behind someone now: while the controller was away (restart,
+                // session expiry) its node went and another client took the lock. The holder
+                // must learn it lost the grant; the claim keeps its new place in line.
+                ClaimPhase::Granted => (
+                    ClaimPhase::Lost,
+                    "Lost",
+                    "the grant was lost while the controller was away and the lock was taken \
+                     by another client; queued again"
+                        .to_string(),
+                    lock.evict_on_loss,
+                ),
+                // A lost claim stays Lost, saying why, until it is granted again.
+                ClaimPhase::Lost => (
+                    ClaimPhase::Lost,
+                    "Lost",
+                    claim
+                        .message
+                        .clone()
+                        .unwrap_or_else(|| "the grant was lost; queued again".into()),
+                    false,
+                ),
+                _ => (
+                    ClaimPhase::Waiting,
+                    "Waiting",
+                    format!("{position} ahead in the queue"),
+                    false,
+                ),
+            };
             let waited = claim
                 .created
                 .map(|created| elapsed(created, now))
                 .unwrap_or_default();
-            match spec.wait_timeout_seconds.map(Duration::from_secs) {
+            // The wait timeout is for a first grant; a claim granted once waits to get it back.
+            let limit = spec
+                .wait_timeout_seconds
+                .map(Duration::from_secs)
+                .filter(|_| claim.granted_at.is_none());
+            match limit {
                 Some(limit) if waited >= limit => Step::end(
                     ClaimPhase::Expired,
                     "Expired",
@@ -252,15 +268,15 @@ pub fn decide(
                 limit => Step {
                     queue: QueueAction::Keep,
                     outcome: Some(Outcome {
-                        phase: ClaimPhase::Waiting,
+                        phase,
                         position: Some(*position),
                         sequence: Some(*sequence),
                         fencing_token: None,
-                        message: format!("{position} ahead in the queue"),
-                        reason: "Waiting",
+                        message,
+                        reason,
                     }),
                     resume_job: false,
-                    evict_holder: false,
+                    evict_holder,
                     requeue_after: limit.map(|limit| limit - waited),
                 },
             }
@@ -337,7 +353,8 @@ mod tests {
         ClaimFacts {
             phase,
             created: Some(at(0)),
-            granted_at: Some(at(0)),
+            granted_at: matches!(phase, ClaimPhase::Granted | ClaimPhase::Lost).then(|| at(0)),
+            message: None,
         }
     }
 
@@ -556,17 +573,36 @@ mod tests {
         assert_eq!(outcome.fencing_token, None, "no token to use any more");
         assert_eq!(step.queue, QueueAction::Keep, "it keeps its new place");
         assert!(step.evict_holder);
-        // Once reported, the lost claim waits like any other.
+        // Once reported, the lost claim stays Lost, saying why, until granted again; its
+        // wait timeout was for its first grant.
+        let mut lost = facts(ClaimPhase::Lost);
+        lost.message = Some(outcome.message.clone());
         let next = decide(
-            &spec(ClaimMode::Exclusive, None),
-            &facts(ClaimPhase::Lost),
+            &spec(ClaimMode::Exclusive, Some(1)),
+            &lost,
             Some(&lock),
             &HolderState::Running,
             &behind,
-            at(6),
+            at(60),
         );
-        assert_eq!(phase_of(&next), Some(ClaimPhase::Waiting));
+        let waiting = next.outcome.clone().unwrap();
+        assert_eq!(
+            (waiting.phase, waiting.message),
+            (ClaimPhase::Lost, outcome.message)
+        );
         assert!(!next.evict_holder);
+        let regranted = decide(
+            &spec(ClaimMode::Exclusive, Some(1)),
+            &lost,
+            Some(&lock),
+            &HolderState::Running,
+            &QueueState::Granted {
+                fencing_token: 80,
+                sequence: 12,
+            },
+            at(61),
+        );
+        assert_eq!(phase_of(&regranted), Some(ClaimPhase::Granted));
     }
 
     #[test]

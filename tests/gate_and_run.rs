@@ -144,27 +144,15 @@ async fn a_gate_restarted_after_its_grant_adopts_the_claim_and_a_gate_that_times
         "--token-file",
         token_file.to_str().unwrap(),
     ];
-    let first = cluster
-        .gate(&holder, &args, &dir.path().join("first.log"))
-        .wait_with_output()
-        .unwrap();
-    assert!(
-        first.status.success(),
-        "{}",
-        log_of(&dir.path().join("first.log"))
-    );
+    let gate_succeeds = |attempt: &str| {
+        let log = dir.path().join(format!("{attempt}.log"));
+        let status = cluster.gate(&holder, &args, &log).wait().unwrap();
+        assert!(status.success(), "{attempt}: {}", log_of(&log));
+    };
+    gate_succeeds("first");
     let token = std::fs::read_to_string(&token_file).unwrap();
-
     // The kubelet runs the init container again (pod sandbox restarted): same claim, same token.
-    let again = cluster
-        .gate(&holder, &args, &dir.path().join("again.log"))
-        .wait_with_output()
-        .unwrap();
-    assert!(
-        again.status.success(),
-        "{}",
-        log_of(&dir.path().join("again.log"))
-    );
+    gate_succeeds("again");
     assert_eq!(std::fs::read_to_string(&token_file).unwrap(), token);
     let claims = cluster
         .api::<LockClaim>()
@@ -224,14 +212,17 @@ async fn lockkeeper_run_holds_the_lock_while_its_command_runs_and_a_killed_run_l
     let ns = cluster.namespace.clone();
     let script =
         "echo $LOCKKEEPER_FENCING_TOKEN > token; while [ ! -e done ]; do sleep 0.05; done; exit 3";
-    let mut run = cluster
-        .lockkeeper()
-        .args([
-            "run", "--lock", "nightly", "-n", &ns, "--", "sh", "-c", script,
-        ])
-        .current_dir(dir.path())
-        .spawn()
-        .unwrap();
+    // `lockkeeper run --lock nightly -n NS OPTIONS -- COMMAND`, in the test's directory.
+    let lockkeeper_run = |options: &[&str], command: &[&str]| {
+        let mut run = cluster.lockkeeper();
+        run.args(["run", "--lock", "nightly", "-n", &ns])
+            .args(options)
+            .arg("--")
+            .args(command)
+            .current_dir(dir.path());
+        run
+    };
+    let mut run = lockkeeper_run(&[], &["sh", "-c", script]).spawn().unwrap();
     let token_file = dir.path().join("token");
     cluster
         .eventually("the command runs", || async { token_file.exists() })
@@ -255,31 +246,11 @@ async fn lockkeeper_run_holds_the_lock_while_its_command_runs_and_a_killed_run_l
         "LOCKKEEPER_FENCING_TOKEN is the grant's token"
     );
 
-    cluster.pod("waiter").await;
-    cluster
-        .claim(
-            "waiter",
-            json!({"lock": "nightly", "holder": {"kind": "Pod", "name": "waiter"}}),
-        )
-        .await;
+    cluster.pod_with_claim("waiter", "nightly").await;
     cluster.wait_phase("waiter", ClaimPhase::Waiting).await;
 
     // A try-lock on the held lock: exit 75, the command never runs.
-    let tried = cluster
-        .lockkeeper()
-        .args([
-            "run",
-            "--lock",
-            "nightly",
-            "-n",
-            &ns,
-            "--timeout",
-            "0s",
-            "--",
-            "touch",
-            "ran",
-        ])
-        .current_dir(dir.path())
+    let tried = lockkeeper_run(&["--timeout", "0s"], &["touch", "ran"])
         .output()
         .unwrap();
     assert_eq!(
@@ -307,20 +278,7 @@ async fn lockkeeper_run_holds_the_lock_while_its_command_runs_and_a_killed_run_l
     // Killed without cleanup (with its command): the lease lapses and the lock moves on.
     let mut killed = {
         use std::os::unix::process::CommandExt;
-        cluster
-            .lockkeeper()
-            .args([
-                "run",
-                "--lock",
-                "nightly",
-                "-n",
-                &ns,
-                "--lease-duration",
-                "2s",
-                "--",
-                "sleep",
-                "600",
-            ])
+        lockkeeper_run(&["--lease-duration", "2s"], &["sleep", "600"])
             .process_group(0)
             .spawn()
             .unwrap()
@@ -334,13 +292,7 @@ async fn lockkeeper_run_holds_the_lock_while_its_command_runs_and_a_killed_run_l
             })
         })
         .await;
-    cluster.pod("next").await;
-    cluster
-        .claim(
-            "next",
-            json!({"lock": "nightly", "holder": {"kind": "Pod", "name": "next"}}),
-        )
-        .await;
+    cluster.pod_with_claim("next", "nightly").await;
     cluster.wait_phase("next", ClaimPhase::Waiting).await;
     nix::sys::signal::killpg(
         nix::unistd::Pid::from_raw(killed.id() as i32),

@@ -144,6 +144,7 @@ fn facts(claim: &LockClaim) -> ClaimFacts {
         phase: status.phase,
         created: claim.meta().creation_timestamp.as_ref().map(|t| t.0),
         granted_at: status.granted_at.map(|t| t.0),
+        message: status.message,
     }
 }
 

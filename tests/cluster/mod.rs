@@ -300,6 +300,16 @@ impl Cluster {
         .await
     }
 
+    /// A Pod and a claim of the same name on `lock`, held by that Pod.
+    pub async fn pod_with_claim(&self, name: &str, lock: &str) -> LockClaim {
+        self.pod(name).await;
+        self.claim(
+            name,
+            json!({"lock": lock, "holder": {"kind": "Pod", "name": name}}),
+        )
+        .await
+    }
+
     /// What the Job controller would write when a Job's pods succeeded.
     pub async fn complete_job(&self, name: &str) {
         let status = json!({"status": {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}});
