@@ -93,6 +93,26 @@ fn the_sandbox_comes_up_runs_its_demo_and_goes_down() {
     let claims = kubectl(&["get", "claims", "-n", "lockkeeper-demo"]);
     let claims = text(&claims);
     assert_eq!(claims.matches("Released").count(), 5, "{claims}");
+    let described = text(&kubectl(&[
+        "describe",
+        "claim",
+        "-n",
+        "lockkeeper-demo",
+        "migrate-orders",
+    ]));
+    for line in [
+        "Phase:",
+        "Released",
+        "Granted",
+        "granted to Job migrate-orders",
+    ] {
+        assert!(described.contains(line), "{line:?} missing:\n{described}");
+    }
+    let events = described.split("Events:").nth(1).unwrap_or_default();
+    assert!(
+        events.contains("Granted") && events.contains("Released") && events.contains("lockkeeper"),
+        "the controller's events are listed:\n{described}"
+    );
     let run = Command::new(Path::new(&binaries).join("lockkeeper"))
         .args([
             "run",

@@ -257,7 +257,7 @@ impl Store {
             collection.remove(&key);
             None
         } else {
-            collection.insert(key, object.clone())
+            collection.insert(key.clone(), object.clone())
         };
         let event = Arc::new(WatchEvent::new(
             state.revision,
@@ -272,6 +272,23 @@ impl Store {
             state.compacted_through = dropped.revision;
         }
         let _ = self.live.send(event);
+        if resource.group == "events.k8s.io" && resource.plural == "events" {
+            // kube-apiserver serves one Event through both APIs: events.k8s.io writes (what
+            // kube-runtime's Recorder sends) show up as core Events for `kubectl describe`.
+            let core = ResourceId::new("", "events");
+            let kind = match kind {
+                EventType::Deleted => EventType::Deleted,
+                _ if state
+                    .objects
+                    .get(&core)
+                    .is_some_and(|c| c.contains_key(&key)) =>
+                {
+                    EventType::Modified
+                }
+                _ => EventType::Added,
+            };
+            self.commit(state, &core, key, kind, core_event(&object));
+        }
         object
     }
 
@@ -779,4 +796,50 @@ impl Store {
         state.history.clear();
         state.compacted_through = state.revision;
     }
+}
+
+/// An events.k8s.io/v1 Event as a core/v1 Event (the field names of the older API).
+fn core_event(event: &Value) -> Value {
+    let series = &event["series"];
+    let count = series["count"]
+        .as_i64()
+        .or_else(|| event["deprecatedCount"].as_i64())
+        .unwrap_or(1);
+    let first = [&event["deprecatedFirstTimestamp"], &event["eventTime"]]
+        .into_iter()
+        .find(|t| t.is_string())
+        .cloned()
+        .unwrap_or(Value::Null);
+    let last = [
+        &series["lastObservedTime"],
+        &event["deprecatedLastTimestamp"],
+        &event["eventTime"],
+    ]
+    .into_iter()
+    .find(|t| t.is_string())
+    .cloned()
+    .unwrap_or(Value::Null);
+    let mut metadata = event["metadata"].clone();
+    if let Some(meta) = metadata.as_object_mut() {
+        meta.remove("resourceVersion");
+        meta.remove("managedFields");
+    }
+    json!({
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": metadata,
+        "involvedObject": event["regarding"],
+        "related": event["related"],
+        "reason": event["reason"],
+        "message": event["note"],
+        "type": event["type"],
+        "action": event["action"],
+        "eventTime": event["eventTime"],
+        "firstTimestamp": first,
+        "lastTimestamp": last,
+        "count": count,
+        "source": {"component": event["reportingController"]},
+        "reportingComponent": event["reportingController"],
+        "reportingInstance": event["reportingInstance"],
+    })
 }

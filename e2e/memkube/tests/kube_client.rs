@@ -775,3 +775,50 @@ async fn server_side_apply_tracks_field_managers() {
         .unwrap_err();
     assert_eq!(api_error(err), (409, "Conflict".into()));
 }
+
+#[tokio::test]
+async fn events_recorded_through_events_k8s_io_are_core_events_too() {
+    use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+    let server = MemKube::start().await.unwrap();
+    let client = server.client();
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let map = maps
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "settings"}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let recorder = Recorder::new(client.clone(), Reporter::from("memkube-test"));
+    let event = Event {
+        type_: EventType::Warning,
+        reason: "Lost".into(),
+        note: Some("the grant was lost".into()),
+        action: "Lost".into(),
+        secondary: None,
+    };
+    let reference = kube::Resource::object_ref(&map, &());
+    recorder.publish(&event, &reference).await.unwrap();
+    // The same event again becomes a series (a patch through events.k8s.io).
+    recorder.publish(&event, &reference).await.unwrap();
+
+    // What `kubectl describe configmap settings` asks for.
+    let core: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client, "default");
+    let selector = "involvedObject.name=settings,involvedObject.kind=ConfigMap";
+    let events = core
+        .list(&ListParams::default().fields(selector))
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(events.len(), 1, "{events:?}");
+    let event = &events[0];
+    assert_eq!(event.reason.as_deref(), Some("Lost"));
+    assert_eq!(event.message.as_deref(), Some("the grant was lost"));
+    assert_eq!(event.type_.as_deref(), Some("Warning"));
+    assert_eq!(event.count, Some(2), "the series count");
+    assert_eq!(
+        event.source.as_ref().and_then(|s| s.component.as_deref()),
+        Some("memkube-test")
+    );
+    server.stop().await;
+}
