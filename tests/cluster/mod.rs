@@ -374,11 +374,20 @@ impl Cluster {
         }
     }
 
+    /// Waits until the claim is in `phase`; on timeout the failure shows the claim's status.
     pub async fn wait_phase(&self, claim: &str, phase: ClaimPhase) {
-        self.eventually(&format!("claim {claim} is {phase:?}"), || async {
-            self.phase(claim).await == phase
-        })
-        .await;
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let status = self.claim_status(claim).await;
+            if status.phase == phase {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting until claim {claim} is {phase:?}; its status: {status:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
     }
 
     /// Names of the Jobs that are not suspended.
