@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use kube::api::{Api, DeleteParams, PostParams, Preconditions};
+use kube::api::{Api, DeleteParams, ObjectMeta, PostParams, Preconditions};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 
@@ -50,6 +50,31 @@ impl ClaimError {
             _ => 1,
         }
     }
+}
+
+/// Extra time given to the controller to write `Expired` when a wait timeout passes, before
+/// a client gives up by itself (the controller may be down: no client waits forever on it).
+pub const EXPIRY_GRACE: Duration = Duration::from_secs(5);
+
+/// The metadata every claim a client makes carries: its namespace, and who made it in the
+/// `app.kubernetes.io/managed-by` label (`lockkeeper-gate`, `lockkeeper-run`).
+pub fn client_metadata(namespace: &str, managed_by: &str) -> ObjectMeta {
+    ObjectMeta {
+        namespace: Some(namespace.to_string()),
+        labels: Some(
+            [(
+                "app.kubernetes.io/managed-by".to_string(),
+                managed_by.to_string(),
+            )]
+            .into(),
+        ),
+        ..ObjectMeta::default()
+    }
+}
+
+/// A duration as the whole seconds a claim's spec takes, rounded up.
+pub fn whole_seconds(duration: Duration) -> u64 {
+    duration.as_secs_f64().ceil() as u64
 }
 
 /// What the watch says about the claim.
@@ -166,6 +191,22 @@ pub async fn wait_for_decision(
         if let Some(decision) = decision(&status) {
             return Ok(decision);
         }
+    }
+}
+
+/// [`wait_for_decision`], given up `timeout` + [`EXPIRY_GRACE`] from now: `Ok(None)` then.
+pub async fn wait_for_decision_within(
+    watch: &mut ClaimWatch,
+    claim_name: &str,
+    timeout: Option<Duration>,
+) -> Result<Option<Decision>, ClaimError> {
+    let wait = wait_for_decision(watch, claim_name);
+    match timeout {
+        None => wait.await.map(Some),
+        Some(timeout) => match tokio::time::timeout(timeout + EXPIRY_GRACE, wait).await {
+            Ok(decided) => decided.map(Some),
+            Err(_) => Ok(None),
+        },
     }
 }
 

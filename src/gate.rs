@@ -46,10 +46,6 @@ pub struct GateRequest {
     pub token_file: Option<PathBuf>,
 }
 
-/// Extra time given to the controller to write `Expired` before the gate gives up by itself
-/// (it may be down: the gate must not wait forever for it).
-const EXPIRY_GRACE: Duration = Duration::from_secs(5);
-
 /// `<pod>-<lock>`, cut to the 253 characters a name may have (then made unique by the pod's
 /// uid): one claim per pod and lock, found again when the init container restarts.
 pub fn claim_name(pod: &PodIdentity, lock: &str) -> String {
@@ -80,19 +76,11 @@ pub fn claim_for(pod: &PodIdentity, request: &GateRequest) -> LockClaim {
             },
             lease_duration_seconds: None,
             renew_time: None,
-            wait_timeout_seconds: request.timeout.map(|t| t.as_secs_f64().ceil() as u64),
+            wait_timeout_seconds: request.timeout.map(claim_client::whole_seconds),
         },
     );
     claim.metadata = ObjectMeta {
         name: claim.metadata.name.take(),
-        namespace: Some(pod.namespace.clone()),
-        labels: Some(
-            [(
-                "app.kubernetes.io/managed-by".to_string(),
-                "lockkeeper-gate".to_string(),
-            )]
-            .into(),
-        ),
         owner_references: Some(vec![OwnerReference {
             api_version: "v1".into(),
             kind: "Pod".into(),
@@ -100,7 +88,7 @@ pub fn claim_for(pod: &PodIdentity, request: &GateRequest) -> LockClaim {
             uid: pod.uid.clone(),
             ..OwnerReference::default()
         }]),
-        ..ObjectMeta::default()
+        ..claim_client::client_metadata(&pod.namespace, "lockkeeper-gate")
     };
     claim
 }
@@ -151,22 +139,20 @@ pub async fn gate(
         pod.namespace, pod.name, request.lock, request.mode
     );
     let mut watch = ClaimWatch::new(api.clone(), &name);
-    let wait = claim_client::wait_for_decision(&mut watch, &name);
-    let decided = match request.timeout {
-        None => wait.await?,
-        Some(timeout) => match tokio::time::timeout(timeout + EXPIRY_GRACE, wait).await {
-            Ok(decided) => decided?,
-            Err(_) => {
+    let decided =
+        match claim_client::wait_for_decision_within(&mut watch, &name, request.timeout).await? {
+            Some(decided) => decided,
+            None => {
                 // Leave the queue, so the lock is never granted to a pod that gave up.
                 let uid = claim.meta().uid.clone().unwrap_or_default();
                 claim_client::delete_claim(&api, &name, &uid, Duration::from_secs(10)).await?;
+                let waited = request.timeout.unwrap_or_default();
                 Decision::Refused(format!(
                     "not granted within {}",
-                    humantime::format_duration(timeout)
+                    humantime::format_duration(waited)
                 ))
             }
-        },
-    };
+        };
     match decided {
         Decision::Granted { fencing_token } => {
             if let Some(path) = &request.token_file {

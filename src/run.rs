@@ -55,7 +55,7 @@ pub fn holder_name() -> String {
 }
 
 pub fn claim_for(request: &RunRequest, holder: &str, now: Timestamp) -> LockClaim {
-    let lease_seconds = request.lease_duration.as_secs_f64().ceil().max(1.0) as u32;
+    let lease_seconds = claim_client::whole_seconds(request.lease_duration).max(1) as u32;
     let mut claim = LockClaim::new(
         "",
         LockClaimSpec {
@@ -67,21 +67,13 @@ pub fn claim_for(request: &RunRequest, holder: &str, now: Timestamp) -> LockClai
             },
             lease_duration_seconds: Some(lease_seconds),
             renew_time: Some(MicroTime(now)),
-            wait_timeout_seconds: request.timeout.map(|t| t.as_secs_f64().ceil() as u64),
+            wait_timeout_seconds: request.timeout.map(claim_client::whole_seconds),
         },
     );
     let prefix: String = request.lock.chars().take(200).collect();
     claim.metadata = ObjectMeta {
         generate_name: Some(format!("{}-run-", prefix.trim_end_matches(['-', '.']))),
-        namespace: Some(request.namespace.clone()),
-        labels: Some(
-            [(
-                "app.kubernetes.io/managed-by".to_string(),
-                "lockkeeper-run".to_string(),
-            )]
-            .into(),
-        ),
-        ..ObjectMeta::default()
+        ..claim_client::client_metadata(&request.namespace, "lockkeeper-run")
     };
     claim
 }
@@ -156,20 +148,13 @@ async fn hold_and_run(
         reason,
     };
     let fencing_token = {
-        let wait = claim_client::wait_for_decision(&mut watch, name);
-        let deadline = async {
-            match request.timeout {
-                // The controller expires the claim; give it a moment, then give up anyway.
-                Some(timeout) => tokio::time::sleep(timeout + Duration::from_secs(5)).await,
-                None => std::future::pending().await,
-            }
-        };
+        let wait = claim_client::wait_for_decision_within(&mut watch, name, request.timeout);
         tokio::select! {
             decided = wait => match decided? {
-                Decision::Granted { fencing_token } => fencing_token,
-                Decision::Refused(reason) => return Err(refused(reason)),
+                Some(Decision::Granted { fencing_token }) => fencing_token,
+                Some(Decision::Refused(reason)) => return Err(refused(reason)),
+                None => return Err(refused("the wait timed out".into())),
             },
-            () = deadline => return Err(refused("the wait timed out".into())),
             signal = signals.recv() => return Ok(128 + signal as u8),
         }
     };

@@ -574,31 +574,29 @@ async fn two_hundred_claims_through_dropped_watches_500s_and_409s_are_each_grant
         let lock = format!("batch-{}", i % LOCKS);
         cluster.pod_with_claim(&name, &lock).await;
     }
+    // The claims not released yet, with the phases seen of each.
     let unreleased = || {
         let seen = seen.lock().unwrap();
-        (0..CLAIMS)
+        let pending: Vec<(String, Option<Vec<ClaimPhase>>)> = (0..CLAIMS)
             .map(|i| format!("work-{i}"))
-            .filter(|name| {
-                seen.phases.get(name).and_then(|p| p.last()) != Some(&ClaimPhase::Released)
+            .map(|name| {
+                let phases = seen.phases.get(&name).cloned();
+                (name, phases)
             })
-            .collect::<Vec<_>>()
+            .filter(|(_, phases)| {
+                phases.as_ref().and_then(|p| p.last()) != Some(&ClaimPhase::Released)
+            })
+            .collect();
+        async move { pending }
     };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
-    while !unreleased().is_empty() {
-        if tokio::time::Instant::now() > deadline {
-            let mut report = String::new();
-            for name in unreleased() {
-                let phases = seen.lock().unwrap().phases.get(&name).cloned();
-                let claim = cluster.api::<LockClaim>().get(&name).await.unwrap();
-                report.push_str(&format!(
-                    "{name}: seen {phases:?}, now {:?} {:?}\n",
-                    claim.metadata, claim.status
-                ));
-            }
-            panic!("claims never released:\n{report}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    cluster
+        .poll(
+            Duration::from_secs(180),
+            "every claim is released",
+            unreleased,
+            Vec::is_empty,
+        )
+        .await;
     let _ = stop_faults.send(true);
     if let Some(injector) = injector {
         injector.await.unwrap();

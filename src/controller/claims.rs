@@ -39,8 +39,7 @@ pub enum Error {
 }
 
 pub async fn reconcile(claim: Arc<LockClaim>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let api: Api<LockClaim> =
-        Api::namespaced(ctx.client.clone(), &claim.namespace().unwrap_or_default());
+    let api: Api<LockClaim> = ctx.api_beside(claim.as_ref());
     finalizer(&api, FINALIZER, claim, |event| async {
         match event {
             Finalizer::Apply(claim) => apply(&claim, &ctx).await,
@@ -123,15 +122,14 @@ fn holder_state(
 
 /// The holder as the API server has it now (Pods and Jobs; a Lease holder is the claim).
 async fn read_holder(ctx: &Context, claim: &LockClaim) -> Result<HolderState, Error> {
-    let namespace = claim.namespace().unwrap_or_default();
     let name = &claim.spec.holder.name;
     Ok(match claim.spec.holder.kind {
         HolderKind::Pod => {
-            let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+            let pods: Api<Pod> = ctx.api_beside(claim);
             holders::pod_state(name, pods.get_opt(name).await?.as_ref())
         }
         HolderKind::Job => {
-            let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
+            let jobs: Api<Job> = ctx.api_beside(claim);
             holders::job_state(name, jobs.get_opt(name).await?.as_ref())
         }
         HolderKind::Lease => HolderState::Running,
@@ -255,8 +253,7 @@ async fn leave_queue(
 
 /// A suspended holder Job starts once its claim is granted.
 async fn resume_job(ctx: &Context, claim: &LockClaim) -> Result<(), Error> {
-    let jobs: Api<Job> =
-        Api::namespaced(ctx.client.clone(), &claim.namespace().unwrap_or_default());
+    let jobs: Api<Job> = ctx.api_beside(claim);
     jobs.patch(
         &claim.spec.holder.name,
         &PatchParams::default(),
@@ -331,8 +328,7 @@ async fn write_status(
     if wanted == current {
         return Ok(Written::Yes);
     }
-    let api: Api<LockClaim> =
-        Api::namespaced(ctx.client.clone(), &claim.namespace().unwrap_or_default());
+    let api: Api<LockClaim> = ctx.api_beside(claim);
     match status::apply(&api, claim, &wanted, true).await {
         Ok(()) => {}
         Err(kube::Error::Api(status)) if status.code == 409 => return Ok(Written::Conflict),

@@ -49,6 +49,15 @@ pub struct Context {
 }
 
 impl Context {
+    /// The API of kind `K` in the namespace of `object` (a claim's holder, its lock, itself).
+    pub fn api_beside<K>(&self, object: &impl ResourceExt) -> kube::Api<K>
+    where
+        K: kube::Resource<Scope = kube::core::NamespaceResourceScope>,
+        K::DynamicType: Default,
+    {
+        kube::Api::namespaced(self.client.clone(), &object.namespace().unwrap_or_default())
+    }
+
     /// Waits until the watch caches are filled; false if they are gone. One task waits on
     /// the stores and the rest wait on it: a store's readiness wakes only its last poller
     /// (kube-runtime's `DelayedInit` keeps one waker), so concurrent waiters could hang.

@@ -96,7 +96,7 @@ pub async fn reconcile(lock: Arc<DistributedLock>, ctx: Arc<LockContext>) -> Res
         }
     };
     if wanted != current {
-        let api: Api<DistributedLock> = Api::namespaced(ctx.shared.client.clone(), &namespace);
+        let api: Api<DistributedLock> = ctx.shared.api_beside(lock.as_ref());
         status::apply(&api, lock.as_ref(), &wanted, false).await?;
     }
     Ok(Action::await_change())

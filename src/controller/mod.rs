@@ -393,8 +393,7 @@ async fn fence_lost_grants(ctx: &Arc<Context>) -> HashMap<ObjectRef<DistributedL
 
 /// Deletes the holder Pod, or the holder Job's pods, so an old holder stops working.
 pub(crate) async fn evict_holder(ctx: &Context, claim: &LockClaim) {
-    let namespace = claim.namespace().unwrap_or_default();
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+    let pods: Api<Pod> = ctx.api_beside(claim);
     let result = match claim.spec.holder.kind {
         HolderKind::Pod => pods
             .delete(&claim.spec.holder.name, &DeleteParams::default())

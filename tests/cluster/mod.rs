@@ -25,6 +25,10 @@ pub struct Cluster {
     pub zk: ZooKeeperServer,
     pub root: String,
     memkube: Option<memkube::MemKube>,
+    /// The kubeconfig for processes the test starts: memkube's, written once into a
+    /// directory removed with the cluster, or the `KUBECONFIG` cluster's.
+    kubeconfig: std::ffi::OsString,
+    _kubeconfig_dir: Option<tempfile::TempDir>,
     controller: Option<Controller>,
 }
 
@@ -67,12 +71,25 @@ impl Cluster {
             .await
             .expect("create the test namespace");
         install_crds(&client).await;
+        let (kubeconfig, kubeconfig_dir) = match &memkube {
+            Some(server) => {
+                let dir = tempfile::tempdir().expect("a temporary directory");
+                let path = dir.path().join("kubeconfig");
+                server
+                    .write_kubeconfig(&path)
+                    .expect("write memkube's kubeconfig");
+                (path.into_os_string(), Some(dir))
+            }
+            None => (std::env::var_os("KUBECONFIG").expect("KUBECONFIG"), None),
+        };
         let mut cluster = Cluster {
             client,
             namespace,
             zk,
             root: format!("/lockkeeper-e2e/{suffix}"),
             memkube,
+            kubeconfig,
+            _kubeconfig_dir: kubeconfig_dir,
             controller: None,
         };
         cluster.start_controller();
@@ -111,33 +128,15 @@ impl Cluster {
         self.controller = Some(Controller::InProcess { stop, task });
     }
 
-    fn kubeconfig_path(&self) -> std::path::PathBuf {
-        std::env::temp_dir().join(format!("lockkeeper-e2e-{}.kubeconfig", self.namespace))
-    }
-
     /// memkube's fault injection; `None` on a real cluster.
     pub fn faults(&self) -> Option<std::sync::Arc<memkube::faults::Faults>> {
         self.memkube.as_ref().map(|server| server.faults())
     }
 
-    /// The kubeconfig of this cluster, for processes the test starts.
-    pub fn kubeconfig(&self) -> std::ffi::OsString {
-        match &self.memkube {
-            Some(server) => {
-                let path = self.kubeconfig_path();
-                server
-                    .write_kubeconfig(&path)
-                    .expect("write memkube's kubeconfig");
-                path.into_os_string()
-            }
-            None => std::env::var_os("KUBECONFIG").expect("KUBECONFIG"),
-        }
-    }
-
     /// The `lockkeeper` binary, talking to this cluster.
     pub fn lockkeeper(&self) -> std::process::Command {
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_lockkeeper"));
-        command.env("KUBECONFIG", self.kubeconfig());
+        command.env("KUBECONFIG", &self.kubeconfig);
         command
     }
 
@@ -148,7 +147,7 @@ impl Cluster {
         let mut child = std::process::Command::new("kubectl")
             .args(["--namespace", &self.namespace])
             .args(args)
-            .env("KUBECONFIG", self.kubeconfig())
+            .env("KUBECONFIG", &self.kubeconfig)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -350,44 +349,53 @@ impl Cluster {
         self.claim_status(name).await.phase
     }
 
+    /// Reads `fetch` every 25 ms until `done` holds for what it read, and returns that; after
+    /// `patience` fails the test naming `what` and showing the last value read.
+    pub async fn poll<T, F, Fut>(
+        &self,
+        patience: Duration,
+        what: &str,
+        mut fetch: F,
+        done: impl Fn(&T) -> bool,
+    ) -> T
+    where
+        T: std::fmt::Debug,
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = T>,
+    {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            let value = fetch().await;
+            if done(&value) {
+                return value;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting until {what}; last seen: {value:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
     /// Waits until `check` holds, or fails the test naming `what`.
     pub async fn eventually<F, Fut>(&self, what: &str, check: F)
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = bool>,
     {
-        self.eventually_within(PATIENCE, what, check).await
-    }
-
-    pub async fn eventually_within<F, Fut>(&self, patience: Duration, what: &str, mut check: F)
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = bool>,
-    {
-        let deadline = tokio::time::Instant::now() + patience;
-        while !check().await {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out waiting until {what}"
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        self.poll(PATIENCE, what, check, |ok| *ok).await;
     }
 
     /// Waits until the claim is in `phase`; on timeout the failure shows the claim's status.
     pub async fn wait_phase(&self, claim: &str, phase: ClaimPhase) {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
-            let status = self.claim_status(claim).await;
-            if status.phase == phase {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out waiting until claim {claim} is {phase:?}; its status: {status:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        let what = format!("claim {claim} is {phase:?}");
+        self.poll(
+            PATIENCE,
+            &what,
+            || self.claim_status(claim),
+            |s| s.phase == phase,
+        )
+        .await;
     }
 
     /// Names of the Jobs that are not suspended.
@@ -419,7 +427,6 @@ impl Cluster {
         if let Some(server) = self.memkube.take() {
             server.stop().await;
         }
-        let _ = std::fs::remove_file(self.kubeconfig_path());
     }
 }
 
