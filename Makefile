@@ -7,10 +7,12 @@ SANDBOX_ZK_PORT ?= 2181
 SANDBOX_API_PORT ?= 6443
 SANDBOX_METRICS_PORT ?= 9464
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# helm, for the chart's tests and for installing on a real cluster (see README.md)
+HELM := $(CURDIR)/.tools/helm
 
 .PHONY: deps test lint unit sandbox sandbox-down bench-engine bench-memkube crds
 
-## deps: install what the tests and the sandbox need (Debian packages, a JDK with javac)
+## deps: install what the tests and the sandbox need (Debian packages, a JDK with javac, helm)
 deps:
 	@missing=""; for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	command -v javac >/dev/null 2>&1 || missing="$$missing default-jdk-headless"; \
@@ -20,6 +22,7 @@ deps:
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing >/dev/null || \
 	  { echo "!! apt-get install of$$missing failed"; exit 1; }; \
 	else echo "==> Debian packages present: $(DEBIAN_PACKAGES)"; fi
+	@bash e2e/tools/install-helm.sh "$(HELM)"
 
 ## lint: formatting and clippy, warnings are errors
 lint:
@@ -54,3 +57,4 @@ bench-memkube:
 ## crds: regenerate crds/ from the resource types (a test fails when it is stale)
 crds:
 	$(CARGO) run --quiet -- crd --output-dir crds
+	$(CARGO) run --quiet -- crd --output-dir charts/lockkeeper/crds

@@ -42,7 +42,12 @@ pub struct ZooKeeperArgs {
     #[arg(long = "zookeeper", env = "LOCKKEEPER_ZOOKEEPER")]
     pub connect: String,
     /// Session timeout asked of ZooKeeper.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(
+        long,
+        default_value = "10s",
+        value_parser = humantime::parse_duration,
+        env = "LOCKKEEPER_SESSION_TIMEOUT"
+    )]
     pub session_timeout: Duration,
 }
 

@@ -42,7 +42,15 @@ pub enum Controller {
 }
 
 impl Cluster {
+    /// ZooKeeper, the API server, a namespace, the CRDs and an in-process controller.
     pub async fn start() -> Self {
+        let mut cluster = Self::start_without_controller().await;
+        cluster.start_controller();
+        cluster
+    }
+
+    /// Everything but the controller (tests that start it their own way).
+    pub async fn start_without_controller() -> Self {
         let filter = tracing_subscriber::EnvFilter::try_from_env("LOCKKEEPER_LOG")
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,zookeeper_client=error"));
         let _ = tracing_subscriber::fmt()
@@ -82,7 +90,7 @@ impl Cluster {
             }
             None => (std::env::var_os("KUBECONFIG").expect("KUBECONFIG"), None),
         };
-        let mut cluster = Cluster {
+        Cluster {
             client,
             namespace,
             zk,
@@ -91,9 +99,7 @@ impl Cluster {
             kubeconfig,
             _kubeconfig_dir: kubeconfig_dir,
             controller: None,
-        };
-        cluster.start_controller();
-        cluster
+        }
     }
 
     pub fn controller_config(&self) -> Config {
@@ -167,11 +173,18 @@ impl Cluster {
         )
     }
 
+    /// Spawns `command` (a `lockkeeper controller` built by the test) as this cluster's
+    /// controller: stopped with SIGTERM, killed if the test fails.
+    pub fn spawn_controller_process(&mut self, command: &mut std::process::Command) {
+        let child = command.spawn().expect("start lockkeeper controller");
+        self.controller = Some(Controller::Process(child));
+    }
+
     /// Starts `lockkeeper controller` as a process of its own, on this cluster.
     pub fn start_controller_process(&mut self) {
         let config = self.controller_config();
-        let child = self
-            .lockkeeper()
+        let mut command = self.lockkeeper();
+        command
             .args([
                 "controller",
                 "--zookeeper",
@@ -190,10 +203,8 @@ impl Cluster {
                 "127.0.0.1:0",
                 "--identity",
                 &config.identity,
-            ])
-            .spawn()
-            .expect("start lockkeeper controller");
-        self.controller = Some(Controller::Process(child));
+            ]);
+        self.spawn_controller_process(&mut command);
     }
 
     /// Starts `lockkeeper gate` as the kubelet would run the init container of `pod`: with
@@ -456,27 +467,32 @@ pub async fn install_crds(client: &Client) {
         )
         .await
         .expect("apply a CRD");
-        let name = crd.name_any();
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
-            let established = crds
-                .get(&name)
-                .await
-                .ok()
-                .and_then(|c| c.status)
-                .and_then(|s| s.conditions)
-                .is_some_and(|c| {
-                    c.iter()
-                        .any(|c| c.type_ == "Established" && c.status == "True")
-                });
-            if established {
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "CRD {name} never established"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        wait_established(client, &crd.name_any()).await;
+    }
+}
+
+/// Waits until the CRD `name` is served (its Established condition is True).
+pub async fn wait_established(client: &Client, name: &str) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let established = crds
+            .get(name)
+            .await
+            .ok()
+            .and_then(|c| c.status)
+            .and_then(|s| s.conditions)
+            .is_some_and(|c| {
+                c.iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True")
+            });
+        if established {
+            return;
         }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "CRD {name} never established"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
