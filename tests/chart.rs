@@ -468,13 +468,6 @@ fn http_get(port: u16, path: &str) -> Option<(String, String)> {
     Some((head.lines().next()?.to_string(), body.to_string()))
 }
 
-/// Applies `yaml` in the cluster's namespace with `kubectl apply`; panics with its output.
-fn kubectl_apply(cluster: &Cluster, yaml: &str) -> String {
-    let (ok, out, err) = cluster.kubectl(&["apply", "-f", "-"], yaml);
-    assert!(ok, "kubectl apply failed:\n{out}{err}");
-    out
-}
-
 /// The value of a rendered env entry as the kubelet would give it: plain, the pod's name,
 /// or a Secret's key.
 async fn resolve(cluster: &Cluster, pod_name: &str, value: &Value) -> String {
@@ -521,12 +514,12 @@ async fn the_rendered_chart_applies_with_kubectl_and_its_controller_grants_locks
     )
     .unwrap_or_else(|err| panic!("{err}"));
     // The Secret the values name, as an administrator would create it.
-    kubectl_apply(
-        &cluster,
+    cluster.kubectl_ok(
+        &["apply", "-f", "-"],
         r#"{"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "zookeeper-digest"},
             "data": {"user": "bG9ja2tlZXBlcg==", "password": "czNjcjN0"}}"#,
     );
-    let applied = kubectl_apply(&cluster, &yaml);
+    let applied = cluster.kubectl_ok(&["apply", "-f", "-"], &yaml);
     for object in [
         format!("serviceaccount/{release}-lockkeeper"),
         format!("role.rbac.authorization.k8s.io/{release}-lockkeeper"),
@@ -588,8 +581,7 @@ async fn the_rendered_chart_applies_with_kubectl_and_its_controller_grants_locks
             .await;
     }
 
-    kubectl_apply(
-        &cluster,
+    cluster.kubectl_ok(&["apply", "-f", "-"],
         "apiVersion: lockkeeper.dev/v1alpha1\nkind: DistributedLock\nmetadata:\n  name: nightly-report\nspec:\n  type: Mutex\n",
     );
     let run = cluster
@@ -627,7 +619,7 @@ async fn cluster_wide_and_bundled_renders_apply_with_kubectl() {
     let release = format!("lk-{}", &namespace[4..]);
     if cluster.faults().is_some() {
         // memkube has no Prometheus Operator: a stand-in CRD of its group and kind.
-        kubectl_apply(&cluster, SERVICE_MONITOR_CRD);
+        cluster.kubectl_ok(&["apply", "-f", "-"], SERVICE_MONITOR_CRD);
         cluster::wait_established(&cluster.client, "servicemonitors.monitoring.coreos.com").await;
     }
     let cluster_wide = template(
@@ -636,7 +628,7 @@ async fn cluster_wide_and_bundled_renders_apply_with_kubectl() {
         &["--values", &values_file("cluster-wide-values.yaml")],
     )
     .unwrap();
-    let applied = kubectl_apply(&cluster, &cluster_wide);
+    let applied = cluster.kubectl_ok(&["apply", "-f", "-"], &cluster_wide);
     for object in [
         format!("clusterrole.rbac.authorization.k8s.io/{release}-lockkeeper created"),
         format!("clusterrolebinding.rbac.authorization.k8s.io/{release}-lockkeeper created"),
@@ -656,7 +648,7 @@ async fn cluster_wide_and_bundled_renders_apply_with_kubectl() {
         ],
     )
     .unwrap();
-    let applied = kubectl_apply(&cluster, &bundled);
+    let applied = cluster.kubectl_ok(&["apply", "-f", "-"], &bundled);
     for object in [
         format!("statefulset.apps/{release}-b-lockkeeper-zookeeper created"),
         format!("service/{release}-b-lockkeeper-zookeeper-headless created"),

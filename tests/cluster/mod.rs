@@ -173,6 +173,14 @@ impl Cluster {
         )
     }
 
+    /// Runs kubectl as [`Cluster::kubectl`] does and returns its stdout; fails the test with
+    /// kubectl's output when it fails.
+    pub fn kubectl_ok(&self, args: &[&str], input: &str) -> String {
+        let (ok, out, err) = self.kubectl(args, input);
+        assert!(ok, "kubectl {} failed:\n{out}{err}", args.join(" "));
+        out
+    }
+
     /// Spawns `command` (a `lockkeeper controller` built by the test) as this cluster's
     /// controller: stopped with SIGTERM, killed if the test fails.
     pub fn spawn_controller_process(&mut self, command: &mut std::process::Command) {
@@ -397,14 +405,18 @@ impl Cluster {
         self.poll(PATIENCE, what, check, |ok| *ok).await;
     }
 
-    /// Waits until the claim is in `phase`; on timeout the failure shows the claim's status.
+    /// Waits until the claim exists and is in `phase`; on timeout the failure shows the
+    /// claim's status.
     pub async fn wait_phase(&self, claim: &str, phase: ClaimPhase) {
         let what = format!("claim {claim} is {phase:?}");
         self.poll(
             PATIENCE,
             &what,
-            || self.claim_status(claim),
-            |s| s.phase == phase,
+            || async {
+                let found = self.api::<LockClaim>().get_opt(claim).await;
+                found.expect("get claim").map(|c| c.status.unwrap_or_default())
+            },
+            |s| s.as_ref().is_some_and(|s| s.phase == phase),
         )
         .await;
     }
