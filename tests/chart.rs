@@ -211,8 +211,8 @@ fn helm_lint_passes_with_every_values_file_and_warns_of_a_missing_zookeeper() {
 #[test]
 fn the_chart_crds_are_the_top_level_crds() {
     for (file, _) in lockkeeper::resources::crd_documents() {
-        let top = std::fs::read(repo().join("crds").join(&file)).unwrap();
-        let chart = std::fs::read(repo().join(CHART).join("crds").join(&file))
+        let top = std::fs::read(repo().join("crds").join(file)).unwrap();
+        let chart = std::fs::read(repo().join(CHART).join("crds").join(file))
             .unwrap_or_else(|err| panic!("{CHART}/crds/{file}: {err}; run `make crds`"));
         assert!(
             top == chart,
