@@ -10,7 +10,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # helm, for the chart's tests and for installing on a real cluster (see README.md)
 HELM := $(CURDIR)/.tools/helm
 
-.PHONY: deps test lint unit sandbox sandbox-down bench-engine bench-memkube crds
+.PHONY: deps test lint unit sandbox sandbox-down bench-engine bench-memkube crds manifest
 
 ## deps: install what the tests and the sandbox need (Debian packages, a JDK with javac, helm)
 deps:
@@ -58,3 +58,7 @@ bench-memkube:
 crds:
 	$(CARGO) run --quiet -- crd --output-dir crds
 	$(CARGO) run --quiet -- crd --output-dir charts/lockkeeper/crds
+
+## manifest: regenerate deploy/lockkeeper.yaml (the chart's defaults, for kubectl apply; a test fails when it is stale)
+manifest: deps
+	bash e2e/tools/render-manifest.sh "$(HELM)" > deploy/lockkeeper.yaml

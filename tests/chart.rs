@@ -680,3 +680,53 @@ spec:
           type: object
           x-kubernetes-preserve-unknown-fields: true
 "#;
+
+#[test]
+fn the_plain_kubectl_manifest_is_the_charts_default_render() {
+    let helm_binary = std::env::var("HELM")
+        .unwrap_or_else(|_| repo().join(".tools/helm").display().to_string());
+    let output = Command::new("bash")
+        .arg(repo().join("e2e/tools/render-manifest.sh"))
+        .arg(helm_binary)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", text(&output));
+    let committed = std::fs::read_to_string(repo().join("deploy/lockkeeper.yaml")).unwrap();
+    assert!(
+        committed == String::from_utf8_lossy(&output.stdout),
+        "deploy/lockkeeper.yaml is stale: run `make manifest` and commit it"
+    );
+}
+
+/// The README's install without Helm, command for command. Only on memkube: a real
+/// cluster's `lockkeeper` namespace is not this test's to create.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_install_with_plain_kubectl_applies() {
+    let cluster = Cluster::start_without_controller().await;
+    if cluster.faults().is_none() {
+        cluster.stop().await;
+        return;
+    }
+    let typed = |line: &str| {
+        let args: Vec<&str> = line.split_whitespace().skip(1).collect();
+        let (ok, out, err) = cluster.kubectl_as_typed(&args, "");
+        assert!(ok, "{line}:\n{out}{err}");
+        out
+    };
+    typed("kubectl apply -f crds/");
+    typed("kubectl create namespace lockkeeper");
+    let applied = typed("kubectl apply -f deploy/lockkeeper.yaml");
+    for object in [
+        "deployment.apps/lockkeeper created",
+        "role.rbac.authorization.k8s.io/lockkeeper created",
+        "rolebinding.rbac.authorization.k8s.io/lockkeeper created",
+        "serviceaccount/lockkeeper created",
+        "service/lockkeeper-metrics created",
+        "poddisruptionbudget.policy/lockkeeper created",
+    ] {
+        assert!(applied.contains(object), "{object}:\n{applied}");
+    }
+    let listed = cluster.kubectl_ok(&["get", "deployments", "-n", "lockkeeper"], "");
+    assert!(listed.contains("lockkeeper"), "{listed}");
+    cluster.stop().await;
+}

@@ -149,9 +149,16 @@ impl Cluster {
     /// Runs kubectl in the test namespace with `input` on stdin; returns (success, stdout,
     /// stderr).
     pub fn kubectl(&self, args: &[&str], input: &str) -> (bool, String, String) {
+        let mut all = vec!["--namespace", &self.namespace];
+        all.extend(args);
+        self.kubectl_as_typed(&all, input)
+    }
+
+    /// Runs kubectl with exactly `args` (the kubeconfig's namespace, `default`, unless they
+    /// name one), as a user types a README's command.
+    pub fn kubectl_as_typed(&self, args: &[&str], input: &str) -> (bool, String, String) {
         use std::io::Write;
         let mut child = std::process::Command::new("kubectl")
-            .args(["--namespace", &self.namespace])
             .args(args)
             .env("KUBECONFIG", &self.kubeconfig)
             .stdin(std::process::Stdio::piped())
