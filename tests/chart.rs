@@ -683,8 +683,8 @@ spec:
 
 #[test]
 fn the_plain_kubectl_manifest_is_the_charts_default_render() {
-    let helm_binary = std::env::var("HELM")
-        .unwrap_or_else(|_| repo().join(".tools/helm").display().to_string());
+    let helm_binary =
+        std::env::var("HELM").unwrap_or_else(|_| repo().join(".tools/helm").display().to_string());
     let output = Command::new("bash")
         .arg(repo().join("e2e/tools/render-manifest.sh"))
         .arg(helm_binary)

@@ -421,7 +421,9 @@ impl Cluster {
             &what,
             || async {
                 let found = self.api::<LockClaim>().get_opt(claim).await;
-                found.expect("get claim").map(|c| c.status.unwrap_or_default())
+                found
+                    .expect("get claim")
+                    .map(|c| c.status.unwrap_or_default())
             },
             |s| s.as_ref().is_some_and(|s| s.phase == phase),
         )
