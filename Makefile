@@ -1,7 +1,7 @@
 # lockkeeper — `make sandbox` starts the local sandbox, `make test` runs every test.
 SHELL := /bin/bash
 CARGO ?= cargo
-DEBIAN_PACKAGES := zookeeper python3-kazoo libcurator-recipes-java
+DEBIAN_PACKAGES := zookeeper python3-kazoo libcurator-recipes-java fonts-dejavu-core
 SANDBOX_DIR ?= $(CURDIR)/.sandbox
 SANDBOX_ZK_PORT ?= 2181
 SANDBOX_API_PORT ?= 6443
@@ -10,7 +10,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # helm, for the chart's tests and for installing on a real cluster (see README.md)
 HELM := $(CURDIR)/.tools/helm
 
-.PHONY: deps test lint unit sandbox sandbox-down bench-engine bench-memkube crds manifest
+.PHONY: deps test lint unit sandbox sandbox-down bench bench-memkube crds manifest
 
 ## deps: install what the tests and the sandbox need (Debian packages, a JDK with javac, helm)
 deps:
@@ -36,9 +36,11 @@ test: deps lint
 	set -o pipefail; $(CARGO) test --workspace 2>&1 | tee target/test-output.log
 	@awk '/^test result:/ {p += $$4; f += $$6} END {printf "%d passed, %d failed\n", p, f}' target/test-output.log
 
-## bench-engine: handoff latency of the engine against Curator's InterProcessMutex, same ZooKeeper
-bench-engine: deps
-	$(CARGO) bench --bench engine_handoff
+## bench: lockkeeper against the raw engine and Curator in one run (issue 6); writes bench/results/
+bench: deps
+	@echo "==> building the release binaries (cargo build --release)"
+	@$(CARGO) build --quiet --release --workspace --bins
+	target/release/lockkeeper-bench --out bench/results
 
 ## sandbox: ZooKeeper, memkube, lockkeeper controller, the CRDs and a demo on loopback, left running
 sandbox: deps

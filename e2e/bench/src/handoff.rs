@@ -1,0 +1,131 @@
+//! Handoff latency through lockkeeper on one contended Mutex lock: from the holder's release
+//! (its Pod turning Succeeded, or a gated pod's) to the next holder knowing it holds (its
+//! claim read `Granted` on a watch, or its `lockkeeper gate` process exiting 0).
+
+use std::collections::HashSet;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use kube::ResourceExt;
+use lockkeeper::resources::ClaimPhase;
+use tokio::sync::mpsc;
+
+use crate::operator::Operator;
+
+/// Claims queued behind the holder at every release, so that a release always hands over.
+const AHEAD: usize = 3;
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// Pod holders: release = the holder Pod's status set to Succeeded; known = the next claim
+/// seen `Granted` by a watch through the API server.
+pub async fn pod_handoffs(
+    op: &Operator,
+    namespace: &str,
+    handoffs: usize,
+    warmup: usize,
+) -> Result<Vec<Duration>> {
+    op.mutex(namespace, "handoff").await?;
+    let mut claims = op.watch_claims(namespace);
+    let mut made = 0;
+    for _ in 0..AHEAD {
+        op.pod_with_claim(namespace, &format!("holder-{made}"), "handoff")
+            .await?;
+        made += 1;
+    }
+    let mut granted = HashSet::new();
+    let mut samples = Vec::new();
+    let mut released_at: Option<Instant> = None;
+    while samples.len() < handoffs + warmup {
+        let (seen, holder) = next_grant(&mut claims, &mut granted).await?;
+        if let Some(released) = released_at {
+            ensure!(
+                seen >= released,
+                "{holder} was granted before the holder released"
+            );
+            samples.push(seen - released);
+        }
+        op.pod_with_claim(namespace, &format!("holder-{made}"), "handoff")
+            .await?;
+        made += 1;
+        released_at = Some(Instant::now());
+        op.pod_succeeded(namespace, &holder).await?;
+    }
+    Ok(samples.split_off(warmup))
+}
+
+async fn next_grant(
+    claims: &mut mpsc::UnboundedReceiver<(Instant, lockkeeper::resources::LockClaim)>,
+    granted: &mut HashSet<String>,
+) -> Result<(Instant, String)> {
+    loop {
+        let (seen, claim) = tokio::time::timeout(PATIENCE, claims.recv())
+            .await
+            .context("no claim was granted for 60 s")?
+            .context("the claim watch ended")?;
+        let phase = claim.status.as_ref().map(|s| s.phase);
+        if phase == Some(ClaimPhase::Granted) && granted.insert(claim.name_any()) {
+            return Ok((seen, claim.name_any()));
+        }
+    }
+}
+
+/// Gated pods: release = the holder pod set to Succeeded; known = the next pod's `lockkeeper
+/// gate` process (run as the kubelet would run the init container) exited 0.
+pub async fn gate_handoffs(
+    op: &Operator,
+    namespace: &str,
+    handoffs: usize,
+    warmup: usize,
+) -> Result<Vec<Duration>> {
+    op.mutex(namespace, "gate-handoff").await?;
+    let (exits, mut exited) = mpsc::unbounded_channel::<(Instant, String, bool)>();
+    let mut made = 0;
+    let spawn_gate = |name: String, pod: k8s_openapi::api::core::v1::Pod| -> Result<()> {
+        let mut child = op
+            .lockkeeper()
+            .args(["gate", "--lock", "gate-handoff"])
+            .env("POD_NAME", &name)
+            .env("POD_NAMESPACE", namespace)
+            .env("POD_UID", pod.uid().context("a pod uid")?)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("start lockkeeper gate")?;
+        let exits = exits.clone();
+        std::thread::spawn(move || {
+            let ok = child.wait().map(|s| s.success()).unwrap_or(false);
+            let _ = exits.send((Instant::now(), name, ok));
+        });
+        Ok(())
+    };
+    for _ in 0..AHEAD {
+        let name = format!("gated-{made}");
+        spawn_gate(name.clone(), op.pod(namespace, &name).await?)?;
+        made += 1;
+    }
+    let mut samples = Vec::new();
+    let mut released_at: Option<Instant> = None;
+    while samples.len() < handoffs + warmup {
+        let (seen, holder, ok) = tokio::time::timeout(PATIENCE, exited.recv())
+            .await
+            .context("no gate exited for 60 s")?
+            .context("the gate exits channel closed")?;
+        if !ok {
+            bail!("lockkeeper gate for {holder} failed");
+        }
+        if let Some(released) = released_at {
+            ensure!(
+                seen >= released,
+                "{holder}'s gate passed before the holder released"
+            );
+            samples.push(seen - released);
+        }
+        let name = format!("gated-{made}");
+        spawn_gate(name.clone(), op.pod(namespace, &name).await?)?;
+        made += 1;
+        released_at = Some(Instant::now());
+        op.pod_succeeded(namespace, &holder).await?;
+    }
+    Ok(samples.split_off(warmup))
+}

@@ -1,0 +1,246 @@
+//! The lockkeeper side of the benchmark: memkube (in this process), the CRDs, and
+//! `lockkeeper controller` as a process of its own (so that its memory can be read), plus
+//! the calls a workload makes: pods, claims, pod phases, and a watch on claims.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::watcher;
+use kube::{Client, ResourceExt};
+use lockkeeper::resources::{DistributedLock, LockClaim};
+use serde_json::json;
+use tokio::sync::mpsc;
+
+pub struct Operator {
+    pub client: Client,
+    memkube: Option<memkube::MemKube>,
+    pub kubeconfig: PathBuf,
+    zookeeper: String,
+    controller: Option<Child>,
+    binary: PathBuf,
+}
+
+/// The controller's memory, from /proc/PID/status.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct Memory {
+    pub rss_mib: f64,
+    pub peak_rss_mib: f64,
+}
+
+impl Operator {
+    pub async fn start(zookeeper: String, dir: &Path) -> Result<Self> {
+        let server = memkube::MemKube::start().await.context("memkube starts")?;
+        let kubeconfig = dir.join("kubeconfig");
+        server.write_kubeconfig(&kubeconfig)?;
+        let client = server.client();
+        install_crds(&client).await?;
+        let binary = std::env::current_exe()?
+            .parent()
+            .context("the bench's directory")?
+            .join("lockkeeper");
+        if !binary.exists() {
+            bail!(
+                "{} is missing: build it with `cargo build --release --workspace --bins`",
+                binary.display()
+            );
+        }
+        Ok(Operator {
+            client,
+            memkube: Some(server),
+            kubeconfig,
+            zookeeper,
+            controller: None,
+            binary,
+        })
+    }
+
+    /// The `lockkeeper` binary next to the bench's, with this API server's kubeconfig.
+    pub fn lockkeeper(&self) -> Command {
+        let mut command = Command::new(&self.binary);
+        command.env("KUBECONFIG", &self.kubeconfig);
+        command
+    }
+
+    pub fn start_controller(&mut self, namespace: &str, root: &str) -> Result<()> {
+        let child = self
+            .lockkeeper()
+            .args([
+                "controller",
+                "--zookeeper",
+                &self.zookeeper,
+                "--zookeeper-root",
+                root,
+            ])
+            .args([
+                "--namespace",
+                namespace,
+                "--metrics-addr",
+                "127.0.0.1:0",
+                "--session-timeout",
+                "10s",
+            ])
+            .env("LOCKKEEPER_LOG_FORMAT", "text")
+            .env("RUST_LOG", "warn")
+            .spawn()
+            .context("start lockkeeper controller")?;
+        self.controller = Some(child);
+        Ok(())
+    }
+
+    /// SIGTERM: the controller closes its ZooKeeper session and exits.
+    pub fn stop_controller(&mut self) -> Result<()> {
+        if let Some(mut child) = self.controller.take() {
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            )?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    pub fn controller_memory(&self) -> Result<Memory> {
+        let child = self.controller.as_ref().context("no controller runs")?;
+        let status = std::fs::read_to_string(format!("/proc/{}/status", child.id()))?;
+        let kib = |field: &str| -> Result<f64> {
+            let line = status
+                .lines()
+                .find(|l| l.starts_with(field))
+                .context("a /proc status field")?;
+            Ok(line
+                .split_whitespace()
+                .nth(1)
+                .context("a number")?
+                .parse::<f64>()?)
+        };
+        Ok(Memory {
+            rss_mib: kib("VmRSS:")? / 1024.0,
+            peak_rss_mib: kib("VmHWM:")? / 1024.0,
+        })
+    }
+
+    pub async fn namespace(&self, name: &str) -> Result<()> {
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        api.create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": name}}))?,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Creates `object` (a namespaced kind `K`) in `namespace`.
+    pub async fn create<K>(&self, namespace: &str, object: serde_json::Value) -> Result<K>
+    where
+        K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + std::fmt::Debug
+            + serde::Serialize
+            + serde::de::DeserializeOwned,
+    {
+        let api: Api<K> = Api::namespaced(self.client.clone(), namespace);
+        let object: K = serde_json::from_value(object)?;
+        Ok(api.create(&PostParams::default(), &object).await?)
+    }
+
+    pub async fn mutex(&self, namespace: &str, name: &str) -> Result<()> {
+        self.create::<DistributedLock>(
+            namespace,
+            json!({"apiVersion": "lockkeeper.dev/v1alpha1",
+            "kind": "DistributedLock", "metadata": {"name": name}, "spec": {"type": "Mutex"}}),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// A pending pod and a claim of the same name on `lock`, held by the pod.
+    pub async fn pod_with_claim(&self, namespace: &str, name: &str, lock: &str) -> Result<()> {
+        self.pod(namespace, name).await?;
+        self.create::<LockClaim>(
+            namespace,
+            json!({"apiVersion": "lockkeeper.dev/v1alpha1",
+            "kind": "LockClaim", "metadata": {"name": name},
+            "spec": {"lock": lock, "holder": {"kind": "Pod", "name": name}}}),
+        )
+        .await?;
+        Ok(())
+    }
+
+    pub async fn pod(&self, namespace: &str, name: &str) -> Result<Pod> {
+        self.create::<Pod>(namespace, json!({"metadata": {"name": name},
+            "spec": {"containers": [{"name": "main", "image": "busybox"}]}, "status": {"phase": "Pending"}}))
+            .await
+    }
+
+    /// What the kubelet reports when the pod's containers exited 0.
+    pub async fn pod_succeeded(&self, namespace: &str, name: &str) -> Result<()> {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        api.patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Succeeded"}})),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Every claim change in `namespace`, stamped when this client saw it.
+    pub fn watch_claims(&self, namespace: &str) -> mpsc::UnboundedReceiver<(Instant, LockClaim)> {
+        let api: Api<LockClaim> = Api::namespaced(self.client.clone(), namespace);
+        let (send, receive) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut stream = watcher(api, watcher::Config::default()).boxed();
+            while let Ok(Some(event)) = stream.try_next().await {
+                let claims = match event {
+                    watcher::Event::Apply(claim) | watcher::Event::InitApply(claim) => vec![claim],
+                    _ => Vec::new(),
+                };
+                for claim in claims {
+                    if send.send((Instant::now(), claim)).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        receive
+    }
+
+    pub async fn stop(mut self) -> Result<()> {
+        self.stop_controller()?;
+        if let Some(server) = self.memkube.take() {
+            server.stop().await;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.controller.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+async fn install_crds(client: &Client) -> Result<()> {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for (_, yaml) in lockkeeper::resources::crd_documents() {
+        let crd: CustomResourceDefinition = serde_yaml::from_str(&yaml)?;
+        crds.patch(
+            &crd.name_any(),
+            &PatchParams::apply("lockkeeper-bench").force(),
+            &Patch::Apply(&crd),
+        )
+        .await?;
+    }
+    // memkube serves a CRD's resources as soon as it is created.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    Ok(())
+}

@@ -1,0 +1,84 @@
+//! PNG plots with plotters (fonts: Debian's DejaVu Sans, registered from its file).
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use plotters::prelude::*;
+
+use crate::stats::Latency;
+
+const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
+
+fn register_font() -> Result<()> {
+    let bytes =
+        std::fs::read(FONT).with_context(|| format!("{FONT} (Debian's fonts-dejavu-core)"))?;
+    let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+    plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
+        .map_err(|_| anyhow::anyhow!("{FONT} is not a font plotters can read"))?;
+    Ok(())
+}
+
+/// The distribution of handoff latency per system: the fraction of handoffs at most x ms,
+/// on a logarithmic x axis.
+pub fn handoffs(path: &Path, systems: &[(&str, &Latency)]) -> Result<()> {
+    register_font()?;
+    let root = BitMapBackend::new(path, (1000, 600)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let low = systems
+        .iter()
+        .filter_map(|(_, l)| l.sorted_ms.first())
+        .cloned()
+        .fold(f64::INFINITY, f64::min)
+        .max(0.01);
+    let high = systems
+        .iter()
+        .filter_map(|(_, l)| l.sorted_ms.last())
+        .cloned()
+        .fold(0.0, f64::max)
+        .max(low * 10.0);
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "Handoff latency (release → next holder knows), one contended Mutex",
+            ("sans-serif", 22),
+        )
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(60)
+        .build_cartesian_2d((low..high).log_scale(), 0.0..1.0)?;
+    chart
+        .configure_mesh()
+        .x_desc("milliseconds (log scale)")
+        .y_desc("fraction of handoffs ≤ x")
+        .label_style(("sans-serif", 14))
+        .draw()?;
+    let colors = [RED, BLUE, GREEN, MAGENTA, BLACK];
+    for (i, (name, latency)) in systems.iter().enumerate() {
+        let n = latency.sorted_ms.len() as f64;
+        let color = colors[i % colors.len()];
+        chart
+            .draw_series(LineSeries::new(
+                latency
+                    .sorted_ms
+                    .iter()
+                    .enumerate()
+                    .map(|(k, ms)| (ms.max(low), (k + 1) as f64 / n)),
+                color.stroke_width(2),
+            ))?
+            .label(format!(
+                "{name}: p50 {:.2} ms, p99 {:.2} ms",
+                latency.p50_ms, latency.p99_ms
+            ))
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .label_font(("sans-serif", 14))
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}

@@ -1,0 +1,60 @@
+//! The benchmark program runs end to end at a small size and writes every figure it
+//! reports (the figures themselves are not judged here: see `make bench`).
+
+use std::process::Command;
+
+#[test]
+fn a_small_run_writes_results_json_markdown_and_the_plot() {
+    let out = tempfile::tempdir().unwrap();
+    let run = Command::new(env!("CARGO_BIN_EXE_lockkeeper-bench"))
+        .args(["--out", out.path().to_str().unwrap()])
+        .args([
+            "--handoffs",
+            "20",
+            "--warmup",
+            "5",
+            "--locks",
+            "5",
+            "--claims-per-lock",
+            "4",
+        ])
+        .output()
+        .expect("the bench runs");
+    assert!(
+        run.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("results.json")).unwrap())
+            .unwrap();
+    for system in ["curator", "engine", "lockkeeper_pod", "lockkeeper_gate"] {
+        let latency = &results["handoff"][system];
+        assert_eq!(latency["count"], 20, "{system}: {latency}");
+        assert!(
+            latency["p50_ms"].as_f64().unwrap() > 0.0,
+            "{system}: {latency}"
+        );
+    }
+    assert!(results["handoff"]["ratios"]["lockkeeper_pod_to_engine"]["p99"].is_number());
+    assert!(
+        results["throughput"]["lockkeeper_grants_per_s"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+    assert!(
+        results["throughput"]["controller_memory_after"]["rss_mib"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+    let markdown = std::fs::read_to_string(out.path().join("results.md")).unwrap();
+    assert!(
+        markdown.contains("| lockkeeper gate: pod Succeeded → next gate exits | 20 |"),
+        "{markdown}"
+    );
+    let png = std::fs::read(out.path().join("handoff-latency.png")).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+}
