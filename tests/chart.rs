@@ -8,42 +8,21 @@
 
 mod cluster;
 
-use std::path::PathBuf;
 use std::process::{Command, Output};
 
-use cluster::{Cluster, PATIENCE};
+use cluster::{Cluster, PATIENCE, helm_binary, output_text as text, repo};
 use k8s_openapi::api::core::v1::Secret;
 use lockkeeper_testkit::zookeeper_server::free_port;
 use serde_json::Value;
 
 const CHART: &str = "charts/lockkeeper";
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
 fn helm(args: &[&str]) -> Output {
-    let binary = std::env::var_os("HELM")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join(".tools/helm"));
-    assert!(
-        binary.exists(),
-        "{} is missing: `make deps` installs helm",
-        binary.display()
-    );
-    Command::new(binary)
+    Command::new(helm_binary())
         .args(args)
         .current_dir(repo())
         .output()
         .expect("helm runs")
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
 }
 
 /// `helm template RELEASE charts/lockkeeper -n NAMESPACE ARGS…`: the YAML, or helm's error.
@@ -134,49 +113,41 @@ fn rules(role: &Value) -> Vec<(String, String, Vec<String>)> {
     rules
 }
 
-fn strings(items: &[&str]) -> Vec<String> {
-    items.iter().map(|s| s.to_string()).collect()
-}
-
 /// What the controller does, and nothing more (see the comment in templates/rbac.yaml).
+const CONTROLLER_RULES: &[(&str, &str, &[&str])] = &[
+    (
+        "",
+        "pods",
+        &["get", "list", "watch", "delete", "deletecollection"],
+    ),
+    ("batch", "jobs", &["get", "list", "watch", "patch"]),
+    ("events.k8s.io", "events", &["create", "patch"]),
+    (
+        "lockkeeper.dev",
+        "distributedlocks",
+        &["get", "list", "watch"],
+    ),
+    (
+        "lockkeeper.dev",
+        "distributedlocks/status",
+        &["get", "patch"],
+    ),
+    (
+        "lockkeeper.dev",
+        "lockclaims",
+        &["get", "list", "watch", "patch"],
+    ),
+    ("lockkeeper.dev", "lockclaims/status", &["get", "patch"]),
+];
+
 fn controller_rules() -> Vec<(String, String, Vec<String>)> {
-    let mut rules = vec![
-        (
-            "".to_string(),
-            "pods".to_string(),
-            strings(&["get", "list", "watch", "delete", "deletecollection"]),
-        ),
-        (
-            "batch".into(),
-            "jobs".into(),
-            strings(&["get", "list", "watch", "patch"]),
-        ),
-        (
-            "events.k8s.io".into(),
-            "events".into(),
-            strings(&["create", "patch"]),
-        ),
-        (
-            "lockkeeper.dev".into(),
-            "distributedlocks".into(),
-            strings(&["get", "list", "watch"]),
-        ),
-        (
-            "lockkeeper.dev".into(),
-            "distributedlocks/status".into(),
-            strings(&["get", "patch"]),
-        ),
-        (
-            "lockkeeper.dev".into(),
-            "lockclaims".into(),
-            strings(&["get", "list", "watch", "patch"]),
-        ),
-        (
-            "lockkeeper.dev".into(),
-            "lockclaims/status".into(),
-            strings(&["get", "patch"]),
-        ),
-    ];
+    let mut rules: Vec<_> = CONTROLLER_RULES
+        .iter()
+        .map(|(group, resource, verbs)| {
+            let verbs = verbs.iter().map(|v| v.to_string()).collect();
+            (group.to_string(), resource.to_string(), verbs)
+        })
+        .collect();
     rules.sort();
     rules
 }
@@ -683,11 +654,9 @@ spec:
 
 #[test]
 fn the_plain_kubectl_manifest_is_the_charts_default_render() {
-    let helm_binary =
-        std::env::var("HELM").unwrap_or_else(|_| repo().join(".tools/helm").display().to_string());
     let output = Command::new("bash")
         .arg(repo().join("e2e/tools/render-manifest.sh"))
-        .arg(helm_binary)
+        .arg(helm_binary())
         .output()
         .unwrap();
     assert!(output.status.success(), "{}", text(&output));
@@ -709,9 +678,7 @@ async fn the_readme_install_with_plain_kubectl_applies() {
     }
     let typed = |line: &str| {
         let args: Vec<&str> = line.split_whitespace().skip(1).collect();
-        let (ok, out, err) = cluster.kubectl_as_typed(&args, "");
-        assert!(ok, "{line}:\n{out}{err}");
-        out
+        cluster.kubectl_as_typed_ok(&args, "")
     };
     typed("kubectl apply -f crds/");
     typed("kubectl create namespace lockkeeper");

@@ -29,16 +29,6 @@ fn examples() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples")
 }
 
-/// Runs a README command line (`kubectl …`) in the test's namespace.
-fn readme(cluster: &Cluster, line: &str) -> String {
-    let args: Vec<&str> = line
-        .strip_prefix("kubectl ")
-        .expect("a kubectl command")
-        .split_whitespace()
-        .collect();
-    cluster.kubectl_ok(&args, "")
-}
-
 async fn queued(cluster: &Cluster, claim: &str) {
     cluster
         .eventually(&format!("claim {claim} is queued"), || async {
@@ -95,8 +85,7 @@ async fn every_example_directory_applies_as_is_and_has_a_readme() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_write_readers_share_the_writer_waits_for_them_and_a_late_reader_waits_for_it() {
     let cluster = Cluster::start().await;
-    readme(
-        &cluster,
+    cluster.kubectl_line(
         "kubectl apply -f examples/read-write/lock.yaml -f examples/read-write/readers.yaml",
     );
     for reader in ["export-prices", "export-stock"] {
@@ -107,12 +96,9 @@ async fn read_write_readers_share_the_writer_waits_for_them_and_a_late_reader_wa
             running(&cluster).await == set(&["export-prices", "export-stock"])
         })
         .await;
-    readme(&cluster, "kubectl apply -f examples/read-write/writer.yaml");
+    cluster.kubectl_line("kubectl apply -f examples/read-write/writer.yaml");
     queued(&cluster, "rebuild-catalog").await;
-    readme(
-        &cluster,
-        "kubectl apply -f examples/read-write/late-reader.yaml",
-    );
+    cluster.kubectl_line("kubectl apply -f examples/read-write/late-reader.yaml");
     queued(&cluster, "export-search").await;
     let writer = cluster.claim_status("rebuild-catalog").await;
     assert_eq!(
@@ -125,7 +111,7 @@ async fn read_write_readers_share_the_writer_waits_for_them_and_a_late_reader_wa
         (ClaimPhase::Waiting, Some(3)),
         "a reader behind a writer waits even while readers hold"
     );
-    let table = readme(&cluster, "kubectl get locks");
+    let table = cluster.kubectl_line("kubectl get locks");
     let row = table.lines().find(|l| l.starts_with("catalog ")).unwrap();
     assert!(
         row.contains("ReadWrite") && row.contains("export-prices") && row.contains("export-stock"),
@@ -167,7 +153,7 @@ async fn read_write_readers_share_the_writer_waits_for_them_and_a_late_reader_wa
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_semaphore_runs_two_of_the_four_syncs_at_a_time() {
     let cluster = Cluster::start().await;
-    readme(&cluster, "kubectl apply -f examples/semaphore/");
+    cluster.kubectl_line("kubectl apply -f examples/semaphore/");
     let syncs: Vec<String> = (1..=4).map(|i| format!("warehouse-sync-{i}")).collect();
     let mut finished = BTreeSet::new();
     while finished.len() < syncs.len() {
@@ -196,7 +182,7 @@ async fn a_semaphore_runs_two_of_the_four_syncs_at_a_time() {
             )
             .await
             .0;
-        let table = readme(&cluster, "kubectl get locks");
+        let table = cluster.kubectl_line("kubectl get locks");
         let row = table
             .lines()
             .find(|l| l.starts_with("warehouse-api "))
@@ -273,7 +259,7 @@ fn exited_ok(child: &mut Child) -> Option<bool> {
 async fn cronjob_runs_queue_on_the_lock_and_never_overlap() {
     let cluster = Cluster::start().await;
     let dir = tempfile::tempdir().unwrap();
-    readme(&cluster, "kubectl apply -f examples/cronjob/");
+    cluster.kubectl_line("kubectl apply -f examples/cronjob/");
     // Two runs at once, as the README's `kubectl create job --from=cronjob/…` makes them.
     for run in ["billing-close-manual-1", "billing-close-manual-2"] {
         job_from_cronjob(&cluster, "billing-close", run).await;
@@ -387,9 +373,7 @@ impl Drop for LedgerService {
 async fn the_python_service_and_the_close_books_job_take_turns_on_the_ledger_lock() {
     const SERVICE_START: Duration = Duration::from_secs(60);
     let cluster = Cluster::start().await;
-    readme(
-        &cluster,
-        "kubectl apply -f examples/zookeeper-service/lock.yaml -f examples/zookeeper-service/ledger-service.yaml",
+    cluster.kubectl_line("kubectl apply -f examples/zookeeper-service/lock.yaml -f examples/zookeeper-service/ledger-service.yaml",
     );
     let config: ConfigMap = cluster
         .api::<ConfigMap>()
@@ -405,10 +389,7 @@ async fn the_python_service_and_the_close_books_job_take_turns_on_the_ledger_loc
         service.says("holding the ledger lock", SERVICE_START),
         "the service takes the free lock"
     );
-    readme(
-        &cluster,
-        "kubectl apply -f examples/zookeeper-service/close-books.yaml",
-    );
+    cluster.kubectl_line("kubectl apply -f examples/zookeeper-service/close-books.yaml");
     cluster.wait_phase("close-books", ClaimPhase::Waiting).await;
     assert_eq!(cluster.claim_status("close-books").await.position, Some(1));
     cluster

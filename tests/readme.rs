@@ -4,15 +4,10 @@
 
 mod cluster;
 
-use std::path::PathBuf;
 use std::process::Command;
 
-use cluster::Cluster;
+use cluster::{Cluster, helm_binary, repo};
 use lockkeeper::resources::ClaimPhase;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 const HELM_INSTALL: &str = "helm install lockkeeper charts/lockkeeper --namespace lockkeeper --create-namespace --set zookeeper.connect=zookeeper.lockkeeper.svc:2181";
 
@@ -142,16 +137,10 @@ fn every_command_in_the_readme_is_run_by_a_test() {
     }
 }
 
-/// Runs a README line that starts with `kubectl` in the test's namespace.
-fn kubectl(cluster: &Cluster, line: &str) -> String {
-    let args: Vec<&str> = line.split_whitespace().skip(1).collect();
-    cluster.kubectl_ok(&args, "")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_quick_start_and_troubleshooting_commands_show_the_queue() {
     let cluster = Cluster::start().await;
-    kubectl(&cluster, "kubectl apply -f examples/job-with-claim/");
+    cluster.kubectl_line("kubectl apply -f examples/job-with-claim/");
     let claims = ["migrate-billing", "migrate-orders", "migrate-search"];
     let phases = cluster
         .poll(
@@ -176,7 +165,7 @@ async fn the_quick_start_and_troubleshooting_commands_show_the_queue() {
         .unwrap()
         .0;
 
-    let locks = kubectl(&cluster, "kubectl get locks");
+    let locks = cluster.kubectl_line("kubectl get locks");
     let row = locks
         .lines()
         .find(|l| l.starts_with("schema-migrations "))
@@ -184,7 +173,7 @@ async fn the_quick_start_and_troubleshooting_commands_show_the_queue() {
     let columns: Vec<&str> = row.split_whitespace().collect();
     assert_eq!(&columns[1..4], ["Mutex", holder, "2"], "{locks}");
 
-    let table = kubectl(&cluster, "kubectl get claims -o wide");
+    let table = cluster.kubectl_line("kubectl get claims -o wide");
     let mut positions = Vec::new();
     for claim in claims {
         let row = table
@@ -208,7 +197,7 @@ async fn the_quick_start_and_troubleshooting_commands_show_the_queue() {
     positions.sort();
     assert_eq!(positions, [1, 2]);
 
-    let described = kubectl(&cluster, "kubectl describe claim migrate-billing");
+    let described = cluster.kubectl_line("kubectl describe claim migrate-billing");
     let billing = cluster.claim_status("migrate-billing").await;
     assert!(
         described.lines().any(|l| {
@@ -226,8 +215,7 @@ async fn the_quick_start_and_troubleshooting_commands_show_the_queue() {
             cluster::PATIENCE,
             "the Granted event is listed",
             || async {
-                kubectl(
-                    &cluster,
+                cluster.kubectl_line(
                     "kubectl get events --field-selector involvedObject.kind=LockClaim",
                 )
             },
@@ -274,16 +262,13 @@ async fn the_quick_start_and_troubleshooting_commands_show_the_queue() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_readme_helm_install_renders_and_applies() {
     let cluster = Cluster::start_without_controller().await;
-    let helm = std::env::var_os("HELM")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join(".tools/helm"));
     // `helm install` talks to a cluster; `helm template` renders what it would install.
     let args: Vec<&str> = HELM_INSTALL
         .split_whitespace()
         .skip(2)
         .filter(|a| *a != "--create-namespace")
         .collect();
-    let rendered = Command::new(&helm)
+    let rendered = Command::new(helm_binary())
         .arg("template")
         .args(&args)
         .current_dir(repo())
@@ -299,11 +284,7 @@ async fn the_readme_helm_install_renders_and_applies() {
         cluster.stop().await;
         return;
     }
-    let typed = |args: &[&str], input: &str| {
-        let (ok, out, err) = cluster.kubectl_as_typed(args, input);
-        assert!(ok, "kubectl {}:\n{out}{err}", args.join(" "));
-        out
-    };
+    let typed = |args: &[&str], input: &str| cluster.kubectl_as_typed_ok(args, input);
     typed(&["create", "namespace", "lockkeeper"], "");
     typed(
         &["apply", "-f", "-"],

@@ -5,14 +5,13 @@
 //! The scripts start the workspace's binaries from target/debug (`make test` and `make
 //! sandbox` build them all first).
 
+mod cluster;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use cluster::{output_text as text, repo};
 use lockkeeper_testkit::zookeeper_server::free_port;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 fn script(name: &str, args: &[String]) -> Output {
     Command::new("bash")
@@ -21,14 +20,6 @@ fn script(name: &str, args: &[String]) -> Output {
         .env_remove("KUBECONFIG")
         .output()
         .expect("bash runs")
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
 }
 
 fn port_open(port: &str) -> bool {

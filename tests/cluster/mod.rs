@@ -183,9 +183,22 @@ impl Cluster {
     /// Runs kubectl as [`Cluster::kubectl`] does and returns its stdout; fails the test with
     /// kubectl's output when it fails.
     pub fn kubectl_ok(&self, args: &[&str], input: &str) -> String {
-        let (ok, out, err) = self.kubectl(args, input);
-        assert!(ok, "kubectl {} failed:\n{out}{err}", args.join(" "));
-        out
+        succeeded(args, self.kubectl(args, input))
+    }
+
+    /// [`Cluster::kubectl_as_typed`], failing the test when kubectl fails; its stdout.
+    pub fn kubectl_as_typed_ok(&self, args: &[&str], input: &str) -> String {
+        succeeded(args, self.kubectl_as_typed(args, input))
+    }
+
+    /// Runs a README's command line `kubectl ARGS…` in the test's namespace; its stdout.
+    pub fn kubectl_line(&self, line: &str) -> String {
+        let args: Vec<&str> = line
+            .strip_prefix("kubectl ")
+            .unwrap_or_else(|| panic!("{line:?} is not a kubectl command"))
+            .split_whitespace()
+            .collect();
+        self.kubectl_ok(&args, "")
     }
 
     /// Spawns `command` (a `lockkeeper controller` built by the test) as this cluster's
@@ -474,6 +487,38 @@ impl Drop for Cluster {
             None => {}
         }
     }
+}
+
+fn succeeded(args: &[&str], (ok, out, err): (bool, String, String)) -> String {
+    assert!(ok, "kubectl {} failed:\n{out}{err}", args.join(" "));
+    out
+}
+
+/// The repository, where tests run commands as a user would from a clone.
+pub fn repo() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A finished command's stdout and stderr, for failure messages.
+pub fn output_text(output: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// `helm`: `$HELM`, or `.tools/helm` where `make deps` installs it.
+pub fn helm_binary() -> std::path::PathBuf {
+    let binary = std::env::var_os("HELM")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| repo().join(".tools/helm"));
+    assert!(
+        binary.exists(),
+        "{} is missing: `make deps` installs helm",
+        binary.display()
+    );
+    binary
 }
 
 /// Applies `crds/` (what `lockkeeper crd` prints) and waits until they are served.

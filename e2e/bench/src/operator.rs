@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use futures::{StreamExt, TryStreamExt};
@@ -240,7 +240,6 @@ async fn install_crds(client: &Client) -> Result<()> {
         )
         .await?;
     }
-    // memkube serves a CRD's resources as soon as it is created.
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // memkube serves a CRD's resources as soon as it is created: no wait for Established.
     Ok(())
 }
