@@ -11,6 +11,7 @@ use std::time::Duration;
 use cluster::Cluster;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use lockkeeper::resources::ClaimPhase;
 use lockkeeper::resources::{DistributedLock, LockClaim};
@@ -199,6 +200,60 @@ async fn a_claim_deleted_while_waiting_leaves_the_queue() {
         .await;
     cluster.set_pod_phase("first", "Succeeded").await;
     cluster.wait_phase("third", ClaimPhase::Granted).await;
+    cluster.stop().await;
+}
+
+/// The controller's pod cache can lag behind the API server (a slow or broken watch). A
+/// queued claim whose holder pod is missing from that cache is not released: the controller
+/// asks the API server first, and releases only what is really gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_missing_from_a_lagging_pod_cache_keeps_its_claim() {
+    let cluster = Cluster::start().await;
+    let Some(faults) = cluster.faults() else {
+        // Breaking the controller's pod watch needs memkube.
+        cluster.stop().await;
+        return;
+    };
+    cluster.lock("ledger", json!({})).await;
+    cluster.pod_with_claim("holder", "ledger").await;
+    cluster.wait_phase("holder", ClaimPhase::Granted).await;
+    // From now on the controller's pod cache sees no new pod.
+    for verb in ["list", "watch"] {
+        faults.inject(ErrorRule {
+            code: 500,
+            count: u32::MAX,
+            verb: Some(verb.into()),
+            resource: Some("pods".into()),
+        });
+    }
+    faults.close_watches();
+    cluster.pod_with_claim("late", "ledger").await;
+    cluster.wait_phase("late", ClaimPhase::Waiting).await;
+    // A spec change makes the controller reconcile the queued claim (observedGeneration 2)
+    // while its pod is still missing from the cache.
+    cluster
+        .api::<lockkeeper::resources::LockClaim>()
+        .patch(
+            "late",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"waitTimeoutSeconds": 3600}})),
+        )
+        .await
+        .expect("change the claim's spec");
+    let status = cluster
+        .poll(
+            cluster::PATIENCE,
+            "the controller observed generation 2 of claim late",
+            || cluster.claim_status("late"),
+            |status| status.observed_generation == Some(2),
+        )
+        .await;
+    assert_eq!(status.phase, ClaimPhase::Waiting, "{status:?}");
+    assert_eq!(status.position, Some(1));
+    faults.reset();
+    faults.close_watches();
+    cluster.set_pod_phase("holder", "Succeeded").await;
+    cluster.wait_phase("late", ClaimPhase::Granted).await;
     cluster.stop().await;
 }
 

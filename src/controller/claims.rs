@@ -11,12 +11,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use super::context::Context;
+use super::finalizer::{self, Patched};
 use super::holders;
 use super::status;
 use crate::claim_lifecycle::{self, ClaimFacts, HolderState, LockFacts, QueueAction, QueueState};
@@ -34,20 +34,22 @@ pub enum Error {
     Engine(#[from] EngineError),
     #[error("the watch caches of this term are gone")]
     CachesGone,
-    #[error("finalizer: {0}")]
-    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
 }
 
 pub async fn reconcile(claim: Arc<LockClaim>, ctx: Arc<Context>) -> Result<Action, Error> {
     let api: Api<LockClaim> = ctx.api_beside(claim.as_ref());
-    finalizer(&api, FINALIZER, claim, |event| async {
-        match event {
-            Finalizer::Apply(claim) => apply(&claim, &ctx).await,
-            Finalizer::Cleanup(claim) => cleanup(&claim, &ctx).await,
+    if claim.meta().deletion_timestamp.is_some() {
+        if claim.finalizers().iter().any(|f| f == FINALIZER) {
+            cleanup(&claim, &ctx).await?;
+            finalizer::remove(&api, claim.as_ref(), FINALIZER).await?;
         }
-    })
-    .await
-    .map_err(|err| Error::Finalizer(Box::new(err)))
+        return Ok(Action::await_change());
+    }
+    // Queue nothing before the finalizer is there to take it out again.
+    match finalizer::add(&api, claim.as_ref(), FINALIZER).await? {
+        Patched::Applied(claim) => apply(&claim, &ctx).await,
+        Patched::Stale => Ok(Action::await_change()),
+    }
 }
 
 pub fn error_policy(claim: Arc<LockClaim>, error: &Error, ctx: Arc<Context>) -> Action {
@@ -65,14 +67,14 @@ fn uid(claim: &LockClaim) -> String {
 }
 
 /// A deleted claim leaves the queue (releasing its grant) before its finalizer goes.
-async fn cleanup(claim: &LockClaim, ctx: &Context) -> Result<Action, Error> {
+async fn cleanup(claim: &LockClaim, ctx: &Context) -> Result<(), Error> {
     let was_granted = claim.status.as_ref().map(|s| s.phase) == Some(ClaimPhase::Granted);
     leave_queue(ctx, claim, ctx.locks.get(&lock_ref(claim)).as_deref()).await?;
     if was_granted {
         ctx.metrics.released(&claim.spec.lock);
     }
     let _ = ctx.lock_changed.send(lock_ref(claim));
-    Ok(Action::await_change())
+    Ok(())
 }
 
 fn queue_state(ctx: &Context, claim: &LockClaim) -> QueueState {
@@ -161,10 +163,10 @@ async fn apply(claim: &LockClaim, ctx: &Arc<Context>) -> Result<Action, Error> {
     });
     let (mut holder, holder_check) = holder_state(ctx, claim, now);
     let claim_facts = facts(claim);
-    let never_queued = matches!(claim_facts.phase, ClaimPhase::Pending | ClaimPhase::Invalid);
-    if holder == HolderState::Missing && never_queued {
-        // The caches may lag behind a holder made just before its claim: ask the API
-        // before reporting the holder missing.
+    if holder == HolderState::Missing && !claim_facts.phase.is_final() {
+        // The pod or job cache may lag behind a holder made just before its claim (and a
+        // claim may already be queued by then): ask the API before reporting the holder
+        // missing or releasing its claim.
         holder = read_holder(ctx, claim).await?;
     }
     let decide = |queue: &QueueState| {

@@ -10,6 +10,7 @@
 
 pub mod claims;
 pub mod context;
+pub mod finalizer;
 pub mod holders;
 pub mod leader;
 pub mod locks;

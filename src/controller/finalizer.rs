@@ -1,0 +1,84 @@
+//! The claim finalizer, added and removed with merge patches guarded by the resourceVersion
+//! the reconcile read.
+//!
+//! A reconcile often runs on a cached copy older than the object (a pod or lock event
+//! triggers it before the claim's own watch event arrived). A guarded write then gets 409:
+//! the object changed since that copy, so its watch event is on the way and reconciles it
+//! again. That is not an error to log and retry on a timer, and nothing is written from
+//! the old copy (such as a finalizer list without another controller's entry).
+
+use kube::api::{Api, Patch, PatchParams};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+
+/// What a finalizer write did.
+pub enum Patched<K> {
+    /// The object as the API server has it now.
+    Applied(K),
+    /// The copy was stale: a newer version is on its way through the watch.
+    Stale,
+}
+
+fn has(object: &impl Resource, finalizer: &str) -> bool {
+    object.finalizers().iter().any(|f| f == finalizer)
+}
+
+/// Adds `finalizer` unless the object has it.
+pub async fn add<K>(api: &Api<K>, object: &K, finalizer: &str) -> Result<Patched<K>, kube::Error>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    if has(object, finalizer) {
+        return Ok(Patched::Applied(object.clone()));
+    }
+    let mut finalizers = object.finalizers().to_vec();
+    finalizers.push(finalizer.to_string());
+    write(api, object, finalizers).await
+}
+
+/// Removes `finalizer` (the object goes once its last finalizer is gone).
+pub async fn remove<K>(api: &Api<K>, object: &K, finalizer: &str) -> Result<Patched<K>, kube::Error>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    if !has(object, finalizer) {
+        return Ok(Patched::Applied(object.clone()));
+    }
+    let finalizers: Vec<String> = object
+        .finalizers()
+        .iter()
+        .filter(|f| *f != finalizer)
+        .cloned()
+        .collect();
+    match write(api, object, finalizers).await {
+        // Gone once its last finalizer went.
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(Patched::Stale),
+        other => other,
+    }
+}
+
+async fn write<K>(
+    api: &Api<K>,
+    object: &K,
+    finalizers: Vec<String>,
+) -> Result<Patched<K>, kube::Error>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let patch = json!({"metadata": {
+        "resourceVersion": object.resource_version(),
+        "finalizers": finalizers,
+    }});
+    match api
+        .patch(
+            &object.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
+        Ok(updated) => Ok(Patched::Applied(updated)),
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(Patched::Stale),
+        Err(err) => Err(err),
+    }
+}
