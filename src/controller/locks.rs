@@ -10,6 +10,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::reflector::Store;
 use kube::{Resource, ResourceExt};
 
+use super::claim_index::ClaimIndex;
 use super::context::Context;
 use super::status;
 use crate::resources::{ClaimPhase, DistributedLock, DistributedLockStatus, LockClaim, LockHolder};
@@ -26,6 +27,7 @@ pub enum Error {
 pub struct LockContext {
     pub shared: Arc<Context>,
     pub claims: Store<LockClaim>,
+    pub index: ClaimIndex,
 }
 
 pub async fn reconcile(lock: Arc<DistributedLock>, ctx: Arc<LockContext>) -> Result<Action, Error> {
@@ -55,13 +57,10 @@ pub async fn reconcile(lock: Arc<DistributedLock>, ctx: Arc<LockContext>) -> Res
             let queue = ctx.shared.engine.queue(&spec).await?;
             // Claims of this lock by UID, to name the holders.
             let claims: HashMap<String, Arc<LockClaim>> = ctx
-                .claims
-                .state()
-                .into_iter()
-                .filter(|c| {
-                    c.namespace().as_deref() == Some(namespace.as_str())
-                        && c.spec.lock == lock.name_any()
-                })
+                .index
+                .of_lock(&namespace, &lock.name_any())
+                .iter()
+                .filter_map(|claim_ref| ctx.claims.get(claim_ref))
                 .filter_map(|c| Some((c.uid()?, c)))
                 .collect();
             let mut holders = Vec::new();

@@ -8,6 +8,7 @@
 //! is lost the term ends: grants it held are marked `Lost`, their locks fenced for their
 //! lock-delay, and the replica campaigns again.
 
+pub mod claim_index;
 pub mod claims;
 pub mod context;
 pub mod finalizer;
@@ -23,7 +24,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams};
@@ -31,10 +32,11 @@ use kube::runtime::controller::Controller;
 use kube::runtime::events::Reporter;
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, reflector as cache, watcher};
-use kube::{Client, ResourceExt};
+use kube::{Client, Resource, ResourceExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
+use self::claim_index::ClaimIndex;
 use self::context::Context;
 use self::leader::Leadership;
 use self::telemetry::Metrics;
@@ -236,12 +238,23 @@ async fn lead(
         "claims of the previous leader queued again in order"
     );
 
+    // A claim reads its lock's spec, never its status: only a lock made, deleted or with a
+    // new spec reconciles its claims (the lock's own status writes do not).
+    let locks_seen = ctx.locks.clone();
     let lock_stream = cache(
         inputs.locks,
         watcher(locks_api.clone(), watch_config.clone()),
     )
     .default_backoff()
-    .touched_objects();
+    .touched_objects()
+    .predicate_filter(
+        move |lock: &DistributedLock| {
+            let exists = locks_seen.get(&ObjectRef::from_obj(lock)).is_some();
+            let deleting = lock.meta().deletion_timestamp.is_some();
+            Some(hash_of(&(lock.meta().generation, exists, deleting)))
+        },
+        Default::default(),
+    );
     let pod_stream = cache(
         inputs.pods,
         watcher(api::<Pod>(client, namespace), watch_config.clone()),
@@ -271,28 +284,36 @@ async fn lead(
         }
     };
 
-    let claims_controller = Controller::new(claims_api, watch_config.clone());
-    let claims_store = claims_controller.store();
-    let (by_lock, by_pod, by_job) = (
-        claims_store.clone(),
-        claims_store.clone(),
-        claims_store.clone(),
-    );
-    let claims_run = claims_controller
+    // The claims watch fills the controller's cache and the index of claims by lock and
+    // holder that pod, job and lock events are mapped through.
+    let (claims_store, claims_writer) = reflector::store();
+    let index = ClaimIndex::default();
+    let claim_stream = {
+        let index = index.clone();
+        watcher(claims_api, watch_config.clone())
+            .default_backoff()
+            .reflect(claims_writer)
+            .inspect_ok(move |event| index.observe(event))
+            .applied_objects()
+    };
+    let (by_lock, by_pod, by_job) = (index.clone(), index.clone(), index.clone());
+    let claims_run = Controller::for_stream(claim_stream, claims_store.clone())
         .watches_stream(lock_stream, move |lock: DistributedLock| {
-            claims_of(&by_lock, &lock.namespace().unwrap_or_default(), |c| {
-                c.spec.lock == lock.name_any()
-            })
+            by_lock.of_lock(&lock.namespace().unwrap_or_default(), &lock.name_any())
         })
         .watches_stream(pod_stream, move |pod: Pod| {
-            claims_of(&by_pod, &pod.namespace().unwrap_or_default(), |c| {
-                c.spec.holder.kind == HolderKind::Pod && c.spec.holder.name == pod.name_any()
-            })
+            by_pod.of_holder(
+                &pod.namespace().unwrap_or_default(),
+                HolderKind::Pod,
+                &pod.name_any(),
+            )
         })
         .watches_stream(job_stream, move |job: Job| {
-            claims_of(&by_job, &job.namespace().unwrap_or_default(), |c| {
-                c.spec.holder.kind == HolderKind::Job && c.spec.holder.name == job.name_any()
-            })
+            by_job.of_holder(
+                &job.namespace().unwrap_or_default(),
+                HolderKind::Job,
+                &job.name_any(),
+            )
         })
         .reconcile_on(UnboundedReceiverStream::new(claim_trigger_stream))
         .run(claims::reconcile, claims::error_policy, ctx.clone())
@@ -301,6 +322,7 @@ async fn lead(
     let lock_ctx = Arc::new(locks::LockContext {
         shared: ctx.clone(),
         claims: claims_store,
+        index,
     });
     let locks_run = Controller::new(locks_api, watch_config)
         .reconcile_on(UnboundedReceiverStream::new(inputs.lock_changes))
@@ -314,17 +336,11 @@ async fn lead(
     Ok(true)
 }
 
-fn claims_of(
-    store: &reflector::Store<LockClaim>,
-    namespace: &str,
-    matches: impl Fn(&LockClaim) -> bool,
-) -> Vec<ObjectRef<LockClaim>> {
-    store
-        .state()
-        .into_iter()
-        .filter(|c| c.namespace().as_deref() == Some(namespace) && matches(c))
-        .map(|c| ObjectRef::from_obj(&*c))
-        .collect()
+fn hash_of(value: &impl std::hash::Hash) -> u64 {
+    use std::hash::{DefaultHasher, Hasher};
+    let mut hasher = DefaultHasher::new();
+    value.hash(&mut hasher);
+    hasher.finish()
 }
 
 /// After the session was lost: every claim this term had granted is marked `Lost` (with an

@@ -71,7 +71,7 @@ pub struct HolderRef {
     pub name: String,
 }
 
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum HolderKind {
     Pod,
     Job,

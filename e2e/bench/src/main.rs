@@ -13,7 +13,7 @@ mod report;
 mod stats;
 mod throughput;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use clap::Parser;
@@ -39,6 +39,22 @@ struct Args {
     locks: usize,
     #[arg(long, default_value_t = 20)]
     claims_per_lock: usize,
+    /// Run these parts only (e.g. `--only throughput`); results.json then holds only their
+    /// figures.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<Part>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Part {
+    Handoff,
+    Throughput,
+}
+
+impl Args {
+    fn runs(&self, part: Part) -> bool {
+        self.only.is_empty() || self.only.contains(&part)
+    }
 }
 
 #[tokio::main(flavor = "multi_thread")]
@@ -49,55 +65,70 @@ async fn main() -> Result<()> {
     let zk = ZooKeeperServer::start()?;
     let mut results = Results::new(&args.out)?;
 
+    let mut op = operator::Operator::start(zk.connect_string(), work.path()).await?;
+    if args.runs(Part::Handoff) {
+        handoffs(&args, &zk, work.path(), &mut op, &mut results).await?;
+    }
+    if args.runs(Part::Throughput) {
+        section(&format!(
+            "throughput: {} locks × {} claims",
+            args.locks, args.claims_per_lock
+        ));
+        let engine_rate =
+            baseline::engine_throughput(&zk, args.locks, args.claims_per_lock).await?;
+        op.namespace("throughput").await?;
+        op.start_controller("throughput", "/bench/lockkeeper")?;
+        let lockkeeper_rate =
+            throughput::lockkeeper_throughput(&op, "throughput", args.locks, args.claims_per_lock)
+                .await?;
+        let memory = op.controller_memory()?;
+        op.stop_controller()?;
+        results.throughput(
+            args.locks,
+            args.claims_per_lock,
+            engine_rate,
+            lockkeeper_rate,
+            memory,
+        );
+    }
+
+    op.stop().await?;
+    results.write()?;
+    println!("{}", results.markdown());
+    println!("written to {}", args.out.display());
+    Ok(())
+}
+
+/// Handoff latency of Curator, the raw engine, lockkeeper pod → claim and gate → gate.
+async fn handoffs(
+    args: &Args,
+    zk: &ZooKeeperServer,
+    work: &Path,
+    op: &mut operator::Operator,
+    results: &mut Results,
+) -> Result<()> {
     section("handoff: Curator InterProcessMutex (two JVMs)");
     let curator = Latency::of(&baseline::curator_handoffs(
-        &zk,
-        work.path(),
+        zk,
+        work,
         args.handoffs,
         args.warmup,
     )?);
     section("handoff: lockkeeper engine, used directly (two sessions)");
-    let engine = Latency::of(
-        &baseline::engine_handoffs(&zk, work.path(), args.handoffs, args.warmup).await?,
-    );
-
-    let mut op = operator::Operator::start(zk.connect_string(), work.path()).await?;
-    for namespace in ["handoff", "gate", "throughput"] {
-        op.namespace(namespace).await?;
-    }
+    let engine =
+        Latency::of(&baseline::engine_handoffs(zk, work, args.handoffs, args.warmup).await?);
     section("handoff: lockkeeper, pod Succeeded → next claim Granted (watch through memkube)");
+    op.namespace("handoff").await?;
     op.start_controller("handoff", "/bench/lockkeeper")?;
     let pods =
-        Latency::of(&handoff::pod_handoffs(&op, "handoff", args.handoffs, args.warmup).await?);
+        Latency::of(&handoff::pod_handoffs(op, "handoff", args.handoffs, args.warmup).await?);
     op.stop_controller()?;
     section("handoff: lockkeeper gate, pod Succeeded → next gate exits");
+    op.namespace("gate").await?;
     op.start_controller("gate", "/bench/lockkeeper")?;
-    let gates =
-        Latency::of(&handoff::gate_handoffs(&op, "gate", args.handoffs, args.warmup).await?);
+    let gates = Latency::of(&handoff::gate_handoffs(op, "gate", args.handoffs, args.warmup).await?);
     op.stop_controller()?;
     results.handoffs(&curator, &engine, &pods, &gates);
-
-    section(&format!(
-        "throughput: {} locks × {} claims",
-        args.locks, args.claims_per_lock
-    ));
-    let engine_rate = baseline::engine_throughput(&zk, args.locks, args.claims_per_lock).await?;
-    op.start_controller("throughput", "/bench/lockkeeper")?;
-    let lockkeeper_rate =
-        throughput::lockkeeper_throughput(&op, "throughput", args.locks, args.claims_per_lock)
-            .await?;
-    let memory = op.controller_memory()?;
-    op.stop_controller()?;
-    results.throughput(
-        args.locks,
-        args.claims_per_lock,
-        engine_rate,
-        lockkeeper_rate,
-        memory,
-    );
-
-    op.stop().await?;
-    results.write()?;
     plot::handoffs(
         &args.out.join("handoff-latency.png"),
         &[
@@ -107,8 +138,6 @@ async fn main() -> Result<()> {
             ("lockkeeper gate → gate", &gates),
         ],
     )?;
-    println!("{}", results.markdown());
-    println!("written to {}", args.out.display());
     Ok(())
 }
 
