@@ -111,12 +111,13 @@ async fn read_write_readers_share_the_writer_waits_for_them_and_a_late_reader_wa
         (ClaimPhase::Waiting, Some(3)),
         "a reader behind a writer waits even while readers hold"
     );
-    let table = cluster.kubectl_line("kubectl get locks");
-    let row = table.lines().find(|l| l.starts_with("catalog ")).unwrap();
-    assert!(
-        row.contains("ReadWrite") && row.contains("export-prices") && row.contains("export-stock"),
-        "{table}"
-    );
+    cluster
+        .get_locks_until("catalog", |row| {
+            row[1] == "ReadWrite"
+                && row[2].contains("export-prices")
+                && row[2].contains("export-stock")
+        })
+        .await;
 
     cluster.complete_job("export-prices").await;
     cluster
@@ -182,15 +183,11 @@ async fn a_semaphore_runs_two_of_the_four_syncs_at_a_time() {
             )
             .await
             .0;
-        let table = cluster.kubectl_line("kubectl get locks");
-        let row = table
-            .lines()
-            .find(|l| l.starts_with("warehouse-api "))
-            .unwrap();
-        assert!(
-            row.contains("Semaphore") && holding.iter().all(|h| row.contains(h.as_str())),
-            "{table}"
-        );
+        cluster
+            .get_locks_until("warehouse-api", |row| {
+                row[1] == "Semaphore" && holding.iter().all(|h| row[2].contains(h.as_str()))
+            })
+            .await;
         let done = holding.iter().next().unwrap().clone();
         cluster.complete_job(&done).await;
         cluster.wait_phase(&done, ClaimPhase::Released).await;

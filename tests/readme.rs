@@ -165,13 +165,11 @@ async fn the_quick_start_and_troubleshooting_commands_show_the_queue() {
         .unwrap()
         .0;
 
-    let locks = cluster.kubectl_line("kubectl get locks");
-    let row = locks
-        .lines()
-        .find(|l| l.starts_with("schema-migrations "))
-        .unwrap_or_else(|| panic!("{locks}"));
-    let columns: Vec<&str> = row.split_whitespace().collect();
-    assert_eq!(&columns[1..4], ["Mutex", holder, "2"], "{locks}");
+    cluster
+        .get_locks_until("schema-migrations", |row| {
+            row[1..4] == ["Mutex", holder, "2"]
+        })
+        .await;
 
     let table = cluster.kubectl_line("kubectl get claims -o wide");
     let mut positions = Vec::new();

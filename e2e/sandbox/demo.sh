@@ -25,6 +25,15 @@ wait_phase() {
   k wait --for=jsonpath='{.status.phase}'="$2" --timeout=60s "lockclaim/$1" >>"$log" 2>&1 ||
     fail "claim $1 did not become $2"
 }
+# wait_holders LOCK CLAIMS: until the lock's status names these holders (space-separated, may
+# be empty); a lock's status follows its claims within a fraction of a second.
+wait_holders() {
+  for _ in $(seq 1 300); do
+    [ "$(k get lock "$1" -o jsonpath='{.status.holders[*].claim}' 2>>"$log")" = "$2" ] && return 0
+    sleep 0.1
+  done
+  fail "lock $1 did not show holders '$2'"
+}
 # wait_queued CLAIM: until the claim exists and is in line (Waiting) or holds (Granted).
 wait_queued() {
   for _ in $(seq 1 300); do
@@ -53,6 +62,7 @@ for job in orders billing search; do
   wait_phase "migrate-$job" Granted
   suspended=$(k get job "migrate-$job" -o jsonpath='{.spec.suspend}')
   step "migrate-$job holds the lock and runs (spec.suspend: $suspended); the others wait, suspended"
+  wait_holders schema-migrations "migrate-$job"
   show
   sleep 1
   step "migrate-$job completes (the demo plays the Job controller)"
@@ -60,6 +70,7 @@ for job in orders billing search; do
     -p '{"status":{"succeeded":1,"conditions":[{"type":"Complete","status":"True"}]}}' >>"$log"
   wait_phase "migrate-$job" Released
 done
+wait_holders schema-migrations ""
 show
 
 step "demo 2: two pods gated by the lockkeeper gate init container (examples/gated-pod)"
@@ -77,11 +88,13 @@ for i in 0 1; do
   wait "${gates[$i]}" || fail "the gate of $pod failed (see $dir/demo-$pod-gate.log)"
   step "$pod: its init container exited 0 with fencing token $(cat "$dir/demo/$pod/token"); its main container runs"
   k patch pod "$pod" --subresource status --type merge -p '{"status":{"phase":"Running"}}' >>"$log"
+  wait_holders report-writer "$pod-report-writer"
   show
   sleep 1
   step "$pod succeeds (the demo plays the kubelet); the lock moves on"
   k patch pod "$pod" --subresource status --type merge -p '{"status":{"phase":"Succeeded"}}' >>"$log"
   wait_phase "$pod-report-writer" Released
 done
+wait_holders report-writer ""
 show
 step "demo done: every claim was granted in order and released when its holder ended"

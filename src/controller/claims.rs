@@ -38,16 +38,27 @@ pub enum Error {
 
 pub async fn reconcile(claim: Arc<LockClaim>, ctx: Arc<Context>) -> Result<Action, Error> {
     let api: Api<LockClaim> = ctx.api_beside(claim.as_ref());
+    let version = claim.resource_version();
+    if ctx.stale_claims.is_stale(&uid(&claim), version.as_deref()) {
+        // This controller wrote a newer version; its watch event reconciles the claim.
+        return Ok(Action::await_change());
+    }
     if claim.meta().deletion_timestamp.is_some() {
         if claim.finalizers().iter().any(|f| f == FINALIZER) {
             cleanup(&claim, &ctx).await?;
             finalizer::remove(&api, claim.as_ref(), FINALIZER).await?;
+            ctx.stale_claims.forget(&uid(&claim));
         }
         return Ok(Action::await_change());
     }
     // Queue nothing before the finalizer is there to take it out again.
     match finalizer::add(&api, claim.as_ref(), FINALIZER).await? {
-        Patched::Applied(claim) => apply(&claim, &ctx).await,
+        Patched::Applied(updated) => {
+            if updated.resource_version() != version {
+                ctx.stale_claims.replaced(&uid(&claim), version.as_deref());
+            }
+            apply(&updated, &ctx).await
+        }
         Patched::Stale => Ok(Action::await_change()),
     }
 }
@@ -202,10 +213,12 @@ async fn apply(claim: &LockClaim, ctx: &Arc<Context>) -> Result<Action, Error> {
         super::evict_holder(ctx, claim).await;
     }
     let mut retry_write = None;
-    if let Some(outcome) = &step.outcome
-        && write_status(ctx, claim, outcome, now).await? == Written::Conflict
-    {
-        retry_write = Some(CONFLICT_RETRY);
+    if let Some(outcome) = &step.outcome {
+        if let Some(wait) = position_write_delay(ctx, claim, outcome) {
+            retry_write = Some(wait);
+        } else if write_status(ctx, claim, outcome, now).await? == Written::Conflict {
+            retry_write = Some(CONFLICT_RETRY);
+        }
     }
     let next = [step.requeue_after, holder_check, retry_write]
         .into_iter()
@@ -276,6 +289,39 @@ enum Written {
 
 const CONFLICT_RETRY: Duration = Duration::from_millis(250);
 
+/// How often a waiting claim's position may be written. Each handoff moves every waiter of
+/// the lock up one place: writing every move would cost a status write per waiter per
+/// handoff, quadratic in the length of the queue.
+pub const POSITION_REFRESH: Duration = Duration::from_secs(1);
+
+/// How long to hold back a status write that only moves a waiting claim up the queue (the
+/// first move is written at once, later ones at most once per [`POSITION_REFRESH`]).
+fn position_write_delay(
+    ctx: &Context,
+    claim: &LockClaim,
+    outcome: &claim_lifecycle::Outcome,
+) -> Option<Duration> {
+    let current = claim.status.as_ref()?;
+    let moves_up_only = current.phase == ClaimPhase::Waiting
+        && outcome.phase == ClaimPhase::Waiting
+        && current.position != outcome.position;
+    if !moves_up_only {
+        return None;
+    }
+    let mut contenders = ctx.contenders.lock().expect("contenders lock");
+    let tracked = contenders.get_mut(&uid(claim))?;
+    let now = tokio::time::Instant::now();
+    match tracked.position_written {
+        Some(at) if now.duration_since(at) < POSITION_REFRESH => {
+            Some(POSITION_REFRESH - now.duration_since(at))
+        }
+        _ => {
+            tracked.position_written = Some(now);
+            None
+        }
+    }
+}
+
 /// Writes the claim's status with server-side apply (one field manager, forced, on the
 /// resourceVersion the decision read), and an event and metrics when the phase changes.
 async fn write_status(
@@ -332,7 +378,9 @@ async fn write_status(
     }
     let api: Api<LockClaim> = ctx.api_beside(claim);
     match status::apply(&api, claim, &wanted, true).await {
-        Ok(()) => {}
+        Ok(()) => ctx
+            .stale_claims
+            .replaced(&uid(claim), claim.meta().resource_version.as_deref()),
         Err(kube::Error::Api(status)) if status.code == 409 => return Ok(Written::Conflict),
         Err(err) => return Err(err.into()),
     }

@@ -13,6 +13,7 @@ use kube::{Client, ResourceExt};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use super::stale_copies::StaleCopies;
 use super::telemetry::Metrics;
 use crate::lock_rules::{LockKind, Mode};
 use crate::resources::{ClaimMode, DistributedLock, LockClaim, LockType};
@@ -26,6 +27,8 @@ pub struct Tracked {
     pub state: watch::Receiver<ContenderState>,
     /// The claim this contender belongs to (to map engine events back to it).
     pub claim: ObjectRef<LockClaim>,
+    /// When the claim's position in line was last written to its status.
+    pub position_written: Option<Instant>,
 }
 
 pub struct Context {
@@ -41,6 +44,8 @@ pub struct Context {
     pub contenders: Mutex<HashMap<String, Tracked>>,
     /// Locks whose grants were lost abnormally: nobody is granted them before the instant.
     pub fences: Mutex<HashMap<ObjectRef<DistributedLock>, Instant>>,
+    /// Cached claim versions this term's writes replaced (see [`StaleCopies`]).
+    pub stale_claims: StaleCopies,
     /// Asks the lock controller to refresh a lock's status.
     pub lock_changed: mpsc::UnboundedSender<ObjectRef<DistributedLock>>,
     pub metrics: Arc<Metrics>,
@@ -133,6 +138,7 @@ impl Context {
                 sequence,
                 state: contender.watch_state(),
                 claim: ObjectRef::from_obj(claim),
+                position_written: None,
             },
         );
         Ok(())

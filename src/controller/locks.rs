@@ -2,13 +2,14 @@
 //! lock's ZooKeeper queue (so clients outside Kubernetes count too).
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kube::api::Api;
 use kube::runtime::controller::Action;
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
+use tokio::time::Instant;
 
 use super::claim_index::ClaimIndex;
 use super::context::Context;
@@ -28,11 +29,42 @@ pub struct LockContext {
     pub shared: Arc<Context>,
     pub claims: Store<LockClaim>,
     pub index: ClaimIndex,
+    /// When each lock's status was last refreshed.
+    pub refreshed: Mutex<HashMap<ObjectRef<DistributedLock>, Instant>>,
+}
+
+/// A lock's status is refreshed at most this often: on a busy lock every grant, release and
+/// new waiter changes it, and the changes of one moment are written together.
+pub const REFRESH_INTERVAL: Duration = Duration::from_millis(200);
+
+impl LockContext {
+    /// How long until `lock` may be refreshed again; `None` (and the refresh recorded) when
+    /// it may be now.
+    fn refresh_delay(&self, lock: &DistributedLock) -> Option<Duration> {
+        let mut refreshed = self.refreshed.lock().expect("refreshed lock");
+        let now = Instant::now();
+        let lock_ref = ObjectRef::from_obj(lock);
+        if let Some(at) = refreshed.get(&lock_ref)
+            && now.duration_since(*at) < REFRESH_INTERVAL
+        {
+            return Some(REFRESH_INTERVAL - now.duration_since(*at));
+        }
+        refreshed.insert(lock_ref, now);
+        // Forget deleted locks now and then.
+        let locks = self.shared.locks.state().len();
+        if refreshed.len() > 2 * locks + 64 {
+            refreshed.retain(|lock, _| self.shared.locks.get(lock).is_some());
+        }
+        None
+    }
 }
 
 pub async fn reconcile(lock: Arc<DistributedLock>, ctx: Arc<LockContext>) -> Result<Action, Error> {
     if lock.meta().deletion_timestamp.is_some() {
         return Ok(Action::await_change());
+    }
+    if let Some(wait) = ctx.refresh_delay(&lock) {
+        return Ok(Action::requeue(wait));
     }
     let namespace = lock.namespace().unwrap_or_default();
     let current = lock.status.clone().unwrap_or_default();

@@ -16,6 +16,7 @@ pub mod holders;
 pub mod leader;
 pub mod locks;
 pub mod resume;
+pub mod stale_copies;
 pub mod status;
 pub mod telemetry;
 
@@ -204,6 +205,7 @@ fn term_context(
         jobs,
         contenders: Mutex::new(HashMap::new()),
         fences: Mutex::new(HashMap::new()),
+        stale_claims: Default::default(),
         lock_changed,
         metrics,
         caches_filled: tokio::sync::OnceCell::new(),
@@ -323,6 +325,7 @@ async fn lead(
         shared: ctx.clone(),
         claims: claims_store,
         index,
+        refreshed: Default::default(),
     });
     let locks_run = Controller::new(locks_api, watch_config)
         .reconcile_on(UnboundedReceiverStream::new(inputs.lock_changes))

@@ -416,6 +416,23 @@ impl Cluster {
         }
     }
 
+    /// `kubectl get locks`, read until the row of `lock` (split in columns) satisfies `done`:
+    /// a lock's status follows its claims within its refresh interval.
+    pub async fn get_locks_until(&self, lock: &str, done: impl Fn(&[&str]) -> bool) -> String {
+        self.poll(
+            PATIENCE,
+            &format!("kubectl get locks shows the expected row of {lock}"),
+            || async { self.kubectl_line("kubectl get locks") },
+            |table| {
+                table.lines().any(|row| {
+                    let columns: Vec<&str> = row.split_whitespace().collect();
+                    columns.first() == Some(&lock) && done(&columns)
+                })
+            },
+        )
+        .await
+    }
+
     /// Waits until `check` holds, or fails the test naming `what`.
     pub async fn eventually<F, Fut>(&self, what: &str, check: F)
     where

@@ -13,6 +13,7 @@ mod report;
 mod stats;
 mod throughput;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
@@ -78,10 +79,12 @@ async fn main() -> Result<()> {
             baseline::engine_throughput(&zk, args.locks, args.claims_per_lock).await?;
         op.namespace("throughput").await?;
         op.start_controller("throughput", "/bench/lockkeeper")?;
+        let before = op.api_requests();
         let lockkeeper_rate =
             throughput::lockkeeper_throughput(&op, "throughput", args.locks, args.claims_per_lock)
                 .await?;
         let memory = op.controller_memory()?;
+        let requests = requests_since(&before, op.api_requests());
         op.stop_controller()?;
         results.throughput(
             args.locks,
@@ -89,6 +92,7 @@ async fn main() -> Result<()> {
             engine_rate,
             lockkeeper_rate,
             memory,
+            &requests,
         );
     }
 
@@ -139,6 +143,21 @@ async fn handoffs(
         ],
     )?;
     Ok(())
+}
+
+/// The requests counted since `before`, without watches (long-lived, not per claim).
+fn requests_since(
+    before: &BTreeMap<String, u64>,
+    now: BTreeMap<String, u64>,
+) -> BTreeMap<String, u64> {
+    now.into_iter()
+        .filter(|(what, _)| !what.starts_with("watch "))
+        .map(|(what, count)| {
+            let earlier = before.get(&what).copied().unwrap_or_default();
+            (what, count - earlier)
+        })
+        .filter(|(_, count)| *count > 0)
+        .collect()
 }
 
 fn section(name: &str) {

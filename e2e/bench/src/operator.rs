@@ -2,6 +2,7 @@
 //! `lockkeeper controller` as a process of its own (so that its memory can be read), plus
 //! the calls a workload makes: pods, claims, pod phases, and a watch on claims.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::Instant;
@@ -123,6 +124,29 @@ impl Operator {
             rss_mib: kib("VmRSS:")? / 1024.0,
             peak_rss_mib: kib("VmHWM:")? / 1024.0,
         })
+    }
+
+    /// API requests memkube served so far, by "verb resource[/subresource] code" (watches
+    /// counted once each).
+    pub fn api_requests(&self) -> BTreeMap<String, u64> {
+        self.memkube
+            .as_ref()
+            .map(|server| {
+                server
+                    .requests()
+                    .into_iter()
+                    .map(|(kind, count)| {
+                        let subresource = kind
+                            .subresource
+                            .map(|s| format!("/{s}"))
+                            .unwrap_or_default();
+                        let what =
+                            format!("{} {}{subresource} {}", kind.verb, kind.resource, kind.code);
+                        (what, count)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     pub async fn namespace(&self, name: &str) -> Result<()> {

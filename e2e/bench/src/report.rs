@@ -1,6 +1,7 @@
 //! results.json (every figure) and results.md (the tables), with the ratios lockkeeper ÷
 //! baseline B (the raw engine) and lockkeeper ÷ Curator.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
@@ -87,12 +88,18 @@ impl Results {
         engine: f64,
         lockkeeper: f64,
         memory: Memory,
+        requests: &BTreeMap<String, u64>,
     ) {
+        let claims = (locks * per_lock) as f64;
+        let per_claim: BTreeMap<&String, f64> = requests
+            .iter()
+            .map(|(what, count)| (what, (*count as f64 / claims * 100.0).round() / 100.0))
+            .collect();
         self.json.insert(
             "throughput".into(),
             json!({"locks": locks, "claims_per_lock": per_lock, "engine_grants_per_s": engine,
                    "lockkeeper_grants_per_s": lockkeeper, "ratio_lockkeeper_to_engine": ratio(lockkeeper, engine),
-                   "controller_memory_after": memory}),
+                   "controller_memory_after": memory, "api_requests_per_claim": per_claim}),
         );
         self.markdown.extend([
             format!(
@@ -110,6 +117,15 @@ impl Results {
             format!(
                 "Controller memory afterwards: RSS {:.1} MiB, peak {:.1} MiB.",
                 memory.rss_mib, memory.peak_rss_mib
+            ),
+            String::new(),
+            format!(
+                "API requests per claim, the workload's own included (create pods, create lockclaims, patch pods): {}.",
+                per_claim
+                    .iter()
+                    .map(|(what, count)| format!("{what} {count}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
             String::new(),
         ]);

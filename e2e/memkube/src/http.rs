@@ -29,20 +29,24 @@ const BOOKMARK_EVERY: Duration = Duration::from_secs(5);
 /// Everything a request handler needs.
 pub struct Server {
     pub store: Store,
-    pub registry: RwLock<Registry>,
+    /// Shared by the requests being served; a CRD write replaces it (copy on write).
+    pub registry: RwLock<Arc<Registry>>,
     pub faults: Arc<Faults>,
+    /// Resource requests served so far (what a workload costs).
+    pub requests: std::sync::Mutex<std::collections::BTreeMap<RequestKind, u64>>,
 }
 
 impl Server {
     pub fn new(history_limit: usize) -> Self {
         Server {
             store: Store::new(history_limit),
-            registry: RwLock::new(Registry::default()),
+            registry: RwLock::new(Arc::new(Registry::default())),
             faults: Arc::default(),
+            requests: Default::default(),
         }
     }
 
-    fn registry(&self) -> Registry {
+    fn registry(&self) -> Arc<Registry> {
         self.registry.read().expect("registry lock").clone()
     }
 }
@@ -181,8 +185,16 @@ async fn handle(
             details: None,
         });
     };
-    if let Route::Resource { plural, name, .. } = &route {
+    let mut counted = None;
+    if let Route::Resource {
+        plural,
+        name,
+        subresource,
+        ..
+    } = &route
+    {
         let verb = verb_of(&method, name.is_some(), &query);
+        counted = Some((verb, plural.clone(), subresource.clone()));
         if let Some(error) = server.faults.before(verb, plural).await {
             return error_response(&error);
         }
@@ -250,7 +262,33 @@ async fn handle(
             }
         }
     };
-    result.unwrap_or_else(|error| error_response(&error))
+    let response = result.unwrap_or_else(|error| error_response(&error));
+    if let Some((verb, resource, subresource)) = counted {
+        let kind = RequestKind {
+            verb,
+            resource,
+            subresource,
+            code: response.status().as_u16(),
+        };
+        *server
+            .requests
+            .lock()
+            .expect("requests lock")
+            .entry(kind)
+            .or_default() += 1;
+    }
+    response
+}
+
+/// A kind of request counted by [`Server::requests`].
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RequestKind {
+    pub verb: &'static str,
+    /// The resource's plural name.
+    pub resource: String,
+    pub subresource: Option<String>,
+    /// The response's status code.
+    pub code: u16,
 }
 
 fn verb_of(method: &Method, named: bool, query: &HashMap<String, String>) -> &'static str {
@@ -597,10 +635,13 @@ impl Request<'_> {
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default();
         match self.content_kind() {
+            // Clients send apply patches as JSON (which is YAML) or YAML.
             "application/apply-patch+yaml" => {
-                return serde_yaml::from_slice(self.body).map_err(|err| {
-                    ApiError::bad_request(format!("the apply patch is not YAML: {err}"))
-                });
+                return serde_json::from_slice(self.body)
+                    .or_else(|_| serde_yaml::from_slice(self.body))
+                    .map_err(|err| {
+                        ApiError::bad_request(format!("the apply patch is not YAML: {err}"))
+                    });
             }
             "application/merge-patch+json"
             | "application/strategic-merge-patch+json"
@@ -634,11 +675,7 @@ impl Request<'_> {
         if !self.is_crd() || object["metadata"]["deletionTimestamp"].is_string() {
             return Ok(object);
         }
-        self.server
-            .registry
-            .write()
-            .expect("registry lock")
-            .define(&object);
+        Arc::make_mut(&mut self.server.registry.write().expect("registry lock")).define(&object);
         let name = object["metadata"]["name"]
             .as_str()
             .unwrap_or_default()
@@ -671,11 +708,7 @@ impl Request<'_> {
             return;
         }
         let defined = crate::resources::from_crd(object);
-        self.server
-            .registry
-            .write()
-            .expect("registry lock")
-            .undefine(object);
+        Arc::make_mut(&mut self.server.registry.write().expect("registry lock")).undefine(object);
         if let Some(info) = defined.first() {
             let (items, _, _) = self.server.store.list(info, None, &|_| true, None, None);
             let options = DeleteOptions::default();

@@ -94,6 +94,11 @@ impl MemKube {
         self.server.faults.clone()
     }
 
+    /// Resource requests served so far, by verb, resource, subresource and response code.
+    pub fn requests(&self) -> std::collections::BTreeMap<http::RequestKind, u64> {
+        self.server.requests.lock().expect("requests lock").clone()
+    }
+
     pub fn store(&self) -> &store::Store {
         &self.server.store
     }

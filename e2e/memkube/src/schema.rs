@@ -6,6 +6,10 @@
 //!
 //! `apiVersion`, `kind` and `metadata` at the root are the server's business and are left alone.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
 use serde_json::{Map, Value};
 
 /// One field error: the field path and what is wrong with it.
@@ -468,21 +472,44 @@ fn check_rules(
     }
 }
 
+thread_local! {
+    /// The CEL standard library and every rule compiled so far, per thread: building them is
+    /// most of what a validation costs, and the rules of a CRD rarely change.
+    static CEL_ROOT: cel::Context<'static, 'static> = cel::Context::default();
+    static CEL_PROGRAMS: RefCell<HashMap<String, Rc<Result<cel::Program, String>>>> =
+        RefCell::default();
+}
+
+fn compiled(expression: &str) -> Rc<Result<cel::Program, String>> {
+    CEL_PROGRAMS.with(|programs| {
+        programs
+            .borrow_mut()
+            .entry(expression.to_string())
+            .or_insert_with(|| {
+                Rc::new(cel::Program::compile(expression).map_err(|err| err.to_string()))
+            })
+            .clone()
+    })
+}
+
 fn evaluate(expression: &str, value: &Value, old: Option<&Value>) -> Result<bool, String> {
-    let program = cel::Program::compile(expression).map_err(|err| err.to_string())?;
-    let mut context = cel::Context::default();
-    context
-        .add_variable("self", value.clone())
-        .map_err(|err| err.to_string())?;
-    if let Some(old) = old {
+    let program = compiled(expression);
+    let program = program.as_ref().as_ref().map_err(Clone::clone)?;
+    CEL_ROOT.with(|root| {
+        let mut context = root.new_inner_scope();
         context
-            .add_variable("oldSelf", old.clone())
+            .add_variable("self", value.clone())
             .map_err(|err| err.to_string())?;
-    }
-    match program.execute(&context).map_err(|err| err.to_string())? {
-        cel::Value::Bool(result) => Ok(result),
-        other => Err(format!("it returned {other:?}, not a boolean")),
-    }
+        if let Some(old) = old {
+            context
+                .add_variable("oldSelf", old.clone())
+                .map_err(|err| err.to_string())?;
+        }
+        match program.execute(&context).map_err(|err| err.to_string())? {
+            cel::Value::Bool(result) => Ok(result),
+            other => Err(format!("it returned {other:?}, not a boolean")),
+        }
+    })
 }
 
 #[cfg(test)]
