@@ -478,6 +478,45 @@ async fn a_killed_controller_restarts_without_granting_twice_or_losing_a_claim()
     cluster.stop().await;
 }
 
+/// A rolling upgrade stops the controller with SIGTERM: it closes its ZooKeeper session before
+/// it exits, so its nodes are gone at once and the next leader does not wait for the session
+/// to expire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_stopped_with_sigterm_leaves_no_node_in_zookeeper() {
+    let mut cluster = Cluster::start().await;
+    cluster.stop_controller().await;
+    cluster.start_controller_process();
+    cluster.lock("db", json!({})).await;
+    cluster.pod_with_claim("a", "db").await;
+    cluster.wait_phase("a", ClaimPhase::Granted).await;
+    cluster.pod_with_claim("b", "db").await;
+    cluster.wait_phase("b", ClaimPhase::Waiting).await;
+    let lock = cluster
+        .poll(
+            cluster::PATIENCE,
+            "the lock's status names its ZooKeeper path",
+            || async { cluster.api::<DistributedLock>().get("db").await.unwrap() },
+            |lock| {
+                lock.status
+                    .as_ref()
+                    .is_some_and(|s| s.zookeeper_path.is_some())
+            },
+        )
+        .await;
+    let path = lock.status.unwrap().zookeeper_path.unwrap();
+    let zk = zookeeper_client::Client::connect(&cluster.zk.connect_string())
+        .await
+        .expect("connect to ZooKeeper");
+    assert_eq!(zk.list_children(&path).await.unwrap().len(), 2);
+    cluster.stop_controller().await;
+    assert_eq!(
+        zk.list_children(&path).await.unwrap(),
+        Vec::<String>::new(),
+        "the stopped controller's nodes are gone"
+    );
+    cluster.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_zookeeper_session_marks_grants_lost_then_grants_again_in_order() {
     let mut cluster = Cluster::start().await;

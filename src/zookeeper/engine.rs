@@ -325,10 +325,33 @@ impl LockEngine {
             drop(handle.commands);
             let _ = handle.task.await;
         }
-        self.inner.client.write().expect("client lock").take();
+        let client = self.inner.client.write().expect("client lock").take();
+        if let Some(client) = client
+            && !self.inner.config.keep_session_on_drop
+        {
+            // The session closes once its last handle is gone (the supervisor lets go of
+            // its own on shutdown). Wait for ZooKeeper to confirm, so that the nodes are gone
+            // when this returns, even if the process exits right after.
+            let mut state = client.state_watcher();
+            drop(client);
+            let closed = async {
+                while !matches!(
+                    state.changed().await,
+                    SessionState::Closed | SessionState::Expired
+                ) {}
+            };
+            if tokio::time::timeout(CLOSE_PATIENCE, closed).await.is_err() {
+                tracing::warn!(
+                    "ZooKeeper did not confirm closing the session; its nodes go when it expires"
+                );
+            }
+        }
         self.inner.status.send_replace(SessionStatus::Closed);
     }
 }
+
+/// How long [`LockEngine::close`] waits for ZooKeeper to confirm the session is closed.
+const CLOSE_PATIENCE: Duration = Duration::from_secs(3);
 
 /// Follows the session; on its loss reports every contender lost and opens a new one.
 async fn supervise(inner: std::sync::Weak<Inner>, mut client: Client, shutdown: CancellationToken) {

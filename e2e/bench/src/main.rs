@@ -10,6 +10,7 @@ mod handoff;
 mod operator;
 mod plot;
 mod report;
+mod scale;
 mod stats;
 mod throughput;
 
@@ -40,6 +41,11 @@ struct Args {
     locks: usize,
     #[arg(long, default_value_t = 20)]
     claims_per_lock: usize,
+    /// Locks × waiting claims per lock for scale and recovery.
+    #[arg(long, default_value_t = 1000)]
+    scale_locks: usize,
+    #[arg(long, default_value_t = 10)]
+    scale_claims_per_lock: usize,
     /// Run these parts only (e.g. `--only throughput`); results.json then holds only their
     /// figures.
     #[arg(long, value_enum, value_delimiter = ',')]
@@ -50,6 +56,7 @@ struct Args {
 enum Part {
     Handoff,
     Throughput,
+    Scale,
 }
 
 impl Args {
@@ -94,6 +101,19 @@ async fn main() -> Result<()> {
             memory,
             &requests,
         );
+    }
+
+    if args.runs(Part::Scale) {
+        section(&format!(
+            "scale and recovery: {} locks × {} waiting claims",
+            args.scale_locks, args.scale_claims_per_lock
+        ));
+        let scale = scale::run(&mut op, &zk, args.scale_locks, args.scale_claims_per_lock).await?;
+        plot::memory(
+            &args.out.join("memory-by-claims.png"),
+            &scale.memory_by_claims,
+        )?;
+        results.scale(&scale);
     }
 
     op.stop().await?;

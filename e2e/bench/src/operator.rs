@@ -87,7 +87,10 @@ impl Operator {
                 "10s",
             ])
             .env("LOCKKEEPER_LOG_FORMAT", "text")
-            .env("RUST_LOG", "warn")
+            .env(
+                "LOCKKEEPER_LOG",
+                std::env::var("BENCH_CONTROLLER_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .spawn()
             .context("start lockkeeper controller")?;
         self.controller = Some(child);

@@ -82,3 +82,38 @@ pub fn handoffs(path: &Path, systems: &[(&str, &Latency)]) -> Result<()> {
     root.present()?;
     Ok(())
 }
+
+/// The controller's resident memory as the number of claims grows.
+pub fn memory(path: &Path, samples: &[(usize, f64)]) -> Result<()> {
+    register_font()?;
+    let root = BitMapBackend::new(path, (1000, 600)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let claims = samples.iter().map(|(n, _)| *n).max().unwrap_or(1).max(1);
+    let rss = samples.iter().map(|(_, m)| *m).fold(0.0, f64::max).max(1.0);
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "lockkeeper controller memory as waiting claims are made",
+            ("sans-serif", 22),
+        )
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0..claims, 0.0..rss * 1.15)?;
+    chart
+        .configure_mesh()
+        .x_desc("claims made")
+        .y_desc("resident memory, MiB")
+        .label_style(("sans-serif", 14))
+        .draw()?;
+    chart.draw_series(LineSeries::new(
+        samples.iter().copied(),
+        BLUE.stroke_width(2),
+    ))?;
+    chart.draw_series(
+        samples
+            .iter()
+            .map(|(n, m)| Circle::new((*n, *m), 3, BLUE.filled())),
+    )?;
+    root.present()?;
+    Ok(())
+}

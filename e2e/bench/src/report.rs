@@ -8,6 +8,7 @@ use anyhow::Result;
 use serde_json::{Value, json};
 
 use crate::operator::Memory;
+use crate::scale::ScaleResults;
 use crate::stats::Latency;
 
 pub struct Results {
@@ -127,6 +128,70 @@ impl Results {
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
+            String::new(),
+        ]);
+    }
+
+    pub fn scale(&mut self, scale: &ScaleResults) {
+        self.json.insert(
+            "scale".into(),
+            serde_json::to_value(scale).expect("scale results serialize"),
+        );
+        let watches = &scale.watches;
+        let recovery = &scale.recovery;
+        self.markdown.extend([
+            format!(
+                "### Scale: {} locks, each held by an outside ZooKeeper client, {} claims waiting",
+                scale.locks, scale.claims
+            ),
+            String::new(),
+            "| figure | value |".into(),
+            "|---|---|".into(),
+            format!(
+                "| first create → every claim `Waiting` at its right place | {:.1} s |",
+                scale.all_waiting_s
+            ),
+            format!(
+                "| controller RSS with every claim waiting (peak) | {:.1} MiB ({:.1} MiB) |",
+                scale.memory_all_waiting.rss_mib, scale.memory_all_waiting.peak_rss_mib
+            ),
+            format!(
+                "| ZooKeeper watches of the controller on the queues, for {} waiters | {} |",
+                watches.waiters, watches.controller_on_queues
+            ),
+            format!(
+                "| waiters whose predecessor node is watched / directory (children) watches | {} / {} |",
+                watches.waiters_watching_predecessor, watches.directory_watches
+            ),
+            format!("| all watches on the server (`wchs`) | {} |", watches.server_total),
+            format!(
+                "| restart (SIGTERM) with {} claims, {} granted, {} holders ended meanwhile: start → first grant | {:.2} s |",
+                recovery.claims, recovery.granted_before, recovery.due, recovery.first_grant_s
+            ),
+            format!(
+                "| start → all {} due claims granted | {:.2} s |",
+                recovery.due, recovery.all_due_granted_s
+            ),
+            format!(
+                "| holders that kept their grant over the restart / locks with two holders after it | {} / {} |",
+                recovery.holders_kept, recovery.locks_with_two_holders
+            ),
+            format!(
+                "| drain (holders end as soon as granted): time, grants/s | {:.1} s, {:.0} |",
+                scale.drain_s, scale.drain_grants_per_s
+            ),
+            format!(
+                "| controller RSS after the drain (peak) | {:.1} MiB ({:.1} MiB) |",
+                scale.memory_end.rss_mib, scale.memory_end.peak_rss_mib
+            ),
+            format!(
+                "| grants before the previous holder ended / claims granted more than once / once | {} / {} / {} |",
+                scale.grants_before_previous_holder_ended,
+                scale.claims_granted_more_than_once,
+                scale.claims_granted_once
+            ),
+            String::new(),
+            "![controller memory against claims](memory-by-claims.png)".into(),
             String::new(),
         ]);
     }
