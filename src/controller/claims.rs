@@ -46,8 +46,11 @@ pub async fn reconcile(claim: Arc<LockClaim>, ctx: Arc<Context>) -> Result<Actio
     if claim.meta().deletion_timestamp.is_some() {
         if claim.finalizers().iter().any(|f| f == FINALIZER) {
             cleanup(&claim, &ctx).await?;
-            finalizer::remove(&api, claim.as_ref(), FINALIZER).await?;
+            let removed = finalizer::remove(&api, claim.as_ref(), FINALIZER).await?;
             ctx.stale_claims.forget(&uid(&claim));
+            if let Patched::Stale = removed {
+                return Ok(Action::requeue(CONFLICT_RETRY));
+            }
         }
         return Ok(Action::await_change());
     }
@@ -59,7 +62,9 @@ pub async fn reconcile(claim: Arc<LockClaim>, ctx: Arc<Context>) -> Result<Actio
             }
             apply(&updated, &ctx).await
         }
-        Patched::Stale => Ok(Action::await_change()),
+        // The claim changed since this copy: its watch event reconciles it again, and the
+        // retry covers a conflict that came without a change.
+        Patched::Stale => Ok(Action::requeue(CONFLICT_RETRY)),
     }
 }
 

@@ -4,8 +4,8 @@
 //! A reconcile often runs on a cached copy older than the object (a pod or lock event
 //! triggers it before the claim's own watch event arrived). A guarded write then gets 409:
 //! the object changed since that copy, so its watch event is on the way and reconciles it
-//! again. That is not an error to log and retry on a timer, and nothing is written from
-//! the old copy (such as a finalizer list without another controller's entry).
+//! again. That is not an error to log, and nothing is written from the old copy (such as a
+//! finalizer list without another controller's entry).
 
 use kube::api::{Api, Patch, PatchParams};
 use kube::{Resource, ResourceExt};

@@ -4,7 +4,7 @@
 use std::process::Command;
 
 #[test]
-fn a_small_run_writes_results_json_markdown_and_the_plot() {
+fn a_small_run_writes_results_json_markdown_and_the_plots() {
     let out = tempfile::tempdir().unwrap();
     let run = Command::new(env!("CARGO_BIN_EXE_lockkeeper-bench"))
         .args(["--out", out.path().to_str().unwrap()])
@@ -17,6 +17,10 @@ fn a_small_run_writes_results_json_markdown_and_the_plot() {
             "5",
             "--claims-per-lock",
             "4",
+            "--scale-locks",
+            "10",
+            "--scale-claims-per-lock",
+            "3",
         ])
         .output()
         .expect("the bench runs");
@@ -50,11 +54,30 @@ fn a_small_run_writes_results_json_markdown_and_the_plot() {
             .unwrap()
             > 0.0
     );
+    // Scale: one watch per waiter, each on its predecessor; every claim granted once, never
+    // before the previous holder of its lock ended, also across the restart.
+    let scale = &results["scale"];
+    assert_eq!(scale["claims"], 30, "{scale}");
+    assert_eq!(scale["watches"]["waiters"], 30, "{scale}");
+    assert_eq!(scale["watches"]["controller_on_queues"], 30, "{scale}");
+    assert_eq!(
+        scale["watches"]["waiters_watching_predecessor"], 30,
+        "{scale}"
+    );
+    assert_eq!(scale["watches"]["directory_watches"], 0, "{scale}");
+    assert_eq!(scale["grants_before_previous_holder_ended"], 0, "{scale}");
+    assert_eq!(scale["claims_granted_more_than_once"], 0, "{scale}");
+    assert_eq!(scale["claims_granted_once"], 30, "{scale}");
+    assert_eq!(scale["recovery"]["locks_with_two_holders"], 0, "{scale}");
+    assert_eq!(scale["recovery"]["due"], 10, "{scale}");
+    assert!(scale["recovery"]["first_grant_s"].as_f64().unwrap() > 0.0);
     let markdown = std::fs::read_to_string(out.path().join("results.md")).unwrap();
     assert!(
         markdown.contains("| lockkeeper gate: pod Succeeded → next gate exits | 20 |"),
         "{markdown}"
     );
-    let png = std::fs::read(out.path().join("handoff-latency.png")).unwrap();
-    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    for plot in ["handoff-latency.png", "memory-by-claims.png"] {
+        let png = std::fs::read(out.path().join(plot)).unwrap();
+        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "{plot}");
+    }
 }
