@@ -14,6 +14,8 @@ use lockkeeper::zookeeper::{ContenderState, EngineConfig, LockEngine, LockSpec};
 use lockkeeper_testkit::peer::spawn_loop;
 use lockkeeper_testkit::{HoldLog, PeerKind, PeerLibrary, PeerSpec, ZooKeeperServer};
 
+use crate::outside::OutsideHolders;
+
 /// Each contender holds this long (so that the other is queued when it releases).
 pub const HOLD: Duration = Duration::from_millis(1);
 
@@ -113,37 +115,33 @@ fn handoffs_from_logs(logs: &[PathBuf], warmup: usize, handoffs: usize) -> Resul
 }
 
 /// Grants per second of one engine (one session, as the controller has) with `locks` ×
-/// `per_lock` contenders, each dequeued as soon as it is granted. Timed from the first
-/// enqueue to the last grant.
+/// `per_lock` contenders queued behind outside holders, each dequeued as soon as it is
+/// granted. Timed from the outside holders' release to the last grant.
 pub async fn engine_throughput(zk: &ZooKeeperServer, locks: usize, per_lock: usize) -> Result<f64> {
-    let engine = LockEngine::connect(EngineConfig::new(zk.connect_string())).await?;
-    let mut events = engine.events().context("the engine's events")?;
     let specs: Vec<LockSpec> = (0..locks)
         .map(|i| LockSpec::new(&format!("/bench/throughput/lock-{i}"), LockKind::Mutex))
         .collect::<Result<_, _>>()?;
+    let outside = OutsideHolders::hold(zk, &specs).await?;
+    let engine = LockEngine::connect(EngineConfig::new(zk.connect_string())).await?;
+    let mut events = engine.events().context("the engine's events")?;
     let by_dir: HashMap<String, LockSpec> = specs.iter().map(|s| (s.dir(), s.clone())).collect();
     let total = locks * per_lock;
-    let start = Instant::now();
-    let enqueuing = {
-        let engine = engine.clone();
-        let specs = specs.clone();
-        tokio::spawn(async move {
-            let contenders: Vec<_> =
-                futures::stream::iter((0..per_lock).flat_map(|_| specs.clone()))
-                    .map(|spec| {
-                        let engine = engine.clone();
-                        async move {
-                            engine
-                                .enqueue(&spec, &ContenderId::random(), Mode::Exclusive, b"")
-                                .await
-                        }
-                    })
-                    .buffer_unordered(64)
-                    .collect()
-                    .await;
-            contenders.into_iter().collect::<Result<Vec<_>, _>>()
+    let _contenders = futures::stream::iter((0..per_lock).flat_map(|_| specs.clone()))
+        .map(|spec| {
+            let engine = engine.clone();
+            async move {
+                engine
+                    .enqueue(&spec, &ContenderId::random(), Mode::Exclusive, b"")
+                    .await
+            }
         })
-    };
+        .buffer_unordered(64)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
+    let start = Instant::now();
+    outside.release().await;
     let mut granted = 0;
     let mut last_grant = start;
     while granted < total {
@@ -159,7 +157,6 @@ pub async fn engine_throughput(zk: &ZooKeeperServer, locks: usize, per_lock: usi
             tokio::spawn(async move { engine.dequeue(&spec, &event.id).await });
         }
     }
-    let _contenders = enqueuing.await??;
     engine.close().await;
     Ok(total as f64 / (last_grant - start).as_secs_f64())
 }

@@ -8,6 +8,7 @@
 mod baseline;
 mod handoff;
 mod operator;
+mod outside;
 mod plot;
 mod report;
 mod scale;
@@ -23,6 +24,9 @@ use lockkeeper_testkit::ZooKeeperServer;
 
 use crate::report::Results;
 use crate::stats::Latency;
+
+/// ZooKeeper root of the controller's lock paths in the bench.
+pub const ROOT: &str = "/bench/lockkeeper";
 
 #[derive(Debug, Parser)]
 #[command(about = "lockkeeper against the raw ZooKeeper engine and Curator, in one run")]
@@ -85,11 +89,17 @@ async fn main() -> Result<()> {
         let engine_rate =
             baseline::engine_throughput(&zk, args.locks, args.claims_per_lock).await?;
         op.namespace("throughput").await?;
-        op.start_controller("throughput", "/bench/lockkeeper")?;
+        op.start_controller("throughput", ROOT)?;
         let before = op.api_requests();
-        let lockkeeper_rate =
-            throughput::lockkeeper_throughput(&op, "throughput", args.locks, args.claims_per_lock)
-                .await?;
+        let lockkeeper = throughput::lockkeeper_throughput(
+            &op,
+            &zk,
+            "throughput",
+            ROOT,
+            args.locks,
+            args.claims_per_lock,
+        )
+        .await?;
         let memory = op.controller_memory()?;
         let requests = requests_since(&before, op.api_requests());
         op.stop_controller()?;
@@ -97,7 +107,7 @@ async fn main() -> Result<()> {
             args.locks,
             args.claims_per_lock,
             engine_rate,
-            lockkeeper_rate,
+            &lockkeeper,
             memory,
             &requests,
         );
@@ -143,13 +153,13 @@ async fn handoffs(
         Latency::of(&baseline::engine_handoffs(zk, work, args.handoffs, args.warmup).await?);
     section("handoff: lockkeeper, pod Succeeded → next claim Granted (watch through memkube)");
     op.namespace("handoff").await?;
-    op.start_controller("handoff", "/bench/lockkeeper")?;
+    op.start_controller("handoff", ROOT)?;
     let pods =
         Latency::of(&handoff::pod_handoffs(op, "handoff", args.handoffs, args.warmup).await?);
     op.stop_controller()?;
     section("handoff: lockkeeper gate, pod Succeeded → next gate exits");
     op.namespace("gate").await?;
-    op.start_controller("gate", "/bench/lockkeeper")?;
+    op.start_controller("gate", ROOT)?;
     let gates = Latency::of(&handoff::gate_handoffs(op, "gate", args.handoffs, args.warmup).await?);
     op.stop_controller()?;
     results.handoffs(&curator, &engine, &pods, &gates);

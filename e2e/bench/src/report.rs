@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use crate::operator::Memory;
 use crate::scale::ScaleResults;
 use crate::stats::Latency;
+use crate::throughput::Throughput;
 
 pub struct Results {
     dir: PathBuf,
@@ -87,10 +88,11 @@ impl Results {
         locks: usize,
         per_lock: usize,
         engine: f64,
-        lockkeeper: f64,
+        throughput: &Throughput,
         memory: Memory,
         requests: &BTreeMap<String, u64>,
     ) {
+        let lockkeeper = throughput.grants_per_s;
         let claims = (locks * per_lock) as f64;
         let per_claim: BTreeMap<&String, f64> = requests
             .iter()
@@ -100,11 +102,12 @@ impl Results {
             "throughput".into(),
             json!({"locks": locks, "claims_per_lock": per_lock, "engine_grants_per_s": engine,
                    "lockkeeper_grants_per_s": lockkeeper, "ratio_lockkeeper_to_engine": ratio(lockkeeper, engine),
+                   "lockkeeper_queue_s": throughput.queue_s,
                    "controller_memory_after": memory, "api_requests_per_claim": per_claim}),
         );
         self.markdown.extend([
             format!(
-                "### Throughput, {locks} locks × {per_lock} claims, released as soon as granted"
+                "### Throughput, {locks} locks × {per_lock} claims queued behind outside holders, released as soon as granted"
             ),
             String::new(),
             "| system | grants/s | ÷ engine |".into(),
@@ -113,6 +116,12 @@ impl Results {
             format!(
                 "| lockkeeper (claims held by pods, through memkube) | {lockkeeper:.0} | {:.2} |",
                 lockkeeper / engine
+            ),
+            String::new(),
+            format!(
+                "Timed from the outside holders' release to the last grant. Queueing the {} claims (pod and claim made → `Waiting`) took {:.1} s before that.",
+                locks * per_lock,
+                throughput.queue_s
             ),
             String::new(),
             format!(

@@ -23,18 +23,18 @@ use futures::StreamExt;
 use k8s_openapi::api::events::v1::Event;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
-use lockkeeper::lock_rules::{LockKind, Mode};
+use lockkeeper::lock_rules::LockKind;
 use lockkeeper::resources::{ClaimPhase, LockClaim};
-use lockkeeper::znode_name::ContenderId;
-use lockkeeper::zookeeper::{EngineConfig, LockEngine, LockSpec, SessionStatus};
+use lockkeeper::zookeeper::{LockEngine, LockSpec};
 use lockkeeper_testkit::ZooKeeperServer;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::operator::{Memory, Operator};
+use crate::outside::OutsideHolders;
 
 const NAMESPACE: &str = "scale";
-const ROOT: &str = "/bench/lockkeeper";
+use crate::ROOT;
 /// Concurrent API calls of the workload.
 const CONCURRENCY: usize = 32;
 /// Longest wait for the next claim change before the run is declared stuck.
@@ -195,27 +195,7 @@ pub async fn run(
         .collect::<Result<_, _>>()?;
 
     // Outside holders: one session holds every lock.
-    let outside = LockEngine::connect(EngineConfig::new(zk.connect_string())).await?;
-    let outside_session = match *outside.session_status().borrow() {
-        SessionStatus::Connected { session_id } => session_id,
-        ref other => anyhow::bail!("the outside holders' session is {other:?}"),
-    };
-    futures::stream::iter(specs.clone())
-        .map(|spec| {
-            let outside = outside.clone();
-            async move {
-                let mut contender = outside
-                    .enqueue(&spec, &ContenderId::random(), Mode::Exclusive, b"outside")
-                    .await?;
-                contender.wait_granted(PATIENCE).await?;
-                anyhow::Ok(())
-            }
-        })
-        .buffer_unordered(CONCURRENCY)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<Result<Vec<()>>>()?;
+    let outside = OutsideHolders::hold(zk, &specs).await?;
     let shared = &*op;
     futures::stream::iter(0..locks)
         .map(|i| async move { shared.mutex(NAMESPACE, &format!("lock-{i}")).await })
@@ -259,10 +239,10 @@ pub async fn run(
     memory_by_claims.push((total, memory_all_waiting.rss_mib));
 
     // 2. Watches.
-    let watches = count_watches(zk, &outside, &specs, outside_session).await?;
+    let watches = count_watches(zk, &outside.engine, &specs, outside.session_id).await?;
 
     // 3. Recovery. The outside holders leave; the first claim of each lock is granted.
-    outside.close().await;
+    outside.release().await;
     while seen.count(ClaimPhase::Granted) < locks {
         let (_, claim) =
             next_change(&mut claims, "granting after the outside holders left").await?;

@@ -1,6 +1,7 @@
-//! Grants per second through lockkeeper: `locks` Mutex locks × `per_lock` claims held by
-//! pods, each pod set Succeeded as soon as its claim is seen `Granted`. Timed from the first
-//! create to the last grant seen.
+//! Grants per second through lockkeeper: `locks` Mutex locks, each held by an outside
+//! client, with `per_lock` claims (held by pods) queued behind it. Timed from the outside
+//! holders' release to the last grant, each pod set Succeeded as soon as its claim is seen
+//! `Granted`; queueing the claims (pod and claim made → `Waiting`) is timed apart.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -8,19 +9,36 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use futures::StreamExt;
 use kube::ResourceExt;
+use lockkeeper::lock_rules::LockKind;
 use lockkeeper::resources::ClaimPhase;
+use lockkeeper::zookeeper::LockSpec;
+use lockkeeper_testkit::ZooKeeperServer;
 
 use crate::operator::Operator;
+use crate::outside::OutsideHolders;
 
 /// Concurrent API calls of the workload (creates and pod updates).
 const CONCURRENCY: usize = 32;
+const PATIENCE: Duration = Duration::from_secs(60);
+
+pub struct Throughput {
+    pub grants_per_s: f64,
+    /// From the first create to every claim `Waiting`.
+    pub queue_s: f64,
+}
 
 pub async fn lockkeeper_throughput(
     op: &Operator,
+    zk: &ZooKeeperServer,
     namespace: &str,
+    root: &str,
     locks: usize,
     per_lock: usize,
-) -> Result<f64> {
+) -> Result<Throughput> {
+    let specs: Vec<LockSpec> = (0..locks)
+        .map(|i| LockSpec::new(&format!("{root}/{namespace}/lock-{i}"), LockKind::Mutex))
+        .collect::<Result<_, _>>()?;
+    let outside = OutsideHolders::hold(zk, &specs).await?;
     futures::stream::iter(0..locks)
         .map(|i| async move { op.mutex(namespace, &format!("lock-{i}")).await })
         .buffer_unordered(CONCURRENCY)
@@ -30,29 +48,43 @@ pub async fn lockkeeper_throughput(
         .collect::<Result<Vec<()>>>()?;
     let mut claims = op.watch_claims(namespace);
     let total = locks * per_lock;
-    let start = Instant::now();
-    let creating = futures::stream::iter(0..total)
+    let queueing = Instant::now();
+    futures::stream::iter(0..total)
         .map(|n| async move {
             op.pod_with_claim(namespace, &format!("c-{n}"), &format!("lock-{}", n % locks))
                 .await
         })
         .buffer_unordered(CONCURRENCY)
-        .collect::<Vec<_>>();
-    tokio::pin!(creating);
-    let mut created = None;
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<Vec<()>>>()?;
+    let mut waiting = HashSet::new();
+    let mut queued_at = queueing;
+    while waiting.len() < total {
+        let (seen, claim) = tokio::time::timeout(PATIENCE, claims.recv())
+            .await
+            .context("no claim change for 60 s while queueing")?
+            .context("the claim watch ended")?;
+        if claim.status.as_ref().map(|s| s.phase) == Some(ClaimPhase::Waiting)
+            && waiting.insert(claim.name_any())
+        {
+            queued_at = seen;
+        }
+    }
+    let queue_s = (queued_at - queueing).as_secs_f64();
+
+    let start = Instant::now();
+    outside.release().await;
     let mut granted = HashSet::new();
     let mut releasing = futures::stream::FuturesUnordered::new();
     let mut last_grant = start;
     while granted.len() < total {
         tokio::select! {
-            results = &mut creating, if created.is_none() => {
-                results.into_iter().collect::<Result<Vec<()>>>()?;
-                created = Some(Instant::now());
-            }
             Some(result) = releasing.next(), if !releasing.is_empty() => {
                 let () = result?;
             }
-            event = tokio::time::timeout(Duration::from_secs(60), claims.recv()) => {
+            event = tokio::time::timeout(PATIENCE, claims.recv()) => {
                 let (seen, claim) = event.context("no claim change for 60 s")?.context("the claim watch ended")?;
                 if claim.status.as_ref().map(|s| s.phase) == Some(ClaimPhase::Granted) && granted.insert(claim.name_any()) {
                     last_grant = seen;
@@ -62,5 +94,8 @@ pub async fn lockkeeper_throughput(
             }
         }
     }
-    Ok(total as f64 / (last_grant - start).as_secs_f64())
+    Ok(Throughput {
+        grants_per_s: total as f64 / (last_grant - start).as_secs_f64(),
+        queue_s,
+    })
 }
