@@ -16,6 +16,7 @@ pub mod holders;
 pub mod leader;
 pub mod locks;
 pub mod resume;
+pub mod slim;
 pub mod stale_copies;
 pub mod status;
 pub mod telemetry;
@@ -245,7 +246,7 @@ async fn lead(
     let locks_seen = ctx.locks.clone();
     let lock_stream = cache(
         inputs.locks,
-        watcher(locks_api.clone(), watch_config.clone()),
+        watcher(locks_api.clone(), watch_config.clone()).modify(slim::lock),
     )
     .default_backoff()
     .touched_objects()
@@ -259,13 +260,13 @@ async fn lead(
     );
     let pod_stream = cache(
         inputs.pods,
-        watcher(api::<Pod>(client, namespace), watch_config.clone()),
+        watcher(api::<Pod>(client, namespace), watch_config.clone()).modify(slim::pod),
     )
     .default_backoff()
     .touched_objects();
     let job_stream = cache(
         inputs.jobs,
-        watcher(api::<Job>(client, namespace), watch_config.clone()),
+        watcher(api::<Job>(client, namespace), watch_config.clone()).modify(slim::job),
     )
     .default_backoff()
     .touched_objects();
@@ -293,6 +294,7 @@ async fn lead(
     let claim_stream = {
         let index = index.clone();
         watcher(claims_api, watch_config.clone())
+            .modify(slim::claim)
             .default_backoff()
             .reflect(claims_writer)
             .inspect_ok(move |event| index.observe(event))

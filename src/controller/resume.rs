@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 use kube::runtime::reflector::ObjectRef;
@@ -94,6 +95,7 @@ pub async fn resume(
         }
     }
     let mut queued = 0;
+    let mut now = Vec::new();
     for (lock_ref, mut lock_claims) in by_lock {
         let Some(lock) = all_locks.get(&lock_ref) else {
             continue; // the claim reconciler reports the missing lock
@@ -114,11 +116,20 @@ pub async fn resume(
                     ctx.fences.lock().expect("fences lock").remove(&lock_ref);
                 });
             }
-            None => requeue_in_order(ctx, lock, &lock_claims).await,
+            None => now.push((lock, lock_claims)),
         }
     }
+    // Order matters within a lock only: locks are queued again side by side.
+    futures::stream::iter(now)
+        .for_each_concurrent(RESUME_CONCURRENCY, |(lock, lock_claims)| async move {
+            requeue_in_order(ctx, lock, &lock_claims).await
+        })
+        .await;
     Ok(queued)
 }
+
+/// Locks whose claims are queued again at the same time when a term starts.
+const RESUME_CONCURRENCY: usize = 64;
 
 async fn requeue_in_order(ctx: &Context, lock: &DistributedLock, claims: &[LockClaim]) {
     let spec = match ctx.lock_spec(lock) {

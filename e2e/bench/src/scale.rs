@@ -292,7 +292,13 @@ pub async fn run(
     // 4. Drain: every holder ends as soon as it is granted.
     let drain_start = Instant::now();
     let shared = &*op;
-    let end = |name: String| async move { shared.pod_succeeded(NAMESPACE, &name).await };
+    // As many pod updates in flight as the rest of the workload makes (each is a connection).
+    let in_flight = tokio::sync::Semaphore::new(CONCURRENCY);
+    let in_flight = &in_flight;
+    let end = |name: String| async move {
+        let _permit = in_flight.acquire().await?;
+        shared.pod_succeeded(NAMESPACE, &name).await
+    };
     let mut releasing = futures::stream::FuturesUnordered::new();
     let current: Vec<String> = seen
         .in_phase(ClaimPhase::Granted)
