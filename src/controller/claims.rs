@@ -15,7 +15,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
-use super::context::Context;
+use super::context::{Context, interval_left};
 use super::finalizer::{self, Patched};
 use super::holders;
 use super::status;
@@ -316,15 +316,11 @@ fn position_write_delay(
     let mut contenders = ctx.contenders.lock().expect("contenders lock");
     let tracked = contenders.get_mut(&uid(claim))?;
     let now = tokio::time::Instant::now();
-    match tracked.position_written {
-        Some(at) if now.duration_since(at) < POSITION_REFRESH => {
-            Some(POSITION_REFRESH - now.duration_since(at))
-        }
-        _ => {
-            tracked.position_written = Some(now);
-            None
-        }
+    let wait = interval_left(POSITION_REFRESH, tracked.position_written, now);
+    if wait.is_none() {
+        tracked.position_written = Some(now);
     }
+    wait
 }
 
 /// Writes the claim's status with server-side apply (one field manager, forced, on the

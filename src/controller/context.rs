@@ -31,6 +31,13 @@ pub struct Tracked {
     pub position_written: Option<Instant>,
 }
 
+/// What is left of `interval` since `last` (a write throttled to one per interval); `None`
+/// once it has passed, or when nothing was written yet.
+pub fn interval_left(interval: Duration, last: Option<Instant>, now: Instant) -> Option<Duration> {
+    let since = now.duration_since(last?);
+    (since < interval).then(|| interval - since)
+}
+
 pub struct Context {
     pub client: Client,
     pub engine: LockEngine,

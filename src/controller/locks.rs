@@ -12,7 +12,7 @@ use kube::{Resource, ResourceExt};
 use tokio::time::Instant;
 
 use super::claim_index::ClaimIndex;
-use super::context::Context;
+use super::context::{Context, interval_left};
 use super::status;
 use crate::resources::{ClaimPhase, DistributedLock, DistributedLockStatus, LockClaim, LockHolder};
 use crate::zookeeper::EngineError;
@@ -44,20 +44,22 @@ impl LockContext {
         let mut refreshed = self.refreshed.lock().expect("refreshed lock");
         let now = Instant::now();
         let lock_ref = ObjectRef::from_obj(lock);
-        if let Some(at) = refreshed.get(&lock_ref)
-            && now.duration_since(*at) < REFRESH_INTERVAL
+        if let Some(wait) = interval_left(REFRESH_INTERVAL, refreshed.get(&lock_ref).copied(), now)
         {
-            return Some(REFRESH_INTERVAL - now.duration_since(*at));
+            return Some(wait);
         }
         refreshed.insert(lock_ref, now);
-        // Forget deleted locks now and then.
-        let locks = self.shared.locks.state().len();
-        if refreshed.len() > 2 * locks + 64 {
-            refreshed.retain(|lock, _| self.shared.locks.get(lock).is_some());
+        // An entry older than the interval holds nothing back: drop those (deleted locks
+        // among them) once the map has grown.
+        if refreshed.len() > FORGET_ABOVE {
+            refreshed.retain(|_, at| now.duration_since(*at) < REFRESH_INTERVAL);
         }
         None
     }
 }
+
+/// Refresh times kept before the ones past their interval are dropped.
+const FORGET_ABOVE: usize = 1024;
 
 pub async fn reconcile(lock: Arc<DistributedLock>, ctx: Arc<LockContext>) -> Result<Action, Error> {
     if lock.meta().deletion_timestamp.is_some() {

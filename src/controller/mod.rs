@@ -246,7 +246,7 @@ async fn lead(
     let locks_seen = ctx.locks.clone();
     let lock_stream = cache(
         inputs.locks,
-        watcher(locks_api.clone(), watch_config.clone()).modify(slim::lock),
+        watcher(locks_api.clone(), watch_config.clone()).modify(slim::own::<DistributedLock>),
     )
     .default_backoff()
     .touched_objects()
@@ -294,7 +294,7 @@ async fn lead(
     let claim_stream = {
         let index = index.clone();
         watcher(claims_api, watch_config.clone())
-            .modify(slim::claim)
+            .modify(slim::own::<LockClaim>)
             .default_backoff()
             .reflect(claims_writer)
             .inspect_ok(move |event| index.observe(event))

@@ -6,8 +6,6 @@ use k8s_openapi::api::batch::v1::{Job, JobSpec, JobStatus};
 use k8s_openapi::api::core::v1::{Pod, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use crate::resources::{DistributedLock, LockClaim};
-
 fn metadata(meta: &mut ObjectMeta) {
     meta.managed_fields = None;
     meta.annotations = None;
@@ -36,12 +34,9 @@ pub fn job(job: &mut Job) {
     });
 }
 
-pub fn lock(lock: &mut DistributedLock) {
-    lock.metadata.managed_fields = None;
-}
-
-pub fn claim(claim: &mut LockClaim) {
-    claim.metadata.managed_fields = None;
+/// A lock or claim: everything but its managed fields (their spec and status are read).
+pub fn own<K: kube::Resource>(object: &mut K) {
+    object.meta_mut().managed_fields = None;
 }
 
 #[cfg(test)]

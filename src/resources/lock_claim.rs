@@ -78,7 +78,7 @@ pub enum HolderKind {
     Lease,
 }
 
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub enum ClaimPhase {
     /// Seen, not queued yet.
     #[default]

@@ -14,6 +14,7 @@ use lockkeeper::zookeeper::{ContenderState, EngineConfig, LockEngine, LockSpec};
 use lockkeeper_testkit::peer::spawn_loop;
 use lockkeeper_testkit::{HoldLog, PeerKind, PeerLibrary, PeerSpec, ZooKeeperServer};
 
+use crate::operator::lock_specs;
 use crate::outside::OutsideHolders;
 
 /// Each contender holds this long (so that the other is queued when it releases).
@@ -118,9 +119,7 @@ fn handoffs_from_logs(logs: &[PathBuf], warmup: usize, handoffs: usize) -> Resul
 /// `per_lock` contenders queued behind outside holders, each dequeued as soon as it is
 /// granted. Timed from the outside holders' release to the last grant.
 pub async fn engine_throughput(zk: &ZooKeeperServer, locks: usize, per_lock: usize) -> Result<f64> {
-    let specs: Vec<LockSpec> = (0..locks)
-        .map(|i| LockSpec::new(&format!("/bench/throughput/lock-{i}"), LockKind::Mutex))
-        .collect::<Result<_, _>>()?;
+    let specs = lock_specs("/bench", "throughput", locks)?;
     let outside = OutsideHolders::hold(zk, &specs).await?;
     let engine = LockEngine::connect(EngineConfig::new(zk.connect_string())).await?;
     let mut events = engine.events().context("the engine's events")?;

@@ -14,7 +14,9 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
+use lockkeeper::lock_rules::LockKind;
 use lockkeeper::resources::{DistributedLock, LockClaim};
+use lockkeeper::zookeeper::LockSpec;
 use serde_json::json;
 use tokio::sync::mpsc;
 
@@ -186,6 +188,29 @@ impl Operator {
         Ok(())
     }
 
+    /// Mutex locks `lock-0` … `lock-{count - 1}` in `namespace`.
+    pub async fn mutexes(&self, namespace: &str, count: usize) -> Result<()> {
+        all_of(
+            futures::stream::iter(0..count)
+                .map(|i| async move { self.mutex(namespace, &format!("lock-{i}")).await }),
+        )
+        .await
+    }
+
+    /// A pod and claim `c-{n}` for each `n` of `claims`, claim `n` on `lock-{n % locks}`.
+    pub async fn pods_with_claims(
+        &self,
+        namespace: &str,
+        claims: std::ops::Range<usize>,
+        locks: usize,
+    ) -> Result<()> {
+        all_of(futures::stream::iter(claims).map(|n| async move {
+            self.pod_with_claim(namespace, &format!("c-{n}"), &format!("lock-{}", n % locks))
+                .await
+        }))
+        .await
+    }
+
     /// A pending pod and a claim of the same name on `lock`, held by the pod.
     pub async fn pod_with_claim(&self, namespace: &str, name: &str, lock: &str) -> Result<()> {
         self.pod(namespace, name).await?;
@@ -254,6 +279,28 @@ impl Drop for Operator {
             let _ = child.wait();
         }
     }
+}
+
+/// Concurrent API calls of a workload (creates and updates).
+pub const CONCURRENCY: usize = 32;
+
+/// Runs `calls`, [`CONCURRENCY`] at a time; the first error fails them all.
+async fn all_of(
+    calls: impl futures::Stream<Item = impl std::future::Future<Output = Result<()>>>,
+) -> Result<()> {
+    calls
+        .buffer_unordered(CONCURRENCY)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect()
+}
+
+/// The ZooKeeper queues of locks `lock-0` … in `namespace`, under the controller's `root`.
+pub fn lock_specs(root: &str, namespace: &str, count: usize) -> Result<Vec<LockSpec>> {
+    Ok((0..count)
+        .map(|i| LockSpec::new(&format!("{root}/{namespace}/lock-{i}"), LockKind::Mutex))
+        .collect::<Result<_, _>>()?)
 }
 
 async fn install_crds(client: &Client) -> Result<()> {

@@ -11,6 +11,8 @@ use lockkeeper::znode_name::ContenderId;
 use lockkeeper::zookeeper::{EngineConfig, LockEngine, LockSpec, SessionStatus};
 use lockkeeper_testkit::ZooKeeperServer;
 
+use crate::operator::CONCURRENCY;
+
 pub struct OutsideHolders {
     pub engine: LockEngine,
     pub session_id: i64,
@@ -35,7 +37,7 @@ impl OutsideHolders {
                     anyhow::Ok(())
                 }
             })
-            .buffer_unordered(32)
+            .buffer_unordered(CONCURRENCY)
             .collect::<Vec<_>>()
             .await
             .into_iter()

@@ -23,20 +23,17 @@ use futures::StreamExt;
 use k8s_openapi::api::events::v1::Event;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
-use lockkeeper::lock_rules::LockKind;
 use lockkeeper::resources::{ClaimPhase, LockClaim};
 use lockkeeper::zookeeper::{LockEngine, LockSpec};
 use lockkeeper_testkit::ZooKeeperServer;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::operator::{Memory, Operator};
+use crate::operator::{CONCURRENCY, Memory, Operator, lock_specs};
 use crate::outside::OutsideHolders;
 
 const NAMESPACE: &str = "scale";
 use crate::ROOT;
-/// Concurrent API calls of the workload.
-const CONCURRENCY: usize = 32;
 /// Longest wait for the next claim change before the run is declared stuck.
 const PATIENCE: Duration = Duration::from_secs(120);
 /// Holders that end while the controller is down, in the recovery step.
@@ -98,7 +95,7 @@ struct Seen {
     claims: HashMap<String, LockClaim>,
     /// Claims by phase, kept as changes come (checking every claim per change would cost
     /// the bench more than the system it measures).
-    phases: HashMap<String, usize>,
+    phases: HashMap<ClaimPhase, usize>,
     /// The claim each lock was last seen granted to.
     holder_of: HashMap<String, String>,
     /// Holders whose pods the bench ended (Succeeded patch sent).
@@ -118,11 +115,11 @@ impl Seen {
         let lock = claim.spec.lock.clone();
         let phase = phase_of(&claim);
         if let Some(before) = self.claims.insert(name.clone(), claim)
-            && let Some(count) = self.phases.get_mut(&format!("{:?}", phase_of(&before)))
+            && let Some(count) = self.phases.get_mut(&phase_of(&before))
         {
             *count -= 1;
         }
-        *self.phases.entry(format!("{phase:?}")).or_default() += 1;
+        *self.phases.entry(phase).or_default() += 1;
         if phase != ClaimPhase::Granted || !self.granted.insert(name.clone()) {
             return None;
         }
@@ -135,10 +132,7 @@ impl Seen {
     }
 
     fn count(&self, phase: ClaimPhase) -> usize {
-        self.phases
-            .get(&format!("{phase:?}"))
-            .copied()
-            .unwrap_or_default()
+        self.phases.get(&phase).copied().unwrap_or_default()
     }
 
     fn in_phase(&self, phase: ClaimPhase) -> Vec<&LockClaim> {
@@ -190,20 +184,10 @@ pub async fn run(
     let total = locks * per_lock;
     op.namespace(NAMESPACE).await?;
     op.start_controller(NAMESPACE, ROOT)?;
-    let specs: Vec<LockSpec> = (0..locks)
-        .map(|i| LockSpec::new(&format!("{ROOT}/{NAMESPACE}/lock-{i}"), LockKind::Mutex))
-        .collect::<Result<_, _>>()?;
-
+    let specs = lock_specs(ROOT, NAMESPACE, locks)?;
     // Outside holders: one session holds every lock.
     let outside = OutsideHolders::hold(zk, &specs).await?;
-    let shared = &*op;
-    futures::stream::iter(0..locks)
-        .map(|i| async move { shared.mutex(NAMESPACE, &format!("lock-{i}")).await })
-        .buffer_unordered(CONCURRENCY)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<Result<Vec<()>>>()?;
+    op.mutexes(NAMESPACE, locks).await?;
 
     // 1. Queue every claim.
     let mut claims = op.watch_claims(NAMESPACE);
@@ -212,17 +196,8 @@ pub async fn run(
     let mut memory_by_claims = vec![(0, op.controller_memory()?.rss_mib)];
     let step = (total / 20).max(1);
     for first in (0..total).step_by(step) {
-        futures::stream::iter(first..(first + step).min(total))
-            .map(|n| async move {
-                shared
-                    .pod_with_claim(NAMESPACE, &format!("c-{n}"), &format!("lock-{}", n % locks))
-                    .await
-            })
-            .buffer_unordered(CONCURRENCY)
-            .collect::<Vec<_>>()
-            .await
-            .into_iter()
-            .collect::<Result<Vec<()>>>()?;
+        op.pods_with_claims(NAMESPACE, first..(first + step).min(total), locks)
+            .await?;
         while let Ok(change) = claims.try_recv() {
             seen.observe(change.1);
         }

@@ -9,16 +9,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use futures::StreamExt;
 use kube::ResourceExt;
-use lockkeeper::lock_rules::LockKind;
 use lockkeeper::resources::ClaimPhase;
-use lockkeeper::zookeeper::LockSpec;
 use lockkeeper_testkit::ZooKeeperServer;
 
-use crate::operator::Operator;
+use crate::operator::{Operator, lock_specs};
 use crate::outside::OutsideHolders;
 
-/// Concurrent API calls of the workload (creates and pod updates).
-const CONCURRENCY: usize = 32;
 const PATIENCE: Duration = Duration::from_secs(60);
 
 pub struct Throughput {
@@ -35,30 +31,12 @@ pub async fn lockkeeper_throughput(
     locks: usize,
     per_lock: usize,
 ) -> Result<Throughput> {
-    let specs: Vec<LockSpec> = (0..locks)
-        .map(|i| LockSpec::new(&format!("{root}/{namespace}/lock-{i}"), LockKind::Mutex))
-        .collect::<Result<_, _>>()?;
-    let outside = OutsideHolders::hold(zk, &specs).await?;
-    futures::stream::iter(0..locks)
-        .map(|i| async move { op.mutex(namespace, &format!("lock-{i}")).await })
-        .buffer_unordered(CONCURRENCY)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<Result<Vec<()>>>()?;
+    let outside = OutsideHolders::hold(zk, &lock_specs(root, namespace, locks)?).await?;
+    op.mutexes(namespace, locks).await?;
     let mut claims = op.watch_claims(namespace);
     let total = locks * per_lock;
     let queueing = Instant::now();
-    futures::stream::iter(0..total)
-        .map(|n| async move {
-            op.pod_with_claim(namespace, &format!("c-{n}"), &format!("lock-{}", n % locks))
-                .await
-        })
-        .buffer_unordered(CONCURRENCY)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<Result<Vec<()>>>()?;
+    op.pods_with_claims(namespace, 0..total, locks).await?;
     let mut waiting = HashSet::new();
     let mut queued_at = queueing;
     while waiting.len() < total {
