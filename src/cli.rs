@@ -151,6 +151,9 @@ pub struct ControllerArgs {
     /// This replica's name in the leader election (the pod name in a cluster).
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
+    /// Reconciles running at the same time, per resource kind.
+    #[arg(long, default_value_t = crate::controller::CONCURRENT_RECONCILES, value_parser = clap::value_parser!(u16).range(1..), env = "LOCKKEEPER_CONCURRENT_RECONCILES")]
+    pub concurrent_reconciles: u16,
 }
 
 impl ControllerArgs {
@@ -165,6 +168,7 @@ impl ControllerArgs {
             root: self.zookeeper_root,
             metrics_addr: self.metrics_addr,
             namespace: self.namespace,
+            concurrent_reconciles: self.concurrent_reconciles,
             identity: self
                 .identity
                 .unwrap_or_else(|| format!("lockkeeper-{}", std::process::id())),

@@ -37,6 +37,7 @@ pub enum Error {
 }
 
 pub async fn reconcile(claim: Arc<LockClaim>, ctx: Arc<Context>) -> Result<Action, Error> {
+    ctx.term_resumed().await;
     let api: Api<LockClaim> = ctx.api_beside(claim.as_ref());
     let version = claim.resource_version();
     if ctx.stale_claims.is_stale(&uid(&claim), version.as_deref()) {
@@ -219,7 +220,7 @@ async fn apply(claim: &LockClaim, ctx: &Arc<Context>) -> Result<Action, Error> {
     }
     let mut retry_write = None;
     if let Some(outcome) = &step.outcome {
-        if let Some(wait) = position_write_delay(ctx, claim, outcome) {
+        if let Some(wait) = place_write_delay(ctx, claim, outcome) {
             retry_write = Some(wait);
         } else if write_status(ctx, claim, outcome, now).await? == Written::Conflict {
             retry_write = Some(CONFLICT_RETRY);
@@ -294,31 +295,33 @@ enum Written {
 
 const CONFLICT_RETRY: Duration = Duration::from_millis(250);
 
-/// How often a waiting claim's position may be written. Each handoff moves every waiter of
-/// the lock up one place: writing every move would cost a status write per waiter per
-/// handoff, quadratic in the length of the queue.
+/// How often a waiting claim's place in line (position, sequence) may be written. Each
+/// handoff moves every waiter of the lock up one place: writing every move would cost a
+/// status write per waiter per handoff, quadratic in the length of the queue.
 pub const POSITION_REFRESH: Duration = Duration::from_secs(1);
 
-/// How long to hold back a status write that only moves a waiting claim up the queue (the
-/// first move is written at once, later ones at most once per [`POSITION_REFRESH`]).
-fn position_write_delay(
+/// How long to hold back a status write that only changes a waiting claim's place in line
+/// (the first change is written at once, later ones at most once per [`POSITION_REFRESH`];
+/// a claim queued again when a term starts already shows a place, so its new sequence waits
+/// its turn behind the grants and releases that matter more).
+fn place_write_delay(
     ctx: &Context,
     claim: &LockClaim,
     outcome: &claim_lifecycle::Outcome,
 ) -> Option<Duration> {
     let current = claim.status.as_ref()?;
-    let moves_up_only = current.phase == ClaimPhase::Waiting
+    let place_only = current.phase == ClaimPhase::Waiting
         && outcome.phase == ClaimPhase::Waiting
-        && current.position != outcome.position;
-    if !moves_up_only {
+        && (current.position != outcome.position || current.sequence != outcome.sequence);
+    if !place_only {
         return None;
     }
     let mut contenders = ctx.contenders.lock().expect("contenders lock");
     let tracked = contenders.get_mut(&uid(claim))?;
     let now = tokio::time::Instant::now();
-    let wait = interval_left(POSITION_REFRESH, tracked.position_written, now);
+    let wait = interval_left(POSITION_REFRESH, tracked.place_written, now);
     if wait.is_none() {
-        tracked.position_written = Some(now);
+        tracked.place_written = Some(now);
     }
     wait
 }

@@ -1,6 +1,7 @@
 //! What every reconcile shares: the Kubernetes client, the lock engine, watch caches, the
 //! contenders this controller queued, fences after lost grants, events and metrics.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,7 +19,7 @@ use super::telemetry::Metrics;
 use crate::lock_rules::{LockKind, Mode};
 use crate::resources::{ClaimMode, DistributedLock, LockClaim, LockType};
 use crate::znode_name::{ContenderId, ContenderNode};
-use crate::zookeeper::{ContenderState, EngineError, LockEngine, LockSpec};
+use crate::zookeeper::{Contender, ContenderState, EngineError, LockEngine, LockSpec};
 
 /// A claim's contender as queued by this controller.
 pub struct Tracked {
@@ -27,8 +28,9 @@ pub struct Tracked {
     pub state: watch::Receiver<ContenderState>,
     /// The claim this contender belongs to (to map engine events back to it).
     pub claim: ObjectRef<LockClaim>,
-    /// When the claim's position in line was last written to its status.
-    pub position_written: Option<Instant>,
+    /// When the claim's place in line (position, sequence) was last written to its status,
+    /// as far as this term knows.
+    pub place_written: Option<Instant>,
 }
 
 /// What is left of `interval` since `last` (a write throttled to one per interval); `None`
@@ -36,6 +38,14 @@ pub struct Tracked {
 pub fn interval_left(interval: Duration, last: Option<Instant>, now: Instant) -> Option<Duration> {
     let since = now.duration_since(last?);
     (since < interval).then(|| interval - since)
+}
+
+/// Whether the claim's status shows it waiting at a place in line.
+fn shows_place(claim: &LockClaim) -> bool {
+    claim
+        .status
+        .as_ref()
+        .is_some_and(|s| s.phase == crate::resources::ClaimPhase::Waiting && s.sequence.is_some())
 }
 
 pub struct Context {
@@ -58,6 +68,9 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Set once the lock, pod and job caches have been filled.
     pub caches_filled: tokio::sync::OnceCell<bool>,
+    /// True once the claims an earlier term had queued are queued again (see
+    /// [`super::resume`]); reconciles wait for it, so that they keep the old order.
+    pub resumed: watch::Sender<bool>,
 }
 
 impl Context {
@@ -82,6 +95,12 @@ impl Context {
                     && self.jobs.wait_until_ready().await.is_ok()
             })
             .await
+    }
+
+    /// Waits until the claims of the earlier term are queued again.
+    pub async fn term_resumed(&self) {
+        // The sender lives in this context, so the channel cannot close while waiting.
+        let _ = self.resumed.subscribe().wait_for(|resumed| *resumed).await;
     }
 
     pub fn recorder(&self) -> Recorder {
@@ -120,34 +139,76 @@ impl Context {
 
     /// Queues a claim's contender (or finds it queued) and tracks it.
     pub async fn queue_claim(&self, lock: &LockSpec, claim: &LockClaim) -> Result<(), EngineError> {
-        let uid = claim.uid().unwrap_or_default();
-        let id = ContenderId::new(uid.clone())?;
-        let mode = match claim.spec.mode {
-            ClaimMode::Exclusive => Mode::Exclusive,
-            ClaimMode::Shared => Mode::Shared,
-        };
-        // Other clients of the path can read whose node it is.
-        let data = serde_json::json!({
-            "namespace": claim.namespace(), "claim": claim.name_any(),
-            "holder": {"kind": claim.spec.holder.kind, "name": claim.spec.holder.name},
-        });
-        let contender = self
+        self.queue_claims_in_order(lock, std::slice::from_ref(claim))
+            .await
+            .pop()
+            .expect("one answer per claim")
+    }
+
+    /// Queues the contenders of several claims of one lock in the given order (one burst
+    /// for the lock's task) and tracks each; answers in the same order.
+    pub async fn queue_claims_in_order<C: Borrow<LockClaim>>(
+        &self,
+        lock: &LockSpec,
+        claims: &[C],
+    ) -> Vec<Result<(), EngineError>> {
+        let mut requests = Vec::new();
+        let mut answers: Vec<Result<(), EngineError>> = Vec::new();
+        for claim in claims {
+            match contender_request(claim.borrow()) {
+                Ok(request) => {
+                    requests.push(request);
+                    answers.push(Ok(()));
+                }
+                Err(err) => answers.push(Err(err)),
+            }
+        }
+        let mut queued = self
             .engine
-            .enqueue(lock, &id, mode, data.to_string().as_bytes())
-            .await?;
+            .enqueue_in_order(lock, requests)
+            .await
+            .into_iter();
+        for (claim, answer) in claims.iter().zip(answers.iter_mut()) {
+            if answer.is_err() {
+                continue;
+            }
+            *answer = queued
+                .next()
+                .expect("one answer per request")
+                .map(|contender| self.track(lock, claim.borrow(), &contender));
+        }
+        answers
+    }
+
+    fn track(&self, lock: &LockSpec, claim: &LockClaim, contender: &Contender) {
         let sequence = ContenderNode::parse(&contender.node)
             .map(|node| node.sequence)
             .unwrap_or_default();
         self.contenders.lock().expect("contenders lock").insert(
-            uid,
+            claim.uid().unwrap_or_default(),
             Tracked {
                 lock: lock.clone(),
                 sequence,
                 state: contender.watch_state(),
                 claim: ObjectRef::from_obj(claim),
-                position_written: None,
+                // A claim queued again (a new term) already shows its place from before.
+                place_written: shows_place(claim).then(Instant::now),
             },
         );
-        Ok(())
     }
+}
+
+/// A claim's contender: its id (the claim's UID), mode, and the node's data (other clients
+/// of the path can read whose node it is).
+fn contender_request(claim: &LockClaim) -> Result<(ContenderId, Mode, Vec<u8>), EngineError> {
+    let id = ContenderId::new(claim.uid().unwrap_or_default())?;
+    let mode = match claim.spec.mode {
+        ClaimMode::Exclusive => Mode::Exclusive,
+        ClaimMode::Shared => Mode::Shared,
+    };
+    let data = serde_json::json!({
+        "namespace": claim.namespace(), "claim": claim.name_any(),
+        "holder": {"kind": claim.spec.holder.kind, "name": claim.spec.holder.name},
+    });
+    Ok((id, mode, data.to_string().into_bytes()))
 }

@@ -62,6 +62,8 @@ impl LockContext {
 const FORGET_ABOVE: usize = 1024;
 
 pub async fn reconcile(lock: Arc<DistributedLock>, ctx: Arc<LockContext>) -> Result<Action, Error> {
+    // Before, the engine knows only part of the queues.
+    ctx.shared.term_resumed().await;
     if lock.meta().deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }

@@ -1,10 +1,11 @@
 //! `lockkeeper controller`: the operator.
 //!
 //! A replica connects to Kubernetes and ZooKeeper, serves `/metrics`, and campaigns for
-//! leadership ([`leader`]). While it leads a term runs: claims queued by an earlier leader are
-//! queued again in order ([`resume`]), then the LockClaim controller ([`claims`]) and the
-//! DistributedLock controller ([`locks`]) run on kube-runtime, driven by watches on claims,
-//! locks, holder Pods and Jobs, and by the lock engine's events. When the ZooKeeper session
+//! leadership ([`leader`]). While it leads a term runs: the LockClaim controller ([`claims`])
+//! and the DistributedLock controller ([`locks`]) run on kube-runtime, driven by watches on
+//! claims, locks, holder Pods and Jobs, and by the lock engine's events; their reconciles
+//! start once the claims queued by an earlier leader are queued again in order ([`resume`]),
+//! from the caches the watches filled. When the ZooKeeper session
 //! is lost the term ends: grants it held are marked `Lost`, their locks fenced for their
 //! lock-delay, and the replica campaigns again.
 
@@ -58,7 +59,14 @@ pub struct Config {
     pub namespace: Option<String>,
     /// This replica's name (the pod name in a cluster).
     pub identity: String,
+    /// Reconciles running at the same time, per controller.
+    pub concurrent_reconciles: u16,
 }
+
+/// Reconciles running at the same time by default, per controller: enough to keep the API
+/// server busy, few enough that a burst (a new term's first pass over every claim) does not
+/// open a connection per claim.
+pub const CONCURRENT_RECONCILES: u16 = 32;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -210,6 +218,7 @@ fn term_context(
         lock_changed,
         metrics,
         caches_filled: tokio::sync::OnceCell::new(),
+        resumed: tokio::sync::watch::channel(false).0,
     });
     let inputs = TermInputs {
         locks: locks_writer,
@@ -220,8 +229,8 @@ fn term_context(
     (ctx, inputs)
 }
 
-/// One term of leadership: queue the previous leader's claims again in order, then run both
-/// controllers (until the term is ended from outside).
+/// One term of leadership: both controllers, whose reconciles wait until the previous
+/// leader's claims are queued again in order (until the term is ended from outside).
 async fn lead(
     ctx: Arc<Context>,
     inputs: TermInputs,
@@ -234,12 +243,6 @@ async fn lead(
     let claims_api: Api<LockClaim> = api(client, namespace);
     let locks_api: Api<DistributedLock> = api(client, namespace);
     let watch_config = watcher::Config::default();
-
-    let queued = resume::resume_with_retries(&ctx, &claims_api, &locks_api, fenced).await?;
-    tracing::info!(
-        queued,
-        "claims of the previous leader queued again in order"
-    );
 
     // A claim reads its lock's spec, never its status: only a lock made, deleted or with a
     // new spec reconciles its claims (the lock's own status writes do not).
@@ -290,6 +293,7 @@ async fn lead(
     // The claims watch fills the controller's cache and the index of claims by lock and
     // holder that pod, job and lock events are mapped through.
     let (claims_store, claims_writer) = reflector::store();
+    let resume_claims = claims_store.clone();
     let index = ClaimIndex::default();
     let claim_stream = {
         let index = index.clone();
@@ -301,7 +305,10 @@ async fn lead(
             .applied_objects()
     };
     let (by_lock, by_pod, by_job) = (index.clone(), index.clone(), index.clone());
+    let runner =
+        kube::runtime::controller::Config::default().concurrency(config.concurrent_reconciles);
     let claims_run = Controller::for_stream(claim_stream, claims_store.clone())
+        .with_config(runner.clone())
         .watches_stream(lock_stream, move |lock: DistributedLock| {
             by_lock.of_lock(&lock.namespace().unwrap_or_default(), &lock.name_any())
         })
@@ -330,12 +337,24 @@ async fn lead(
         refreshed: Default::default(),
     });
     let locks_run = Controller::new(locks_api, watch_config)
+        .with_config(runner)
         .reconcile_on(UnboundedReceiverStream::new(inputs.lock_changes))
         .run(locks::reconcile, locks::error_policy, lock_ctx)
         .for_each(|_| async {});
 
+    // The watches fill the caches meanwhile; reconciles wait until it is done.
+    let resumed = async {
+        if let Some(queued) = resume::resume(&ctx, &resume_claims, fenced).await {
+            tracing::info!(
+                queued,
+                "claims of the previous leader queued again in order"
+            );
+            ctx.resumed.send_replace(true);
+        }
+    };
+
     tokio::select! {
-        _ = futures::future::join(claims_run, locks_run) => {}
+        _ = futures::future::join3(claims_run, locks_run, resumed) => {}
         _ = forward_events => tracing::error!("the lock engine's event stream ended"),
     }
     Ok(true)

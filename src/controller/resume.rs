@@ -10,8 +10,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use kube::ResourceExt;
-use kube::api::{Api, ListParams};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::time::Instant;
 
 use super::context::Context;
@@ -41,53 +40,27 @@ fn was_queued(claim: &LockClaim) -> bool {
     ) && claim.metadata.deletion_timestamp.is_none()
 }
 
-/// Whether an API error may pass by itself (server errors, throttling, the connection).
-pub fn is_transient(err: &kube::Error) -> bool {
-    match err {
-        kube::Error::Api(status) => status.code >= 500 || status.code == 429,
-        kube::Error::HyperError(_) | kube::Error::Service(_) | kube::Error::ReadEvents(_) => true,
-        _ => false,
-    }
-}
-
-/// [`resume`], retried with backoff (0.2 s doubling to 10 s) while the API answers with
-/// transient errors: a term starts once the API lets it, without giving up leadership.
-pub async fn resume_with_retries(
-    ctx: &Arc<Context>,
-    claims: &Api<LockClaim>,
-    locks: &Api<DistributedLock>,
-    fenced: HashMap<ObjectRef<DistributedLock>, Duration>,
-) -> Result<usize, kube::Error> {
-    let mut pause = Duration::from_millis(200);
-    loop {
-        match resume(ctx, claims, locks, fenced.clone()).await {
-            Err(err) if is_transient(&err) => {
-                tracing::warn!(%err, retry_in = ?pause, "listing claims and locks to resume failed");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(10));
-            }
-            result => return result,
-        }
-    }
-}
-
-/// Queues every previously queued claim again, lock by lock in order. `fenced` names the
-/// locks (with their lock-delay) whose grants this process lost with its session.
+/// Queues every previously queued claim again, lock by lock in order, once the claim and
+/// lock caches are filled (they fill while the queues are rebuilt: a term's reconciles wait
+/// for [`Context::term_resumed`], its watches do not). `fenced` names the locks (with their
+/// lock-delay) whose grants this process lost with its session. `None` when the caches
+/// closed first (the term is ending).
 pub async fn resume(
     ctx: &Arc<Context>,
-    claims: &Api<LockClaim>,
-    locks: &Api<DistributedLock>,
+    claims: &Store<LockClaim>,
     fenced: HashMap<ObjectRef<DistributedLock>, Duration>,
-) -> Result<usize, kube::Error> {
-    let all_locks: HashMap<ObjectRef<DistributedLock>, DistributedLock> = locks
-        .list(&ListParams::default())
-        .await?
-        .items
+) -> Option<usize> {
+    if claims.wait_until_ready().await.is_err() || !ctx.caches_ready().await {
+        return None;
+    }
+    let all_locks: HashMap<ObjectRef<DistributedLock>, Arc<DistributedLock>> = ctx
+        .locks
+        .state()
         .into_iter()
-        .map(|lock| (ObjectRef::from_obj(&lock), lock))
+        .map(|lock| (ObjectRef::from_obj(lock.as_ref()), lock))
         .collect();
-    let mut by_lock: HashMap<ObjectRef<DistributedLock>, Vec<LockClaim>> = HashMap::new();
-    for claim in claims.list(&ListParams::default()).await?.items {
+    let mut by_lock: HashMap<ObjectRef<DistributedLock>, Vec<Arc<LockClaim>>> = HashMap::new();
+    for claim in claims.state() {
         if was_queued(&claim) {
             let lock =
                 ObjectRef::new(&claim.spec.lock).within(&claim.namespace().unwrap_or_default());
@@ -100,7 +73,7 @@ pub async fn resume(
         let Some(lock) = all_locks.get(&lock_ref) else {
             continue; // the claim reconciler reports the missing lock
         };
-        lock_claims.sort_by_key(resume_order);
+        lock_claims.sort_by_key(|claim| resume_order(claim));
         queued += lock_claims.len();
         match fenced.get(&lock_ref) {
             Some(delay) => {
@@ -125,13 +98,13 @@ pub async fn resume(
             requeue_in_order(ctx, lock, &lock_claims).await
         })
         .await;
-    Ok(queued)
+    Some(queued)
 }
 
 /// Locks whose claims are queued again at the same time when a term starts.
-const RESUME_CONCURRENCY: usize = 64;
+const RESUME_CONCURRENCY: usize = 256;
 
-async fn requeue_in_order(ctx: &Context, lock: &DistributedLock, claims: &[LockClaim]) {
+async fn requeue_in_order(ctx: &Context, lock: &DistributedLock, claims: &[Arc<LockClaim>]) {
     let spec = match ctx.lock_spec(lock) {
         Ok(spec) => spec,
         Err(err) => {
@@ -139,34 +112,11 @@ async fn requeue_in_order(ctx: &Context, lock: &DistributedLock, claims: &[LockC
             return;
         }
     };
-    for claim in claims {
-        if let Err(err) = ctx.queue_claim(&spec, claim).await {
+    let answers = ctx.queue_claims_in_order(&spec, claims).await;
+    for (claim, answer) in claims.iter().zip(answers) {
+        if let Err(err) = answer {
             // The claim reconciler queues it (out of order) when it comes to it.
             tracing::warn!(claim = %claim.name_any(), %err, "could not queue a claim again in order");
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn api_error(code: u16) -> kube::Error {
-        kube::Error::Api(Box::new(kube::core::Status {
-            code,
-            ..Default::default()
-        }))
-    }
-
-    #[test]
-    fn server_errors_and_throttling_are_retried_refusals_are_not() {
-        assert!(is_transient(&api_error(500)));
-        assert!(is_transient(&api_error(503)));
-        assert!(is_transient(&api_error(429)));
-        assert!(
-            !is_transient(&api_error(403)),
-            "RBAC will not change by itself"
-        );
-        assert!(!is_transient(&api_error(404)));
     }
 }

@@ -203,6 +203,47 @@ impl LockEngine {
         answer.await.map_err(|_| EngineError::SessionExpired)?
     }
 
+    /// Queues several contenders on `lock`, in the given order (their sequence numbers follow
+    /// it), as [`LockEngine::enqueue`] does each: the lock's task takes them as one burst,
+    /// with one listing and one read of the queue. Answers in the same order.
+    pub async fn enqueue_in_order(
+        &self,
+        lock: &LockSpec,
+        contenders: impl IntoIterator<Item = (ContenderId, Mode, Vec<u8>)>,
+    ) -> Vec<Result<Contender, EngineError>> {
+        let mut answers = Vec::new();
+        for (id, mode, data) in contenders {
+            let sent = lock
+                .kind
+                .admits(mode)
+                .map_err(EngineError::from)
+                .and_then(|()| {
+                    let (reply, answer) = oneshot::channel();
+                    self.send(
+                        lock,
+                        Command::Enqueue {
+                            id,
+                            mode,
+                            data,
+                            reply,
+                        },
+                    )
+                    .map(|()| answer)
+                });
+            answers.push(sent);
+        }
+        let mut contenders = Vec::with_capacity(answers.len());
+        for answer in answers {
+            contenders.push(match answer {
+                Ok(answer) => answer
+                    .await
+                    .unwrap_or_else(|_| Err(EngineError::SessionExpired)),
+                Err(err) => Err(err),
+            });
+        }
+        contenders
+    }
+
     /// Deletes the contender's node: releases its grant, or leaves the queue. Works for a
     /// contender queued by an earlier session too (found by its id).
     pub async fn dequeue(&self, lock: &LockSpec, id: &ContenderId) -> Result<(), EngineError> {

@@ -160,23 +160,11 @@ impl LockWatch {
                         self.lose_all(LossReason::EngineClosed);
                         return;
                     }
-                    Some(Command::Enqueue { id, mode, data, reply }) => match self.enqueue(id, mode, &data).await {
-                        // Answer once the queue has been read, so the caller sees a verdict.
-                        Ok(contender) => {
-                            replies.push((reply, contender));
-                            dirty = true;
+                    Some(command) => {
+                        if self.take_commands(command, &mut commands, &mut replies).await {
+                            return;
                         }
-                        Err(err) => {
-                            let _ = reply.send(Err(err));
-                        }
-                    },
-                    Some(Command::Dequeue { id, reply }) => {
-                        let _ = reply.send(self.dequeue(&id).await);
                         dirty = true;
-                    }
-                    Some(Command::SessionLost(reason)) => {
-                        self.lose_all(reason);
-                        return;
                     }
                 },
                 Some(target) = watches.next() => {
@@ -190,6 +178,44 @@ impl LockWatch {
                 }
             }
         }
+    }
+
+    /// Carries out `first` and every command already waiting behind it, in order, before
+    /// the queue is read again: a burst (a new term queueing a lock's claims again) costs one
+    /// read of the queue, and its enqueues share one listing. True when the task must end.
+    async fn take_commands(
+        &mut self,
+        first: Command,
+        commands: &mut mpsc::UnboundedReceiver<Command>,
+        replies: &mut Vec<(oneshot::Sender<Result<Contender, EngineError>>, Contender)>,
+    ) -> bool {
+        let mut listing = None;
+        let mut next = Some(first);
+        while let Some(command) = next.take() {
+            match command {
+                Command::Enqueue {
+                    id,
+                    mode,
+                    data,
+                    reply,
+                } => match self.enqueue(id, mode, &data, &mut listing).await {
+                    // Answered once the queue has been read, so the caller sees a verdict.
+                    Ok(contender) => replies.push((reply, contender)),
+                    Err(err) => {
+                        let _ = reply.send(Err(err));
+                    }
+                },
+                Command::Dequeue { id, reply } => {
+                    let _ = reply.send(self.dequeue(&id).await);
+                }
+                Command::SessionLost(reason) => {
+                    self.lose_all(reason);
+                    return true;
+                }
+            }
+            next = commands.try_recv().ok();
+        }
+        false
     }
 
     /// Handles a failed read; true when the task must end (its session is over).
@@ -401,12 +427,16 @@ impl LockWatch {
         );
     }
 
-    /// Creates the contender's node, or adopts the one this session already has.
+    /// Creates the contender's node, or adopts the one this session already has. `listing`
+    /// is the queue as read earlier in the same burst of commands, if any: it still tells
+    /// this contender's own nodes (only this contender's owner makes nodes with its id), and
+    /// it is left for the next enqueue of the burst.
     async fn enqueue(
         &mut self,
         id: ContenderId,
         mode: Mode,
         data: &[u8],
+        listing: &mut Option<Vec<String>>,
     ) -> Result<Contender, EngineError> {
         if let Some(tracked) = self.contenders.get(&id) {
             if tracked.mode != mode {
@@ -423,20 +453,24 @@ impl LockWatch {
         let mut replaced_stale = 0;
         let mut races = 0;
         loop {
-            let children = match self
-                .list()
-                .await
-                .map_err(|err| err.into_engine_error("list", &self.dir, self.patience))?
-            {
+            let children = match listing.take() {
                 Some(children) => children,
-                None => {
-                    self.create_directory().await?;
-                    Vec::new()
-                }
+                None => match self
+                    .list()
+                    .await
+                    .map_err(|err| err.into_engine_error("list", &self.dir, self.patience))?
+                {
+                    Some(children) => children,
+                    None => {
+                        self.create_directory().await?;
+                        Vec::new()
+                    }
+                },
             };
             let (adopted, replaced) = self.sort_out_own_nodes(&id, mode, &children).await?;
             replaced_stale += replaced;
             if let Some((node, czxid)) = adopted {
+                *listing = Some(children);
                 self.track(&id, node, mode, czxid);
                 return Ok(self.handle(&id, true, replaced_stale));
             }
@@ -444,6 +478,7 @@ impl LockWatch {
                 CreateMode::EphemeralSequential.with_acls(Acls::new(&self.acls.contender));
             match self.client.create(&prefix, data, &options).await {
                 Ok((stat, sequence)) => {
+                    *listing = Some(children);
                     let node = format!("{}{sequence}", &prefix[self.dir.len() + 1..]);
                     self.track(&id, node, mode, stat.czxid);
                     return Ok(self.handle(&id, false, replaced_stale));

@@ -111,6 +111,7 @@ impl Cluster {
             metrics_addr: "127.0.0.1:0".parse().unwrap(),
             namespace: Some(self.namespace.clone()),
             identity: format!("test-{}", uuid::Uuid::new_v4().simple()),
+            concurrent_reconciles: lockkeeper::controller::CONCURRENT_RECONCILES,
         }
     }
 
@@ -231,6 +232,10 @@ impl Cluster {
                 "127.0.0.1:0",
                 "--identity",
                 &config.identity,
+            ])
+            .args([
+                "--concurrent-reconciles",
+                &config.concurrent_reconciles.to_string(),
             ]);
         self.spawn_controller_process(&mut command);
     }
