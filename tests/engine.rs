@@ -270,6 +270,70 @@ async fn a_new_session_replaces_the_stale_node_of_a_dead_one() {
     assert_eq!(fresh.queue(&lock).await.unwrap().entries.len(), 1);
 }
 
+/// A new leader queues a lock's claims again as one burst: each keeps its place in the given
+/// order, each one's node left by the dead session is replaced, and a refused one does not
+/// hold up the rest.
+#[tokio::test]
+async fn a_burst_queued_in_order_keeps_its_order_and_replaces_stale_nodes() {
+    let zk = zookeeper();
+    let lock = mutex("/locks/burst");
+    let mut config = config(&zk);
+    config.keep_session_on_drop = true;
+    let crashed = LockEngine::connect(config).await.unwrap();
+    enqueue(&crashed, &lock, "holder", Mode::Exclusive).await;
+    enqueue(&crashed, &lock, "waiter", Mode::Exclusive).await;
+    drop(crashed);
+
+    let fresh = engine(&zk).await;
+    let burst = [
+        ("holder", Mode::Exclusive),
+        ("reader", Mode::Shared),
+        ("waiter", Mode::Exclusive),
+        ("newcomer", Mode::Exclusive),
+    ]
+    .map(|(name, mode)| (id(name), mode, name.as_bytes().to_vec()));
+    let mut answers = fresh.enqueue_in_order(&lock, burst).await.into_iter();
+    let holder = answers.next().unwrap().expect("the holder is queued");
+    match answers.next().unwrap() {
+        Err(EngineError::Rule(err)) => assert!(
+            err.to_string().contains("Shared"),
+            "the refusal names the mode: {err}"
+        ),
+        other => panic!("a shared contender on a mutex is refused, got {other:?}"),
+    }
+    let waiter = answers.next().unwrap().expect("the waiter is queued");
+    let newcomer = answers.next().unwrap().expect("the newcomer is queued");
+    assert!(answers.next().is_none(), "one answer per contender");
+
+    assert!(is_granted(&holder.state()), "{:?}", holder.state());
+    assert_eq!(
+        waiter.state(),
+        ContenderState::Waiting {
+            position: 1,
+            waits_on: Some(holder.node.clone())
+        }
+    );
+    assert_eq!(
+        newcomer.state(),
+        ContenderState::Waiting {
+            position: 2,
+            waits_on: Some(waiter.node.clone())
+        }
+    );
+    let replaced: Vec<usize> = [&holder, &waiter, &newcomer]
+        .iter()
+        .map(|c| c.replaced_stale)
+        .collect();
+    assert_eq!(replaced, [1, 1, 0], "the dead session's nodes are replaced");
+    let queue = fresh.queue(&lock).await.unwrap();
+    let owners: Vec<Option<&str>> = queue.entries.iter().map(|e| e.owner.as_deref()).collect();
+    assert_eq!(
+        owners,
+        [Some("holder"), Some("waiter"), Some("newcomer")],
+        "nothing else is left in the queue"
+    );
+}
+
 #[tokio::test]
 async fn zookeeper_down_past_the_session_timeout_loses_grants_and_the_engine_recovers() {
     let mut zk = zookeeper();
