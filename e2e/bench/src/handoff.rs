@@ -4,6 +4,7 @@
 
 use std::collections::HashSet;
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
@@ -80,6 +81,8 @@ pub async fn gate_handoffs(
 ) -> Result<Vec<Duration>> {
     op.mutex(namespace, "gate-handoff").await?;
     let (exits, mut exited) = mpsc::unbounded_channel::<(Instant, String, bool)>();
+    // Gates still waiting, by process id: stopped at the end.
+    let waiting = Arc::new(Mutex::new(HashSet::new()));
     let mut made = 0;
     let spawn_gate = |name: String, pod: k8s_openapi::api::core::v1::Pod| -> Result<()> {
         let mut child = op
@@ -93,9 +96,13 @@ pub async fn gate_handoffs(
             .spawn()
             .context("start lockkeeper gate")?;
         let exits = exits.clone();
+        let waiting = waiting.clone();
+        waiting.lock().expect("gates lock").insert(child.id());
         std::thread::spawn(move || {
             let ok = child.wait().map(|s| s.success()).unwrap_or(false);
-            let _ = exits.send((Instant::now(), name, ok));
+            let at = Instant::now();
+            waiting.lock().expect("gates lock").remove(&child.id());
+            let _ = exits.send((at, name, ok));
         });
         Ok(())
     };
@@ -127,5 +134,26 @@ pub async fn gate_handoffs(
         released_at = Some(Instant::now());
         op.pod_succeeded(namespace, &holder).await?;
     }
+    stop_gates(&waiting, &mut exited).await;
     Ok(samples.split_off(warmup))
+}
+
+/// Stops the gates still waiting (SIGTERM) and waits for them to exit.
+async fn stop_gates(
+    waiting: &Mutex<HashSet<u32>>,
+    exited: &mut mpsc::UnboundedReceiver<(Instant, String, bool)>,
+) {
+    let pids: Vec<u32> = waiting.lock().expect("gates lock").iter().copied().collect();
+    for pid in &pids {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    for _ in &pids {
+        if tokio::time::timeout(PATIENCE, exited.recv()).await.is_err() {
+            eprintln!("a lockkeeper gate did not stop within {PATIENCE:?}");
+            return;
+        }
+    }
 }

@@ -12,6 +12,9 @@ use serde_json::{Value, json};
 use crate::api_error::ApiError;
 use crate::store::Store;
 
+/// The watch closer's value once the server stops: watches end as soon as they open.
+pub const WATCHES_STOPPED: u64 = u64::MAX;
+
 /// Answer the next `count` requests matching `verb` / `resource` (any when absent) with `code`
 /// (500, 429 with Retry-After, or 409).
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -99,7 +102,14 @@ impl Faults {
 
     /// Ends every watch open now (clients see the stream end and must resume).
     pub fn close_watches(&self) {
-        self.closer.send_modify(|epoch| *epoch += 1);
+        self.closer
+            .send_modify(|epoch| *epoch = (*epoch + 1).min(WATCHES_STOPPED));
+    }
+
+    /// Ends every watch open now and every one opened later at once (the server stops:
+    /// a client that resumes its watch on a kept-alive connection must not hold it open).
+    pub fn stop_watches(&self) {
+        self.closer.send_replace(WATCHES_STOPPED);
     }
 
     pub fn watch_closer(&self) -> tokio::sync::watch::Receiver<u64> {

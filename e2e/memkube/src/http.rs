@@ -1022,6 +1022,9 @@ async fn stream_watch(
     let deadline = tokio::time::Instant::now() + timeout;
     let mut bookmark = tokio::time::interval(BOOKMARK_EVERY);
     closed.mark_unchanged();
+    if *closed.borrow() == crate::faults::WATCHES_STOPPED {
+        return;
+    }
     loop {
         tokio::select! {
             event = live.recv() => match event {

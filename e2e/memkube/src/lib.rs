@@ -105,7 +105,7 @@ impl MemKube {
 
     /// Stops serving; open watches end.
     pub async fn stop(mut self) {
-        self.server.faults.close_watches();
+        self.server.faults.stop_watches();
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }
@@ -117,7 +117,7 @@ impl MemKube {
 
 impl Drop for MemKube {
     fn drop(&mut self) {
-        self.server.faults.close_watches();
+        self.server.faults.stop_watches();
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }
