@@ -38,6 +38,7 @@ use kube::runtime::{WatchStreamExt, reflector as cache, watcher};
 use kube::{Client, Resource, ResourceExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_util::sync::CancellationToken;
 
 use self::claim_index::ClaimIndex;
 use self::context::Context;
@@ -95,6 +96,9 @@ where
     }
 }
 
+/// How long reconciles under way may take to finish once SIGTERM / SIGINT came.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 /// Runs until SIGTERM / SIGINT.
 pub async fn run(config: Config) -> Result<(), Error> {
     let client = Client::try_default().await?;
@@ -142,10 +146,28 @@ pub async fn run_with(
         tracing::info!(identity = %config.identity, "leading");
         metrics.leader(true);
         let (ctx, inputs) = term_context(&client, &engine, &config, metrics.clone());
+        let stopping = CancellationToken::new();
+        let term = lead(
+            ctx.clone(),
+            inputs,
+            &mut events,
+            &config,
+            std::mem::take(&mut fenced),
+            stopping.clone(),
+        );
+        tokio::pin!(term);
         let ended = tokio::select! {
-            result = lead(ctx.clone(), inputs, &mut events, &config, std::mem::take(&mut fenced)) => result,
+            result = &mut term => result,
             _ = leadership.lost() => Ok(false),
-            _ = &mut shutdown => Ok(true),
+            _ = &mut shutdown => {
+                // Reconciles under way finish (a release written, its event posted) before
+                // the session closes; new ones do not start.
+                stopping.cancel();
+                if tokio::time::timeout(SHUTDOWN_GRACE, &mut term).await.is_err() {
+                    tracing::warn!(grace = ?SHUTDOWN_GRACE, "reconciles still running at shutdown were cut off");
+                }
+                Ok(true)
+            }
         };
         metrics.leader(false);
         match ended {
@@ -230,13 +252,15 @@ fn term_context(
 }
 
 /// One term of leadership: both controllers, whose reconciles wait until the previous
-/// leader's claims are queued again in order (until the term is ended from outside).
+/// leader's claims are queued again in order; until the term is ended from outside, or
+/// `stopping` is cancelled and the reconciles under way have finished.
 async fn lead(
     ctx: Arc<Context>,
     inputs: TermInputs,
     events: &mut mpsc::UnboundedReceiver<ContenderEvent>,
     config: &Config,
     fenced: HashMap<ObjectRef<DistributedLock>, Duration>,
+    stopping: CancellationToken,
 ) -> Result<bool, Error> {
     let client = &ctx.client;
     let namespace = config.namespace.as_deref();
@@ -309,6 +333,7 @@ async fn lead(
         kube::runtime::controller::Config::default().concurrency(config.concurrent_reconciles);
     let claims_run = Controller::for_stream(claim_stream, claims_store.clone())
         .with_config(runner.clone())
+        .graceful_shutdown_on(stopping.clone().cancelled_owned())
         .watches_stream(lock_stream, move |lock: DistributedLock| {
             by_lock.of_lock(&lock.namespace().unwrap_or_default(), &lock.name_any())
         })
@@ -338,18 +363,19 @@ async fn lead(
     });
     let locks_run = Controller::new(locks_api, watch_config)
         .with_config(runner)
+        .graceful_shutdown_on(stopping.clone().cancelled_owned())
         .reconcile_on(UnboundedReceiverStream::new(inputs.lock_changes))
         .run(locks::reconcile, locks::error_policy, lock_ctx)
         .for_each(|_| async {});
 
     // The watches fill the caches meanwhile; reconciles wait until it is done.
     let resumed = async {
-        if let Some(queued) = resume::resume(&ctx, &resume_claims, fenced).await {
-            tracing::info!(
-                queued,
-                "claims of the previous leader queued again in order"
-            );
-            ctx.resumed.send_replace(true);
+        tokio::select! {
+            queued = resume::resume(&ctx, &resume_claims, fenced) => if let Some(queued) = queued {
+                tracing::info!(queued, "claims of the previous leader queued again in order");
+                ctx.resumed.send_replace(true);
+            },
+            _ = stopping.cancelled() => {}
         }
     };
 

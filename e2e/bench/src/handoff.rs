@@ -143,7 +143,12 @@ async fn stop_gates(
     waiting: &Mutex<HashSet<u32>>,
     exited: &mut mpsc::UnboundedReceiver<(Instant, String, bool)>,
 ) {
-    let pids: Vec<u32> = waiting.lock().expect("gates lock").iter().copied().collect();
+    let pids: Vec<u32> = waiting
+        .lock()
+        .expect("gates lock")
+        .iter()
+        .copied()
+        .collect();
     for pid in &pids {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(*pid as i32),

@@ -102,8 +102,9 @@ impl Faults {
 
     /// Ends every watch open now (clients see the stream end and must resume).
     pub fn close_watches(&self) {
+        // Saturating: once stopped, the value stays `WATCHES_STOPPED`.
         self.closer
-            .send_modify(|epoch| *epoch = (*epoch + 1).min(WATCHES_STOPPED));
+            .send_modify(|epoch| *epoch = epoch.saturating_add(1));
     }
 
     /// Ends every watch open now and every one opened later at once (the server stops:
