@@ -1,6 +1,8 @@
 //! Handoff latency through lockkeeper on one contended Mutex lock: from the holder's release
 //! (its Pod turning Succeeded, or a gated pod's) to the next holder knowing it holds (its
-//! claim read `Granted` on a watch, or its `lockkeeper gate` process exiting 0).
+//! claim read `Granted` on a watch, or its `lockkeeper gate` process exiting 0). The lock
+//! always has waiters: before each release the next contender is made and waits until its
+//! claim is queued, so that only the handoff is timed.
 
 use std::collections::HashSet;
 use std::process::Stdio;
@@ -35,6 +37,7 @@ pub async fn pod_handoffs(
         made += 1;
     }
     let mut granted = HashSet::new();
+    let mut queued = HashSet::new();
     let mut samples = Vec::new();
     let mut released_at: Option<Instant> = None;
     while samples.len() < handoffs + warmup {
@@ -46,8 +49,11 @@ pub async fn pod_handoffs(
             );
             samples.push(seen - released);
         }
-        op.pod_with_claim(namespace, &format!("holder-{made}"), "handoff")
-            .await?;
+        let next = format!("holder-{made}");
+        op.pod_with_claim(namespace, &next, "handoff").await?;
+        // Queued before the release (nobody is granted meanwhile: the holder holds), so
+        // what is timed is the handoff alone, not the queueing of a new claim beside it.
+        wait_queued(&mut claims, &mut queued, &next).await?;
         made += 1;
         released_at = Some(Instant::now());
         op.pod_succeeded(namespace, &holder).await?;
@@ -80,6 +86,8 @@ pub async fn gate_handoffs(
     warmup: usize,
 ) -> Result<Vec<Duration>> {
     op.mutex(namespace, "gate-handoff").await?;
+    let mut claims = op.watch_claims(namespace);
+    let mut queued = HashSet::new();
     let (exits, mut exited) = mpsc::unbounded_channel::<(Instant, String, bool)>();
     // Gates still waiting, by process id: stopped at the end.
     let waiting = Arc::new(Mutex::new(HashSet::new()));
@@ -130,12 +138,33 @@ pub async fn gate_handoffs(
         }
         let name = format!("gated-{made}");
         spawn_gate(name.clone(), op.pod(namespace, &name).await?)?;
+        // The new gate is queued before the release: what is timed is the handoff, not a
+        // process starting and queueing its claim beside it.
+        wait_queued(&mut claims, &mut queued, &format!("{name}-gate-handoff")).await?;
         made += 1;
         released_at = Some(Instant::now());
         op.pod_succeeded(namespace, &holder).await?;
     }
     stop_gates(&waiting, &mut exited).await;
     Ok(samples.split_off(warmup))
+}
+
+/// Waits until `claim` has been seen `Waiting` (`queued` remembers every claim seen so).
+async fn wait_queued(
+    claims: &mut mpsc::UnboundedReceiver<(Instant, lockkeeper::resources::LockClaim)>,
+    queued: &mut HashSet<String>,
+    claim: &str,
+) -> Result<()> {
+    while !queued.contains(claim) {
+        let (_, seen) = tokio::time::timeout(PATIENCE, claims.recv())
+            .await
+            .with_context(|| format!("{claim} was not queued within 60 s"))?
+            .context("the claim watch ended")?;
+        if seen.status.as_ref().map(|s| s.phase) == Some(ClaimPhase::Waiting) {
+            queued.insert(seen.name_any());
+        }
+    }
+    Ok(())
 }
 
 /// Stops the gates still waiting (SIGTERM) and waits for them to exit.
