@@ -156,9 +156,11 @@ pub async fn run_with(
             stopping.clone(),
         );
         tokio::pin!(term);
-        let ended = tokio::select! {
-            result = &mut term => result,
-            _ = leadership.lost() => Ok(false),
+        // Whether the controller stops (SIGTERM, or the term ended by itself) rather than
+        // campaigning again after a lost session.
+        let stops = tokio::select! {
+            () = &mut term => true,
+            _ = leadership.lost() => false,
             _ = &mut shutdown => {
                 // Reconciles under way finish (a release written, its event posted) before
                 // the session closes; new ones do not start.
@@ -166,24 +168,17 @@ pub async fn run_with(
                 if tokio::time::timeout(SHUTDOWN_GRACE, &mut term).await.is_err() {
                     tracing::warn!(grace = ?SHUTDOWN_GRACE, "reconciles still running at shutdown were cut off");
                 }
-                Ok(true)
+                true
             }
         };
         metrics.leader(false);
-        match ended {
-            Ok(true) => break,
-            Ok(false) => {
-                tracing::warn!(
-                    "the ZooKeeper session was lost: fencing lost grants, then campaigning again"
-                );
-                fenced = fence_lost_grants(&ctx).await;
-            }
-            Err(err) => {
-                tracing::error!(%err, "the term failed; campaigning again");
-                fenced = fence_lost_grants(&ctx).await;
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
+        if stops {
+            break;
         }
+        tracing::warn!(
+            "the ZooKeeper session was lost: fencing lost grants, then campaigning again"
+        );
+        fenced = fence_lost_grants(&ctx).await;
     }
     metrics.set_ready(false);
     // Closing the session deletes every node at once: the next leader resumes from
@@ -261,7 +256,7 @@ async fn lead(
     config: &Config,
     fenced: HashMap<ObjectRef<DistributedLock>, Duration>,
     stopping: CancellationToken,
-) -> Result<bool, Error> {
+) {
     let client = &ctx.client;
     let namespace = config.namespace.as_deref();
     let claims_api: Api<LockClaim> = api(client, namespace);
@@ -383,7 +378,6 @@ async fn lead(
         _ = futures::future::join3(claims_run, locks_run, resumed) => {}
         _ = forward_events => tracing::error!("the lock engine's event stream ended"),
     }
-    Ok(true)
 }
 
 fn hash_of(value: &impl std::hash::Hash) -> u64 {
