@@ -348,7 +348,7 @@ async fn lead(
         })
         .reconcile_on(UnboundedReceiverStream::new(claim_trigger_stream))
         .run(claims::reconcile, claims::error_policy, ctx.clone())
-        .for_each(|_| async {});
+        .for_each(report_watch_errors);
 
     let lock_ctx = Arc::new(locks::LockContext {
         shared: ctx.clone(),
@@ -361,7 +361,7 @@ async fn lead(
         .graceful_shutdown_on(stopping.clone().cancelled_owned())
         .reconcile_on(UnboundedReceiverStream::new(inputs.lock_changes))
         .run(locks::reconcile, locks::error_policy, lock_ctx)
-        .for_each(|_| async {});
+        .for_each(report_watch_errors);
 
     // The watches fill the caches meanwhile; reconciles wait until it is done.
     let resumed = async {
@@ -377,6 +377,20 @@ async fn lead(
     tokio::select! {
         _ = futures::future::join3(claims_run, locks_run, resumed) => {}
         _ = forward_events => tracing::error!("the lock engine's event stream ended"),
+    }
+}
+
+/// Logs the errors a controller's run reports besides its reconcilers' (which their error
+/// policies log): a watch that fails, such as on a namespace the controller may not list,
+/// is retried with backoff and says why each time.
+async fn report_watch_errors<T, R, Q>(result: Result<T, kube::runtime::controller::Error<R, Q>>)
+where
+    R: std::error::Error,
+    Q: std::error::Error,
+{
+    use kube::runtime::controller::Error as Run;
+    if let Err(err @ (Run::QueueError(_) | Run::RunnerError(_))) = result {
+        tracing::warn!(%err, "a watch of the controller failed; retrying");
     }
 }
 
