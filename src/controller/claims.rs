@@ -32,11 +32,11 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error("ZooKeeper: {0}")]
     Engine(#[from] EngineError),
-    #[error("the watch caches of this term are gone")]
-    CachesGone,
 }
 
 pub async fn reconcile(claim: Arc<LockClaim>, ctx: Arc<Context>) -> Result<Action, Error> {
+    // Decide on complete caches only (a holder missing from a cache still filling is not a
+    // deleted holder), and after the earlier term's claims are queued again in order.
     ctx.term_resumed().await;
     let api: Api<LockClaim> = ctx.api_beside(claim.as_ref());
     let version = claim.resource_version();
@@ -166,11 +166,6 @@ fn facts(claim: &LockClaim) -> ClaimFacts {
 }
 
 async fn apply(claim: &LockClaim, ctx: &Arc<Context>) -> Result<Action, Error> {
-    // Decide on complete caches only: a holder missing from a cache still filling is not
-    // a deleted holder.
-    if !ctx.caches_ready().await {
-        return Err(Error::CachesGone);
-    }
     let now = Timestamp::now();
     let lock = ctx.locks.get(&lock_ref(claim));
     let lock_facts = lock.as_ref().map(|lock| LockFacts {

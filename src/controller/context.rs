@@ -66,10 +66,9 @@ pub struct Context {
     /// Asks the lock controller to refresh a lock's status.
     pub lock_changed: mpsc::UnboundedSender<ObjectRef<DistributedLock>>,
     pub metrics: Arc<Metrics>,
-    /// Set once the lock, pod and job caches have been filled.
-    pub caches_filled: tokio::sync::OnceCell<bool>,
-    /// True once the claims an earlier term had queued are queued again (see
-    /// [`super::resume`]); reconciles wait for it, so that they keep the old order.
+    /// True once the watch caches are filled and the claims an earlier term had queued are
+    /// queued again (see [`super::resume`]); reconciles wait for it, so that they decide on
+    /// complete caches and keep the old order.
     pub resumed: watch::Sender<bool>,
 }
 
@@ -81,20 +80,6 @@ impl Context {
         K::DynamicType: Default,
     {
         kube::Api::namespaced(self.client.clone(), &object.namespace().unwrap_or_default())
-    }
-
-    /// Waits until the watch caches are filled; false if they are gone. One task waits on
-    /// the stores and the rest wait on it: a store's readiness wakes only its last poller
-    /// (kube-runtime's `DelayedInit` keeps one waker), so concurrent waiters could hang.
-    pub async fn caches_ready(&self) -> bool {
-        *self
-            .caches_filled
-            .get_or_init(|| async {
-                self.locks.wait_until_ready().await.is_ok()
-                    && self.pods.wait_until_ready().await.is_ok()
-                    && self.jobs.wait_until_ready().await.is_ok()
-            })
-            .await
     }
 
     /// Waits until the claims of the earlier term are queued again.
@@ -152,32 +137,26 @@ impl Context {
         lock: &LockSpec,
         claims: &[C],
     ) -> Vec<Result<(), EngineError>> {
-        let mut requests = Vec::new();
-        let mut answers: Vec<Result<(), EngineError>> = Vec::new();
-        for claim in claims {
-            match contender_request(claim.borrow()) {
-                Ok(request) => {
-                    requests.push(request);
-                    answers.push(Ok(()));
-                }
-                Err(err) => answers.push(Err(err)),
-            }
-        }
+        let requests: Vec<_> = claims
+            .iter()
+            .map(|claim| contender_request(claim.borrow()))
+            .collect();
+        let valid = requests.iter().filter_map(|request| request.as_ref().ok());
         let mut queued = self
             .engine
-            .enqueue_in_order(lock, requests)
+            .enqueue_in_order(lock, valid.cloned())
             .await
             .into_iter();
-        for (claim, answer) in claims.iter().zip(answers.iter_mut()) {
-            if answer.is_err() {
-                continue;
-            }
-            *answer = queued
-                .next()
-                .expect("one answer per request")
-                .map(|contender| self.track(lock, claim.borrow(), &contender));
-        }
-        answers
+        claims
+            .iter()
+            .zip(requests)
+            .map(|(claim, request)| {
+                request?;
+                let contender = queued.next().expect("one answer per request")?;
+                self.track(lock, claim.borrow(), &contender);
+                Ok(())
+            })
+            .collect()
     }
 
     fn track(&self, lock: &LockSpec, claim: &LockClaim, contender: &Contender) {

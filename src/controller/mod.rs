@@ -234,7 +234,6 @@ fn term_context(
         stale_claims: Default::default(),
         lock_changed,
         metrics,
-        caches_filled: tokio::sync::OnceCell::new(),
         resumed: tokio::sync::watch::channel(false).0,
     });
     let inputs = TermInputs {

@@ -50,7 +50,7 @@ pub async fn resume(
     claims: &Store<LockClaim>,
     fenced: HashMap<ObjectRef<DistributedLock>, Duration>,
 ) -> Option<usize> {
-    if claims.wait_until_ready().await.is_err() || !ctx.caches_ready().await {
+    if !caches_filled(ctx, claims).await {
         return None;
     }
     let all_locks: HashMap<ObjectRef<DistributedLock>, Arc<DistributedLock>> = ctx
@@ -99,6 +99,15 @@ pub async fn resume(
         })
         .await;
     Some(queued)
+}
+
+/// Waits until the watch caches are filled; false if they are gone. This is their one
+/// waiter: kube-runtime's `DelayedInit` wakes only the last poller of a store.
+async fn caches_filled(ctx: &Context, claims: &Store<LockClaim>) -> bool {
+    claims.wait_until_ready().await.is_ok()
+        && ctx.locks.wait_until_ready().await.is_ok()
+        && ctx.pods.wait_until_ready().await.is_ok()
+        && ctx.jobs.wait_until_ready().await.is_ok()
 }
 
 /// Locks whose claims are queued again at the same time when a term starts.

@@ -189,18 +189,8 @@ impl LockEngine {
         mode: Mode,
         data: &[u8],
     ) -> Result<Contender, EngineError> {
-        lock.kind.admits(mode)?;
-        let (reply, answer) = oneshot::channel();
-        self.send(
-            lock,
-            Command::Enqueue {
-                id: id.clone(),
-                mode,
-                data: data.to_vec(),
-                reply,
-            },
-        )?;
-        answer.await.map_err(|_| EngineError::SessionExpired)?
+        let answer = self.send_enqueue(lock, id.clone(), mode, data.to_vec())?;
+        answered(answer).await
     }
 
     /// Queues several contenders on `lock`, in the given order (their sequence numbers follow
@@ -211,37 +201,41 @@ impl LockEngine {
         lock: &LockSpec,
         contenders: impl IntoIterator<Item = (ContenderId, Mode, Vec<u8>)>,
     ) -> Vec<Result<Contender, EngineError>> {
-        let mut answers = Vec::new();
-        for (id, mode, data) in contenders {
-            let sent = lock
-                .kind
-                .admits(mode)
-                .map_err(EngineError::from)
-                .and_then(|()| {
-                    let (reply, answer) = oneshot::channel();
-                    self.send(
-                        lock,
-                        Command::Enqueue {
-                            id,
-                            mode,
-                            data,
-                            reply,
-                        },
-                    )
-                    .map(|()| answer)
-                });
-            answers.push(sent);
-        }
-        let mut contenders = Vec::with_capacity(answers.len());
-        for answer in answers {
-            contenders.push(match answer {
-                Ok(answer) => answer
-                    .await
-                    .unwrap_or_else(|_| Err(EngineError::SessionExpired)),
+        // Every command is sent before any answer is awaited: that makes the burst.
+        let sent: Vec<_> = contenders
+            .into_iter()
+            .map(|(id, mode, data)| self.send_enqueue(lock, id, mode, data))
+            .collect();
+        let mut answers = Vec::with_capacity(sent.len());
+        for answer in sent {
+            answers.push(match answer {
+                Ok(answer) => answered(answer).await,
                 Err(err) => Err(err),
             });
         }
-        contenders
+        answers
+    }
+
+    /// Hands an enqueue to the lock's task; its answer comes on the returned channel.
+    fn send_enqueue(
+        &self,
+        lock: &LockSpec,
+        id: ContenderId,
+        mode: Mode,
+        data: Vec<u8>,
+    ) -> Result<oneshot::Receiver<Result<Contender, EngineError>>, EngineError> {
+        lock.kind.admits(mode)?;
+        let (reply, answer) = oneshot::channel();
+        self.send(
+            lock,
+            Command::Enqueue {
+                id,
+                mode,
+                data,
+                reply,
+            },
+        )?;
+        Ok(answer)
     }
 
     /// Deletes the contender's node: releases its grant, or leaves the queue. Works for a
@@ -255,7 +249,7 @@ impl LockEngine {
                 reply,
             },
         )?;
-        answer.await.map_err(|_| EngineError::SessionExpired)?
+        answered(answer).await
     }
 
     fn send(&self, lock: &LockSpec, command: Command) -> Result<(), EngineError> {
@@ -484,4 +478,9 @@ async fn reopen(config: &EngineConfig) -> Client {
             }
         }
     }
+}
+
+/// The answer of a lock's task; a task that ended without answering went with its session.
+async fn answered<T>(answer: oneshot::Receiver<Result<T, EngineError>>) -> Result<T, EngineError> {
+    answer.await.unwrap_or(Err(EngineError::SessionExpired))
 }

@@ -37,28 +37,46 @@ pub async fn pod_handoffs(
         made += 1;
     }
     let mut granted = HashSet::new();
-    let mut queued = HashSet::new();
-    let mut samples = Vec::new();
-    let mut released_at: Option<Instant> = None;
-    while samples.len() < handoffs + warmup {
+    let mut timer = HandoffTimer::default();
+    while timer.samples.len() < handoffs + warmup {
         let (seen, holder) = next_grant(&mut claims, &mut granted).await?;
-        if let Some(released) = released_at {
-            ensure!(
-                seen >= released,
-                "{holder} was granted before the holder released"
-            );
-            samples.push(seen - released);
-        }
+        timer.known(seen, &holder)?;
         let next = format!("holder-{made}");
         op.pod_with_claim(namespace, &next, "handoff").await?;
         // Queued before the release (nobody is granted meanwhile: the holder holds), so
         // what is timed is the handoff alone, not the queueing of a new claim beside it.
-        wait_queued(&mut claims, &mut queued, &next).await?;
+        wait_queued(&mut claims, &next).await?;
         made += 1;
-        released_at = Some(Instant::now());
+        timer.release();
         op.pod_succeeded(namespace, &holder).await?;
     }
-    Ok(samples.split_off(warmup))
+    Ok(timer.samples.split_off(warmup))
+}
+
+/// Times each handoff from the holder's release to the next holder knowing it holds.
+#[derive(Default)]
+struct HandoffTimer {
+    released_at: Option<Instant>,
+    samples: Vec<Duration>,
+}
+
+impl HandoffTimer {
+    /// The holder is about to be released.
+    fn release(&mut self) {
+        self.released_at = Some(Instant::now());
+    }
+
+    /// `holder` knew it holds at `seen`: one sample, unless nobody was released yet.
+    fn known(&mut self, seen: Instant, holder: &str) -> Result<()> {
+        if let Some(released) = self.released_at {
+            ensure!(
+                seen >= released,
+                "{holder} knew it holds before the previous holder was released"
+            );
+            self.samples.push(seen - released);
+        }
+        Ok(())
+    }
 }
 
 async fn next_grant(
@@ -87,7 +105,6 @@ pub async fn gate_handoffs(
 ) -> Result<Vec<Duration>> {
     op.mutex(namespace, "gate-handoff").await?;
     let mut claims = op.watch_claims(namespace);
-    let mut queued = HashSet::new();
     let (exits, mut exited) = mpsc::unbounded_channel::<(Instant, String, bool)>();
     // Gates still waiting, by process id: stopped at the end.
     let waiting = Arc::new(Mutex::new(HashSet::new()));
@@ -119,9 +136,8 @@ pub async fn gate_handoffs(
         spawn_gate(name.clone(), op.pod(namespace, &name).await?)?;
         made += 1;
     }
-    let mut samples = Vec::new();
-    let mut released_at: Option<Instant> = None;
-    while samples.len() < handoffs + warmup {
+    let mut timer = HandoffTimer::default();
+    while timer.samples.len() < handoffs + warmup {
         let (seen, holder, ok) = tokio::time::timeout(PATIENCE, exited.recv())
             .await
             .context("no gate exited for 60 s")?
@@ -129,42 +145,36 @@ pub async fn gate_handoffs(
         if !ok {
             bail!("lockkeeper gate for {holder} failed");
         }
-        if let Some(released) = released_at {
-            ensure!(
-                seen >= released,
-                "{holder}'s gate passed before the holder released"
-            );
-            samples.push(seen - released);
-        }
+        timer.known(seen, &holder)?;
         let name = format!("gated-{made}");
         spawn_gate(name.clone(), op.pod(namespace, &name).await?)?;
         // The new gate is queued before the release: what is timed is the handoff, not a
         // process starting and queueing its claim beside it.
-        wait_queued(&mut claims, &mut queued, &format!("{name}-gate-handoff")).await?;
+        wait_queued(&mut claims, &format!("{name}-gate-handoff")).await?;
         made += 1;
-        released_at = Some(Instant::now());
+        timer.release();
         op.pod_succeeded(namespace, &holder).await?;
     }
     stop_gates(&waiting, &mut exited).await;
-    Ok(samples.split_off(warmup))
+    Ok(timer.samples.split_off(warmup))
 }
 
-/// Waits until `claim` has been seen `Waiting` (`queued` remembers every claim seen so).
+/// Waits until `claim`, just made, is seen `Waiting`.
 async fn wait_queued(
     claims: &mut mpsc::UnboundedReceiver<(Instant, lockkeeper::resources::LockClaim)>,
-    queued: &mut HashSet<String>,
     claim: &str,
 ) -> Result<()> {
-    while !queued.contains(claim) {
+    loop {
         let (_, seen) = tokio::time::timeout(PATIENCE, claims.recv())
             .await
             .with_context(|| format!("{claim} was not queued within 60 s"))?
             .context("the claim watch ended")?;
-        if seen.status.as_ref().map(|s| s.phase) == Some(ClaimPhase::Waiting) {
-            queued.insert(seen.name_any());
+        if seen.name_any() == claim
+            && seen.status.as_ref().map(|s| s.phase) == Some(ClaimPhase::Waiting)
+        {
+            return Ok(());
         }
     }
-    Ok(())
 }
 
 /// Stops the gates still waiting (SIGTERM) and waits for them to exit.
