@@ -1,7 +1,7 @@
 # lockkeeper — `make sandbox` starts the local sandbox, `make test` runs every test.
 SHELL := /bin/bash
 CARGO ?= cargo
-DEBIAN_PACKAGES := zookeeper python3-kazoo libcurator-recipes-java fonts-dejavu-core
+DEBIAN_PACKAGES := zookeeper python3-kazoo libcurator-recipes-java fonts-dejavu-core openssl
 SANDBOX_DIR ?= $(CURDIR)/.sandbox
 SANDBOX_ZK_PORT ?= 2181
 SANDBOX_API_PORT ?= 6443
@@ -9,10 +9,16 @@ SANDBOX_METRICS_PORT ?= 9464
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # helm, for the chart's tests and for installing on a real cluster (see README.md)
 HELM := $(CURDIR)/.tools/helm
+# etcd, kube-apiserver and kube-controller-manager, built by e2e/controlplane/build.sh
+CONTROLPLANE_CACHE := $(CURDIR)/.tools/controlplane
+export LOCKKEEPER_CONTROLPLANE_CACHE := $(CONTROLPLANE_CACHE)
+# The end-to-end tests that also run on the oldest Kubernetes version tested
+OLDEST_KUBERNETES_TESTS := --test crds --test examples --test scenarios
 
-.PHONY: deps test lint unit sandbox sandbox-down bench bench-memkube crds manifest
+.PHONY: deps test lint unit sandbox sandbox-down controlplane bench bench-memkube crds manifest
 
-## deps: install what the tests and the sandbox need (Debian packages, a JDK with javac, helm)
+## deps: install what the tests and the sandbox need (Debian packages, a JDK with javac, helm, and
+## the Kubernetes control planes, built from Go modules into .tools/controlplane on the first run)
 deps:
 	@missing=""; for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	command -v javac >/dev/null 2>&1 || missing="$$missing default-jdk-headless"; \
@@ -23,17 +29,20 @@ deps:
 	  { echo "!! apt-get install of$$missing failed"; exit 1; }; \
 	else echo "==> Debian packages present: $(DEBIAN_PACKAGES)"; fi
 	@bash e2e/tools/install-helm.sh "$(HELM)"
+	@bash e2e/controlplane/build.sh "$(CONTROLPLANE_CACHE)"
 
 ## lint: formatting and clippy, warnings are errors
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-## test: the whole suite (unit, property, real-ZooKeeper, Curator and kazoo interoperability)
+## test: the whole suite (unit, property, real-ZooKeeper, Curator and kazoo interoperability, end to
+## end on the newest Kubernetes control plane), then the CRDs, examples and scenarios on the oldest
 test: deps lint
 	@mkdir -p target
 	$(CARGO) build --workspace --bins
 	set -o pipefail; $(CARGO) test --workspace 2>&1 | tee target/test-output.log
+	set -o pipefail; LOCKKEEPER_KUBERNETES=oldest $(CARGO) test $(OLDEST_KUBERNETES_TESTS) 2>&1 | tee -a target/test-output.log
 	@awk '/^test result:/ {p += $$4; f += $$6} END {printf "%d passed, %d failed\n", p, f}' target/test-output.log
 
 ## bench: lockkeeper against the raw engine and Curator in one run (issue 6); writes bench/results/
@@ -47,6 +56,12 @@ sandbox: deps
 	@echo "==> building lockkeeper, memkube and the sandbox's ZooKeeper launcher (cargo build)"
 	@$(CARGO) build --quiet --workspace --bins
 	@bash e2e/sandbox/up.sh "$(SANDBOX_DIR)" "$(SANDBOX_ZK_PORT)" "$(SANDBOX_API_PORT)" "$(SANDBOX_METRICS_PORT)"
+
+## controlplane: a Kubernetes control plane on 127.0.0.1:$(SANDBOX_API_PORT) in the foreground (Ctrl-C
+## stops it); KUBERNETES=oldest for the oldest version tested. Its kubeconfig: .controlplane/kubeconfig
+controlplane: deps
+	@$(CARGO) build --quiet -p lockkeeper-testkit --bin controlplane
+	target/debug/controlplane "$(CURDIR)/.controlplane" "$(SANDBOX_API_PORT)" "$(or $(KUBERNETES),newest)"
 
 ## sandbox-down: stop the sandbox (controller, memkube, ZooKeeper); ZooKeeper data and logs stay in .sandbox/
 sandbox-down:

@@ -14,3 +14,73 @@ fn committed_crds_match_the_resource_types() {
         );
     }
 }
+
+mod cluster;
+
+use cluster::{Cluster, repo};
+
+/// `kubectl apply -f crds/` on the real API server (run on the newest and the oldest version
+/// tested): the schemas compile (RE2 patterns, CEL rules within their cost budget) and the
+/// rules refuse what they should, with their messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_server_installs_the_crds_and_enforces_their_rules() {
+    let cluster = Cluster::start_without_controller().await;
+    let crds = repo().join("crds");
+    let applied = cluster.kubectl_as_typed_ok(&["apply", "-f", crds.to_str().unwrap()], "");
+    for name in [
+        "distributedlocks.lockkeeper.dev",
+        "lockclaims.lockkeeper.dev",
+    ] {
+        assert!(applied.contains(name), "{applied}");
+        cluster.kubectl_as_typed_ok(
+            &[
+                "wait",
+                "--for=condition=Established",
+                "--timeout=30s",
+                &format!("crd/{name}"),
+            ],
+            "",
+        );
+    }
+    let lock = |name: &str, spec: &str| {
+        format!(
+            "apiVersion: lockkeeper.dev/v1alpha1\nkind: DistributedLock\nmetadata: {{name: {name}}}\nspec: {spec}\n"
+        )
+    };
+    cluster.kubectl_ok(
+        &["apply", "-f", "-"],
+        &lock(
+            "shared",
+            "{zookeeper: {path: /services/billing/locks/nightly}}",
+        ),
+    );
+    cluster.kubectl_ok(&["apply", "-f", "-"], &lock("plain", "{type: Mutex}"));
+    let refusals = [
+        (
+            lock("slash", "{zookeeper: {path: /services/billing/}}"),
+            "spec.zookeeper.path",
+        ),
+        (
+            lock("relative", "{zookeeper: {path: services/billing}}"),
+            "spec.zookeeper.path",
+        ),
+        (
+            lock(
+                "shared",
+                "{zookeeper: {path: /services/billing/locks/daily}}",
+            ),
+            "zookeeper.path cannot change",
+        ),
+        (lock("shared", "{}"), "zookeeper.path cannot change"),
+        (
+            lock("plain", "{zookeeper: {path: /services/plain}}"),
+            "zookeeper.path cannot change",
+        ),
+        (lock("plain", "{type: ReadWrite}"), "type cannot change"),
+    ];
+    for (manifest, message) in refusals {
+        let (ok, out, err) = cluster.kubectl(&["apply", "-f", "-"], &manifest);
+        assert!(!ok && err.contains(message), "{manifest}: {out}{err}");
+    }
+    cluster.stop().await;
+}

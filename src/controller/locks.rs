@@ -121,6 +121,10 @@ pub async fn reconcile(lock: Arc<DistributedLock>, ctx: Arc<LockContext>) -> Res
             let waiting = queue.waiting() as u32;
             ctx.shared.metrics.queue_length(&lock.name_any(), waiting);
             DistributedLockStatus {
+                held_by: (!holders.is_empty()).then(|| {
+                    let names: Vec<&str> = holders.iter().map(|h| h.claim.as_str()).collect();
+                    names.join(",")
+                }),
                 holders,
                 waiting,
                 external_holders: external,

@@ -1,23 +1,53 @@
-//! The end-to-end harness: a real ZooKeeper, an API server (memkube, or the cluster that
-//! `KUBECONFIG` points at), the CRDs, and `lockkeeper controller` running in-process on a
-//! namespace of its own. Tests play the kubelet and the Job controller: they create Pods and
-//! Jobs and move their phases, as kwok does.
+//! The end-to-end harness: a real ZooKeeper, a real Kubernetes control plane (one per test
+//! binary, shared by its tests; or the cluster that `KUBECONFIG` points at), the CRDs, and
+//! `lockkeeper controller` on a namespace of its own per test. Tests play the kubelet only:
+//! they move pods' phases, and the real Job controller completes Jobs from their pods.
 #![allow(dead_code)]
 
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use lockkeeper::controller::{self, Config};
 use lockkeeper::resources::{ClaimPhase, DistributedLock, LockClaim};
 use lockkeeper::zookeeper::EngineConfig;
-use lockkeeper_testkit::ZooKeeperServer;
+use lockkeeper_testkit::{ControlPlane, ZooKeeperServer};
 use serde_json::{Value, json};
 
 pub const PATIENCE: Duration = Duration::from_secs(30);
+
+enum ApiServer {
+    /// The cluster `KUBECONFIG` names, or else this test binary's own control plane.
+    Shared,
+    MemKube,
+}
+
+/// The kubeconfig of the cluster `KUBECONFIG` names, or else of the real control plane this
+/// test binary starts once and shares between its tests (envtest's pattern).
+pub fn shared_kubeconfig() -> std::ffi::OsString {
+    match std::env::var_os("KUBECONFIG") {
+        Some(path) => path,
+        None => ControlPlane::shared()
+            .expect("the control plane starts (`make deps` builds it)")
+            .kubeconfig()
+            .into_os_string(),
+    }
+}
+
+/// A client from a kubeconfig file.
+pub async fn client_from(kubeconfig: &std::ffi::OsStr) -> Client {
+    let kubeconfig = kube::config::Kubeconfig::read_from(kubeconfig).expect("read the kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(
+        kubeconfig,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .expect("a client configuration from the kubeconfig");
+    Client::try_from(config).expect("a client")
+}
 
 pub struct Cluster {
     pub client: Client,
@@ -51,6 +81,19 @@ impl Cluster {
 
     /// Everything but the controller (tests that start it their own way).
     pub async fn start_without_controller() -> Self {
+        Self::start_on(ApiServer::Shared).await
+    }
+
+    /// ZooKeeper, memkube with its fault injection, a namespace, the CRDs and a controller:
+    /// for the scenarios that break the controller's API traffic, until a fault proxy in
+    /// front of the real API server does that.
+    pub async fn start_with_faults() -> Self {
+        let mut cluster = Self::start_on(ApiServer::MemKube).await;
+        cluster.start_controller();
+        cluster
+    }
+
+    async fn start_on(server: ApiServer) -> Self {
         let filter = tracing_subscriber::EnvFilter::try_from_env("LOCKKEEPER_LOG")
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,zookeeper_client=error"));
         let _ = tracing_subscriber::fmt()
@@ -58,14 +101,24 @@ impl Cluster {
             .with_test_writer()
             .try_init();
         let zk = ZooKeeperServer::start().expect("ZooKeeper starts (make deps installs it)");
-        let (client, memkube) = match std::env::var_os("KUBECONFIG") {
-            Some(_) => (
-                Client::try_default().await.expect("the KUBECONFIG cluster"),
-                None,
-            ),
-            None => {
+        let (client, kubeconfig, memkube, kubeconfig_dir) = match server {
+            ApiServer::MemKube => {
                 let server = memkube::MemKube::start().await.expect("memkube starts");
-                (server.client(), Some(server))
+                let dir = tempfile::tempdir().expect("a temporary directory");
+                let path = dir.path().join("kubeconfig");
+                server
+                    .write_kubeconfig(&path)
+                    .expect("write memkube's kubeconfig");
+                (
+                    server.client(),
+                    path.into_os_string(),
+                    Some(server),
+                    Some(dir),
+                )
+            }
+            ApiServer::Shared => {
+                let kubeconfig = shared_kubeconfig();
+                (client_from(&kubeconfig).await, kubeconfig, None, None)
             }
         };
         let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
@@ -79,18 +132,7 @@ impl Cluster {
             .await
             .expect("create the test namespace");
         install_crds(&client).await;
-        let (kubeconfig, kubeconfig_dir) = match &memkube {
-            Some(server) => {
-                let dir = tempfile::tempdir().expect("a temporary directory");
-                let path = dir.path().join("kubeconfig");
-                server
-                    .write_kubeconfig(&path)
-                    .expect("write memkube's kubeconfig");
-                (path.into_os_string(), Some(dir))
-            }
-            None => (std::env::var_os("KUBECONFIG").expect("KUBECONFIG"), None),
-        };
-        Cluster {
+        let cluster = Cluster {
             client,
             namespace,
             zk,
@@ -99,7 +141,18 @@ impl Cluster {
             kubeconfig,
             _kubeconfig_dir: kubeconfig_dir,
             controller: None,
+        };
+        if cluster.memkube.is_none() {
+            // ServiceAccount admission refuses pods until the namespace's `default`
+            // ServiceAccount exists; kube-controller-manager makes it.
+            let accounts: Api<ServiceAccount> = cluster.api();
+            cluster
+                .eventually("the namespace's default ServiceAccount exists", || async {
+                    accounts.get_opt("default").await.ok().flatten().is_some()
+                })
+                .await;
         }
+        cluster
     }
 
     pub fn controller_config(&self) -> Config {
@@ -353,13 +406,52 @@ impl Cluster {
         .await
     }
 
-    /// What the Job controller would write when a Job's pods succeeded.
+    /// Plays the kubelet for the Job `name`: waits for a pod the Job controller made for it
+    /// and marks that pod `Succeeded`; the Job controller then completes the Job.
     pub async fn complete_job(&self, name: &str) {
-        let status = json!({"status": {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}});
-        self.api::<Job>()
-            .patch_status(name, &PatchParams::default(), &Patch::Merge(status))
+        self.finish_job_pod(name, "Succeeded").await;
+        self.wait_job_condition(name, "Complete").await;
+    }
+
+    /// Marks a pod of the Job `name` as ended in `phase` (`Succeeded` or `Failed`), as the
+    /// kubelet would once its containers exit.
+    pub async fn finish_job_pod(&self, name: &str, phase: &str) {
+        let pods = self.api::<Pod>();
+        let selector = format!("batch.kubernetes.io/job-name={name}");
+        let pod = self
+            .poll(
+                PATIENCE,
+                &format!("the Job controller made a pod for Job {name}"),
+                || async {
+                    pods.list(&kube::api::ListParams::default().labels(&selector))
+                        .await
+                        .expect("list the Job's pods")
+                        .items
+                        .into_iter()
+                        .find(|p| {
+                            p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Pending")
+                        })
+                        .map(|p| p.name_any())
+                },
+                |pod| pod.is_some(),
+            )
             .await
-            .expect("complete the job");
+            .expect("a pod");
+        self.set_pod_phase(&pod, phase).await;
+    }
+
+    /// Waits until the Job `name` has condition `type_` True (`Complete`, `Failed`).
+    pub async fn wait_job_condition(&self, name: &str, type_: &str) {
+        let jobs = self.api::<Job>();
+        self.eventually(&format!("Job {name} is {type_}"), || async {
+            jobs.get(name)
+                .await
+                .ok()
+                .and_then(|j| j.status)
+                .and_then(|s| s.conditions)
+                .is_some_and(|c| c.iter().any(|c| c.type_ == type_ && c.status == "True"))
+        })
+        .await;
     }
 
     pub async fn set_pod_phase(&self, name: &str, phase: &str) {
@@ -485,12 +577,29 @@ impl Cluster {
             .collect()
     }
 
+    /// Deletes the test's namespace while the controller still runs, so that it releases
+    /// the claims there and takes their finalizers off; then stops the controller. Nothing is
+    /// left `Terminating` on the shared control plane.
     pub async fn stop(mut self) {
-        self.stop_controller().await;
         let namespaces: Api<Namespace> = Api::all(self.client.clone());
         let _ = namespaces
             .delete(&self.namespace, &Default::default())
             .await;
+        if self.controller.is_some() {
+            let claims = self.api::<LockClaim>();
+            self.eventually(
+                "the controller released every claim of the deleted namespace",
+                || async {
+                    claims
+                        .list(&Default::default())
+                        .await
+                        .map(|list| list.items.is_empty())
+                        .unwrap_or(true)
+                },
+            )
+            .await;
+        }
+        self.stop_controller().await;
         if let Some(server) = self.memkube.take() {
             server.stop().await;
         }

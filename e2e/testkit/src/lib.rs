@@ -1,12 +1,14 @@
-//! Test infrastructure for lockkeeper: a real ZooKeeper server per test, Curator and kazoo
+//! Test infrastructure for lockkeeper: a real Kubernetes control plane, a real ZooKeeper server per test, Curator and kazoo
 //! peer processes, and the hold-interval checks that prove mutual exclusion across them.
 //! Never part of a production binary.
 
+pub mod control_plane;
 pub mod cutting_proxy;
 pub mod hold_log;
 pub mod peer;
 pub mod zookeeper_server;
 
+pub use control_plane::{ControlPlane, ControlPlaneOptions, KubernetesVersion};
 pub use cutting_proxy::CuttingProxy;
 pub use hold_log::{HoldInterval, HoldLog};
 pub use peer::{PeerKind, PeerLibrary, PeerProcess, PeerSpec};
@@ -25,6 +27,8 @@ pub enum KitError {
     ServerExited(String, PathBuf),
     #[error("ZooKeeper did not answer `ruok` within {0:?}; see {1}")]
     StartTimeout(Duration, PathBuf),
+    #[error("{0}; see {1}")]
+    ControlPlane(String, PathBuf),
     #[error("peer {name}: {message}")]
     Peer { name: String, message: String },
     #[error("hold log: {0}")]
