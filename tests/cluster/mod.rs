@@ -416,28 +416,30 @@ impl Cluster {
     /// Marks a pod of the Job `name` as ended in `phase` (`Succeeded` or `Failed`), as the
     /// kubelet would once its containers exit.
     pub async fn finish_job_pod(&self, name: &str, phase: &str) {
+        let pod = self.job_pod(name).await;
+        self.set_pod_phase(&pod.name_any(), phase).await;
+    }
+
+    /// Waits for a pod that the Job controller made for the Job `name` and that has not
+    /// ended yet (`Pending`: no kubelet runs it).
+    pub async fn job_pod(&self, name: &str) -> Pod {
         let pods = self.api::<Pod>();
         let selector = format!("batch.kubernetes.io/job-name={name}");
-        let pod = self
-            .poll(
-                PATIENCE,
-                &format!("the Job controller made a pod for Job {name}"),
-                || async {
-                    pods.list(&kube::api::ListParams::default().labels(&selector))
-                        .await
-                        .expect("list the Job's pods")
-                        .items
-                        .into_iter()
-                        .find(|p| {
-                            p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Pending")
-                        })
-                        .map(|p| p.name_any())
-                },
-                |pod| pod.is_some(),
-            )
-            .await
-            .expect("a pod");
-        self.set_pod_phase(&pod, phase).await;
+        self.poll(
+            PATIENCE,
+            &format!("the Job controller made a pod for Job {name}"),
+            || async {
+                pods.list(&kube::api::ListParams::default().labels(&selector))
+                    .await
+                    .expect("list the Job's pods")
+                    .items
+                    .into_iter()
+                    .find(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Pending"))
+            },
+            |pod| pod.is_some(),
+        )
+        .await
+        .expect("a pod")
     }
 
     /// Waits until the Job `name` has condition `type_` True (`Complete`, `Failed`).

@@ -187,6 +187,9 @@ impl ControlPlane {
         apiserver
             .arg(format!("--etcd-servers={etcd_url}"))
             .args(["--bind-address=127.0.0.1", "--advertise-address=127.0.0.1"])
+            // No `kubernetes` Service endpoints: nothing runs in the cluster to use them, and
+            // newer servers refuse a loopback address there.
+            .arg("--endpoint-reconciler-type=none")
             .arg(format!("--secure-port={api_port}"))
             .arg(format!("--cert-dir={}", pki.display()))
             .arg(format!(
