@@ -38,7 +38,7 @@ impl Drop for Down {
 #[test]
 fn the_sandbox_comes_up_runs_its_demo_and_goes_down() {
     let binaries = repo().join("target/debug");
-    for binary in ["memkube", "zookeeper-sandbox", "lockkeeper"] {
+    for binary in ["controlplane", "zookeeper-sandbox", "lockkeeper"] {
         assert!(
             binaries.join(binary).exists(),
             "{binary} is not built: run `cargo build --workspace --bins` (make test does)"
@@ -104,6 +104,68 @@ fn the_sandbox_comes_up_runs_its_demo_and_goes_down() {
         events.contains("Granted") && events.contains("Released") && events.contains("lockkeeper"),
         "the controller's events are listed:\n{described}"
     );
+    // What users try on any cluster works here too: it is one.
+    let ok = |args: &[&str]| {
+        let output = kubectl(args);
+        assert!(
+            output.status.success(),
+            "kubectl {}: {}",
+            args.join(" "),
+            text(&output)
+        );
+        text(&output)
+    };
+    let explained = ok(&["explain", "lockclaim.spec"]);
+    for field in ["holder", "lock", "mode", "waitTimeoutSeconds"] {
+        assert!(explained.contains(field), "{field}:\n{explained}");
+    }
+    ok(&["create", "namespace", "tryout"]);
+    ok(&["create", "job", "x", "--image=busybox", "-n", "tryout"]);
+    ok(&[
+        "create",
+        "configmap",
+        "settings",
+        "--from-literal=a=1",
+        "-n",
+        "tryout",
+    ]);
+    let edit = Command::new("kubectl")
+        .args(["edit", "configmap", "settings", "-n", "tryout"])
+        .env("KUBECONFIG", &kubeconfig)
+        .env("KUBE_EDITOR", r#"sed -i 's/a: "1"/a: "2"/'"#)
+        .output()
+        .unwrap();
+    assert!(edit.status.success(), "kubectl edit: {}", text(&edit));
+    let value = ok(&[
+        "get",
+        "configmap",
+        "settings",
+        "-n",
+        "tryout",
+        "-o",
+        "jsonpath={.data.a}",
+    ]);
+    assert_eq!(value, "2", "kubectl edit changed the ConfigMap");
+    let described = ok(&["describe", "job", "x", "-n", "tryout"]);
+    assert!(described.contains("Pod Template"), "{described}");
+    ok(&[
+        "wait",
+        "--for=create",
+        "pod",
+        "-l",
+        "job-name=x",
+        "-n",
+        "tryout",
+        "--timeout=30s",
+    ]);
+    ok(&[
+        "delete",
+        "namespace",
+        "tryout",
+        "--wait=true",
+        "--timeout=60s",
+    ]);
+
     let run = Command::new(Path::new(&binaries).join("lockkeeper"))
         .args([
             "run",
@@ -124,7 +186,10 @@ fn the_sandbox_comes_up_runs_its_demo_and_goes_down() {
     let again = script("up.sh", &args);
     let shown = text(&again);
     assert!(again.status.success(), "{shown}");
-    assert!(shown.contains("memkube already serves"), "{shown}");
+    assert!(
+        shown.contains("the Kubernetes control plane already serves"),
+        "{shown}"
+    );
     assert!(shown.contains("==> demo done"), "{shown}");
 
     let down = script("down.sh", &[state.display().to_string()]);

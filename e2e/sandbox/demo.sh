@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The sandbox's demo, in namespace lockkeeper-demo: the Jobs of examples/job-with-claim and
-# the gated pods of examples/gated-pod contend for their locks. memkube has no kubelet and no
-# Job controller, so this script plays them: it completes each Job once it runs, and runs
-# each pod's `lockkeeper gate` init container as a local process with the downward-API
-# variables, as kubectl would show it on a real cluster.
+# the gated pods of examples/gated-pod contend for their locks. The control plane has no node,
+# so this script plays the kubelet: it ends each Job's pod once the Job runs (the real Job
+# controller then completes the Job), and runs each pod's `lockkeeper gate` init container as
+# a local process with the downward-API variables and the pod's ServiceAccount token.
 # Usage: demo.sh DIR (KUBECONFIG set)
 set -euo pipefail
 dir=$1
@@ -33,6 +33,16 @@ wait_holders() {
     sleep 0.1
   done
   fail "lock $1 did not show holders '$2'"
+}
+# job_pod JOB: the name of the pod the Job controller made for JOB.
+job_pod() {
+  local pod
+  for _ in $(seq 1 300); do
+    pod=$(k get pods -l "batch.kubernetes.io/job-name=$1" -o jsonpath='{.items[0].metadata.name}' 2>>"$log")
+    [ -n "$pod" ] && { echo "$pod"; return 0; }
+    sleep 0.1
+  done
+  fail "the Job controller made no pod for Job $1"
 }
 # wait_queued CLAIM: until the claim exists and is in line (Waiting) or holds (Granted).
 wait_queued() {
@@ -65,9 +75,10 @@ for job in orders billing search; do
   wait_holders schema-migrations "migrate-$job"
   show
   sleep 1
-  step "migrate-$job completes (the demo plays the Job controller)"
-  k patch job "migrate-$job" --subresource status --type merge \
-    -p '{"status":{"succeeded":1,"conditions":[{"type":"Complete","status":"True"}]}}' >>"$log"
+  pod=$(job_pod "migrate-$job")
+  step "migrate-$job's pod $pod succeeds (the demo plays the kubelet); the Job controller completes the Job"
+  k patch pod "$pod" --subresource status --type merge -p '{"status":{"phase":"Succeeded"}}' >>"$log"
+  k wait --for=condition=Complete --timeout=60s "job/migrate-$job" >>"$log" 2>&1 || fail "Job migrate-$job did not complete"
   wait_phase "migrate-$job" Released
 done
 wait_holders schema-migrations ""
@@ -75,10 +86,14 @@ show
 
 step "demo 2: two pods gated by the lockkeeper gate init container (examples/gated-pod)"
 k apply -f "$root/examples/gated-pod/" >>"$log"
+# The init container's credentials: a token of the pod's ServiceAccount (examples/gated-pod/rbac.yaml).
+gate_kubeconfig=$dir/demo/gate.kubeconfig
+mkdir -p "$dir/demo"
+sed "s/^    token: .*/    token: $(k create token lockkeeper-gate)/" "$KUBECONFIG" >"$gate_kubeconfig"
 gates=()
 for pod in report-1 report-2; do
   uid=$(k get pod "$pod" -o jsonpath='{.metadata.uid}')
-  POD_NAME=$pod POD_NAMESPACE=$ns POD_UID=$uid "$bin/lockkeeper" gate --lock report-writer \
+  KUBECONFIG=$gate_kubeconfig POD_NAME=$pod POD_NAMESPACE=$ns POD_UID=$uid "$bin/lockkeeper" gate --lock report-writer \
     --token-file "$dir/demo/$pod/token" >>"$log" 2>"$dir/demo-$pod-gate.log" &
   gates+=($!)
   wait_queued "$pod-report-writer"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# `make sandbox-down`: stops the controller, memkube and ZooKeeper, in that order. ZooKeeper's
-# data and every log stay in DIR; nothing outside DIR is touched (the sandbox's kubeconfig
+# `make sandbox-down`: stops the controller, the control plane and ZooKeeper, in that order.
+# etcd's and ZooKeeper's data and every log stay in DIR; nothing outside DIR is touched (the sandbox's kubeconfig
 # is DIR/kubeconfig, never ~/.kube/config).
 set -uo pipefail
 dir=$1
@@ -15,5 +15,5 @@ stop() {
   rm -f "$pidfile"
 }
 stop "lockkeeper controller" "$dir/controller/pid"
-stop "memkube (its objects were in memory)" "$dir/memkube/pid"
+stop "the Kubernetes control plane (etcd data kept in $dir/controlplane)" "$dir/controlplane/pid"
 stop "ZooKeeper (data kept in $dir/zookeeper)" "$dir/zookeeper/pid"

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# `make sandbox`: ZooKeeper, memkube (the in-memory API server), `lockkeeper controller`,
-# the CRDs and a demo, all on loopback, all left running. State and logs live in DIR.
+# `make sandbox`: ZooKeeper, a real Kubernetes control plane (etcd, kube-apiserver,
+# kube-controller-manager, built by `make deps`), `lockkeeper controller`, the CRDs and a
+# demo, all on loopback, all left running. State and logs live in DIR.
 # Usage: up.sh DIR ZOOKEEPER_PORT API_PORT METRICS_PORT
 set -euo pipefail
 dir=$1 zk_port=$2 api_port=$3 metrics_port=$4
 root=$(cd "$(dirname "$0")/../.." && pwd)
 bin=$root/target/debug
 export KUBECONFIG=$dir/kubeconfig
-mkdir -p "$dir/zookeeper" "$dir/memkube" "$dir/controller"
+mkdir -p "$dir/zookeeper" "$dir/controlplane" "$dir/controller"
 
 step() { echo "==> $*"; }
 fail() { echo "!! $1; see $2" >&2; exit 1; }
@@ -32,14 +33,19 @@ else
   wait_for 60 ZooKeeper "$dir/zookeeper/server.log" zk_ready
 fi
 
-if alive "$dir/memkube/pid" && listening "$api_port"; then
-  step "memkube already serves on 127.0.0.1:$api_port"
+if alive "$dir/controlplane/pid" && listening "$api_port"; then
+  step "the Kubernetes control plane already serves on 127.0.0.1:$api_port"
 else
-  step "starting memkube (the in-memory Kubernetes API server) on 127.0.0.1:$api_port (log: $dir/memkube/memkube.log)"
-  nohup "$bin/memkube" --listen "127.0.0.1:$api_port" --kubeconfig "$KUBECONFIG" \
-    >"$dir/memkube/memkube.log" 2>&1 &
-  echo $! >"$dir/memkube/pid"
-  wait_for 30 memkube "$dir/memkube/memkube.log" kubectl_answers
+  step "starting the Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager) on 127.0.0.1:$api_port (log: $dir/controlplane/controlplane.log)"
+  rm -f "$KUBECONFIG"
+  nohup "$bin/controlplane" "$dir/controlplane" "$api_port" "${KUBERNETES:-newest}" \
+    >"$dir/controlplane/controlplane.log" 2>&1 &
+  echo $! >"$dir/controlplane/pid"
+  # The control plane writes its kubeconfig once kube-apiserver is ready.
+  kubeconfig_written() { [ -s "$dir/controlplane/kubeconfig" ] && grep -q 'serves on' "$dir/controlplane/controlplane.log"; }
+  wait_for 180 "the control plane" "$dir/controlplane/controlplane.log" kubeconfig_written
+  cp "$dir/controlplane/kubeconfig" "$KUBECONFIG"
+  step "$(kubectl version 2>/dev/null | grep 'Server Version')"
 fi
 
 step "applying the CRDs from crds/"
