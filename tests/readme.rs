@@ -1,6 +1,6 @@
 //! README.md's shell commands: each one is listed here with the test that runs it, and the
 //! ones no other test runs are run here (the quick start, troubleshooting, the Helm install
-//! rendered with `helm template` and applied to the API server).
+//! into the real API server).
 
 mod cluster;
 
@@ -18,10 +18,10 @@ const COMMANDS: &[(&str, &str)] = &[
         "tests/sandbox.rs (runs e2e/sandbox/up.sh as make does)",
     ),
     ("make test", ".ci/run"),
-    (HELM_INSTALL, "the_readme_helm_install_renders_and_applies"),
+    (HELM_INSTALL, "the_readme_helm_install_installs_the_chart"),
     (
         "kubectl get deployments,services -n lockkeeper",
-        "the_readme_helm_install_renders_and_applies",
+        "the_readme_helm_install_installs_the_chart",
     ),
     (
         "kubectl apply -f crds/",
@@ -257,39 +257,58 @@ async fn the_quick_start_and_troubleshooting_commands_show_the_queue() {
     cluster.stop().await;
 }
 
+/// The README's `helm install`, run as typed against the real API server; then what it
+/// installed, as the README lists it. It takes the README's `lockkeeper` namespace and
+/// removes it afterwards (on a cluster that already has one, the install fails the test).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_readme_helm_install_renders_and_applies() {
+async fn the_readme_helm_install_installs_the_chart() {
     let cluster = Cluster::start_without_controller().await;
-    // `helm install` talks to a cluster; `helm template` renders what it would install.
-    let args: Vec<&str> = HELM_INSTALL
-        .split_whitespace()
-        .skip(2)
-        .filter(|a| *a != "--create-namespace")
-        .collect();
-    let rendered = Command::new(helm_binary())
-        .arg("template")
-        .args(&args)
-        .current_dir(repo())
-        .output()
-        .expect("helm runs (make deps installs it)");
-    assert!(
-        rendered.status.success(),
-        "{}",
-        String::from_utf8_lossy(&rendered.stderr)
-    );
-    // The README's `lockkeeper` namespace, removed afterwards (on a cluster that already has
-    // one, creating it fails the test).
-    let typed = |args: &[&str], input: &str| cluster.kubectl_as_typed_ok(args, input);
-    typed(&["create", "namespace", "lockkeeper"], "");
-    typed(
-        &["apply", "-f", "-"],
-        &String::from_utf8_lossy(&rendered.stdout),
-    );
-    let listed = typed(&["get", "deployments,services", "-n", "lockkeeper"], "");
+    let helm_home = tempfile::tempdir().unwrap();
+    let helm = |args: &[&str]| {
+        let output = Command::new(helm_binary())
+            .args(args)
+            .env("KUBECONFIG", cluster.kubeconfig())
+            .env("HELM_CACHE_HOME", helm_home.path().join("cache"))
+            .env("HELM_CONFIG_HOME", helm_home.path().join("config"))
+            .env("HELM_DATA_HOME", helm_home.path().join("data"))
+            .current_dir(repo())
+            .output()
+            .expect("helm runs (make deps installs it)");
+        let shown = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(output.status.success(), "helm {}: {shown}", args.join(" "));
+        shown
+    };
+    let args: Vec<&str> = HELM_INSTALL.split_whitespace().skip(1).collect();
+    let installed = helm(&args);
+    assert!(installed.contains("STATUS: deployed"), "{installed}");
+    let typed = |line: &str| {
+        let args: Vec<&str> = line.split_whitespace().skip(1).collect();
+        cluster.kubectl_as_typed_ok(&args, "")
+    };
+    let listed = typed("kubectl get deployments,services -n lockkeeper");
     for name in ["deployment.apps/lockkeeper", "service/lockkeeper-metrics"] {
         assert!(listed.contains(name), "{name}:\n{listed}");
     }
-    typed(&["delete", "namespace", "lockkeeper", "--wait=false"], "");
+    let replicas =
+        typed("kubectl get deployment lockkeeper -n lockkeeper -o jsonpath={.spec.replicas}");
+    assert_eq!(replicas, "2", "a leader and a standby");
+    let rest = typed(
+        "kubectl get serviceaccounts,roles,rolebindings,poddisruptionbudgets -n lockkeeper -o name",
+    );
+    for name in [
+        "serviceaccount/lockkeeper",
+        "role.rbac.authorization.k8s.io/lockkeeper",
+        "rolebinding.rbac.authorization.k8s.io/lockkeeper",
+        "poddisruptionbudget.policy/lockkeeper",
+    ] {
+        assert!(rest.lines().any(|l| l == name), "{name}:\n{rest}");
+    }
+    helm(&["uninstall", "lockkeeper", "--namespace", "lockkeeper"]);
+    typed("kubectl delete namespace lockkeeper --wait=false");
     cluster.stop().await;
 }
 

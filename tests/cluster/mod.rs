@@ -193,6 +193,11 @@ impl Cluster {
         self.memkube.as_ref().map(|server| server.faults())
     }
 
+    /// The admin's kubeconfig of this cluster, for processes the test starts.
+    pub fn kubeconfig(&self) -> &std::ffi::OsStr {
+        &self.kubeconfig
+    }
+
     /// The `lockkeeper` binary, talking to this cluster.
     pub fn lockkeeper(&self) -> std::process::Command {
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_lockkeeper"));
