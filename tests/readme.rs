@@ -76,12 +76,12 @@ const COMMANDS: &[(&str, &str)] = &[
         "a synopsis; tests/gate_and_run.rs runs run with each flag",
     ),
     (
-        "cargo run -p memkube -- --listen 127.0.0.1:0 --kubeconfig /tmp/memkube.kubeconfig",
-        "tests/sandbox.rs (up.sh starts the memkube binary with these flags)",
+        "make controlplane",
+        "tests/sandbox.rs (up.sh starts the same controlplane launcher)",
     ),
     (
-        "KUBECONFIG=/tmp/memkube.kubeconfig kubectl get ns",
-        "tests/sandbox.rs (kubectl on the kubeconfig memkube wrote)",
+        "KUBECONFIG=.controlplane/kubeconfig kubectl version",
+        "the_control_plane_reports_its_version",
     ),
 ];
 
@@ -327,5 +327,23 @@ async fn the_crd_command_applies_with_kubectl() {
     ] {
         assert!(applied.contains(name), "{applied}");
     }
+    cluster.stop().await;
+}
+
+/// `kubectl version` against the test ground reports the Kubernetes version it was built at.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_plane_reports_its_version() {
+    let cluster = Cluster::start_without_controller().await;
+    let shown = cluster.kubectl_as_typed_ok(&["version"], "");
+    let expected = match std::env::var_os("KUBECONFIG") {
+        Some(_) => "Server Version: v1.".to_string(),
+        None => format!(
+            "Server Version: {}",
+            lockkeeper_testkit::KubernetesVersion::from_env()
+                .resolve()
+                .unwrap()
+        ),
+    };
+    assert!(shown.contains(&expected), "{expected}:\n{shown}");
     cluster.stop().await;
 }
