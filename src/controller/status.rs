@@ -90,6 +90,44 @@ pub async fn publish<K: Resource<DynamicType = ()>>(
         .publish(&event, &object.object_ref(&()))
         .await
     {
-        tracing::warn!(object = ?object.meta().name, %err, "could not record an event");
+        if namespace_terminating(&err) {
+            tracing::debug!(object = ?object.meta().name, %err, "no event: the namespace is being deleted");
+        } else {
+            tracing::warn!(object = ?object.meta().name, %err, "could not record an event");
+        }
+    }
+}
+
+/// Whether the API server refused a write because the namespace is being deleted (403 with
+/// the cause `NamespaceTerminating`): expected for the events of claims released there.
+fn namespace_terminating(err: &kube::Error) -> bool {
+    matches!(err, kube::Error::Api(status) if status
+        .details
+        .as_ref()
+        .is_some_and(|details| details.causes.iter().any(|c| c.reason == "NamespaceTerminating")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::namespace_terminating;
+
+    /// The answer kube-apiserver's namespace lifecycle admission gives a create in a
+    /// namespace that is being deleted.
+    fn refusal(cause: &str) -> kube::Error {
+        let status: kube::core::Status = serde_json::from_value(serde_json::json!({
+            "kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden",
+            "code": 403,
+            "message": "events.events.k8s.io \"x\" is forbidden: unable to create new content in namespace e2e because it is being terminated",
+            "details": {"name": "x", "group": "events.k8s.io", "kind": "events",
+                "causes": [{"reason": cause, "message": "namespace e2e is being terminated", "field": "metadata.namespace"}]},
+        }))
+        .unwrap();
+        kube::Error::Api(Box::new(status))
+    }
+
+    #[test]
+    fn an_event_refused_in_a_terminating_namespace_is_expected() {
+        assert!(namespace_terminating(&refusal("NamespaceTerminating")));
+        assert!(!namespace_terminating(&refusal("FieldValueInvalid")));
     }
 }
