@@ -535,6 +535,11 @@ async fn the_rendered_chart_applies_with_kubectl_and_its_controller_grants_locks
         }
         command.env(name, value);
     }
+    // With the rendered ServiceAccount's token: the rendered Role is all it may do.
+    command.env(
+        "KUBECONFIG",
+        cluster.service_account_kubeconfig(&format!("{release}-lockkeeper")),
+    );
     cluster.spawn_controller_process(&mut command);
     for probe in ["livenessProbe", "readinessProbe"] {
         let path = container[probe]["httpGet"]["path"].as_str().unwrap();

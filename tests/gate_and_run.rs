@@ -35,12 +35,13 @@ fn exited(children: &mut [(String, Child)]) -> Vec<(usize, ExitStatus)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gated_pods_start_one_at_a_time_with_growing_fencing_tokens() {
     let cluster = Cluster::start().await;
+    cluster.apply_gate_rbac();
     cluster.lock("reports", json!({"type": "Mutex"})).await;
     let dir = tempfile::tempdir().unwrap();
     let mut gates: Vec<(String, Child)> = Vec::new();
     for i in 0..5 {
         let name = format!("report-{i}");
-        let pod: Pod = cluster.pod(&name).await;
+        let pod: Pod = cluster.gated_pod(&name).await;
         let token_file = dir.path().join(format!("{name}.token"));
         let log = dir.path().join(format!("{name}.log"));
         let gate = cluster.gate(
@@ -134,9 +135,10 @@ async fn gated_pods_start_one_at_a_time_with_growing_fencing_tokens() {
 async fn a_gate_restarted_after_its_grant_adopts_the_claim_and_a_gate_that_times_out_leaves_the_queue()
  {
     let cluster = Cluster::start().await;
+    cluster.apply_gate_rbac();
     cluster.lock("cache", json!({"type": "Mutex"})).await;
     let dir = tempfile::tempdir().unwrap();
-    let holder = cluster.pod("holder").await;
+    let holder = cluster.gated_pod("holder").await;
     let token_file = dir.path().join("holder.token");
     let args = [
         "--lock",
@@ -166,7 +168,7 @@ async fn a_gate_restarted_after_its_grant_adopts_the_claim_and_a_gate_that_times
     );
 
     // A pod that may wait only 1 s gives up with exit code 75 and its claim leaves the queue.
-    let impatient = cluster.pod("impatient").await;
+    let impatient = cluster.gated_pod("impatient").await;
     let log = dir.path().join("impatient.log");
     let gave_up = cluster
         .gate(&impatient, &["--lock", "cache", "--timeout", "1s"], &log)

@@ -19,6 +19,9 @@ use serde_json::{Value, json};
 
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
+/// The ServiceAccount of `examples/gated-pod/rbac.yaml`.
+pub const GATE_ACCOUNT: &str = "lockkeeper-gate";
+
 enum ApiServer {
     /// The cluster `KUBECONFIG` names, or else this test binary's own control plane.
     Shared,
@@ -59,6 +62,8 @@ pub struct Cluster {
     /// directory removed with the cluster, or the `KUBECONFIG` cluster's.
     kubeconfig: std::ffi::OsString,
     _kubeconfig_dir: Option<tempfile::TempDir>,
+    /// Files the test's processes need (ServiceAccount kubeconfigs), removed with the cluster.
+    scratch: tempfile::TempDir,
     controller: Option<Controller>,
 }
 
@@ -140,6 +145,7 @@ impl Cluster {
             memkube,
             kubeconfig,
             _kubeconfig_dir: kubeconfig_dir,
+            scratch: tempfile::tempdir().expect("a temporary directory"),
             controller: None,
         };
         if cluster.memkube.is_none() {
@@ -298,11 +304,59 @@ impl Cluster {
         self.spawn_controller_process(&mut command);
     }
 
+    /// A kubeconfig that authenticates as the ServiceAccount `account` of the test's
+    /// namespace, with a token from the TokenRequest API, as a pod of that account would: what
+    /// it may do is what RBAC grants that account, nothing more.
+    pub fn service_account_kubeconfig(&self, account: &str) -> std::path::PathBuf {
+        let token = self.kubectl_ok(&["create", "token", account, "--duration=1h"], "");
+        let config: Value = serde_json::from_str(&succeeded(
+            &["config", "view"],
+            self.kubectl_as_typed(&["config", "view", "--minify", "--raw", "-o", "json"], ""),
+        ))
+        .expect("kubectl config view prints JSON");
+        let kubeconfig = json!({
+            "apiVersion": "v1", "kind": "Config",
+            "clusters": [{"name": "cluster", "cluster": config["clusters"][0]["cluster"]}],
+            "users": [{"name": account, "user": {"token": token.trim()}}],
+            "contexts": [{"name": account, "context": {"cluster": "cluster", "user": account,
+                "namespace": self.namespace}}],
+            "current-context": account,
+        });
+        let path = self.scratch.path().join(format!("{account}.kubeconfig"));
+        std::fs::write(&path, kubeconfig.to_string()).expect("write the kubeconfig");
+        path
+    }
+
+    /// A pod that runs as the ServiceAccount of `examples/gated-pod/rbac.yaml`, which the
+    /// test applies first: what a `lockkeeper gate` init container runs with.
+    pub async fn gated_pod(&self, name: &str) -> Pod {
+        self.create(json!({
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+            "spec": {"serviceAccountName": GATE_ACCOUNT,
+                "containers": [{"name": "main", "image": "busybox"}]},
+        }))
+        .await
+    }
+
+    /// Applies `examples/gated-pod/rbac.yaml`: the ServiceAccount, Role and RoleBinding that
+    /// `lockkeeper gate` needs.
+    pub fn apply_gate_rbac(&self) {
+        let rbac = repo().join("examples/gated-pod/rbac.yaml");
+        self.kubectl_ok(&["apply", "-f", rbac.to_str().unwrap()], "");
+    }
+
     /// Starts `lockkeeper gate` as the kubelet would run the init container of `pod`: with
-    /// the downward-API variables. Its stderr goes to `log`.
+    /// the downward-API variables and the token of the pod's ServiceAccount. Its stderr goes
+    /// to `log`.
     pub fn gate(&self, pod: &Pod, args: &[&str], log: &std::path::Path) -> std::process::Child {
         let meta = &pod.metadata;
+        let account = pod
+            .spec
+            .as_ref()
+            .and_then(|spec| spec.service_account_name.as_deref())
+            .unwrap_or("default");
         self.lockkeeper()
+            .env("KUBECONFIG", self.service_account_kubeconfig(account))
             .arg("gate")
             .args(args)
             .env("POD_NAME", meta.name.as_deref().unwrap())
