@@ -16,7 +16,11 @@ use kube::CustomResourceExt;
 
 /// The file names in `crds/` and the YAML of each CRD, as `lockkeeper crd` prints them.
 pub fn crd_documents() -> Vec<(&'static str, String)> {
-    let yaml = |crd| serde_yaml::to_string(&crd).expect("a CRD serializes to YAML");
+    let yaml = |crd| {
+        let mut crd = serde_json::to_value(crd).expect("a CRD serializes");
+        with_kubernetes_formats(&mut crd);
+        serde_yaml::to_string(&crd).expect("a CRD serializes to YAML")
+    };
     vec![
         (
             "distributedlocks.lockkeeper.dev.yaml",
@@ -24,6 +28,24 @@ pub fn crd_documents() -> Vec<(&'static str, String)> {
         ),
         ("lockclaims.lockkeeper.dev.yaml", yaml(LockClaim::crd())),
     ]
+}
+
+/// Rewrites the integer formats schemars gives Rust's unsigned types (`uint32`, `uint64`),
+/// which kube-apiserver does not know and warns about on every apply, to the `int64` it
+/// stores them as; their `minimum: 0` stays.
+fn with_kubernetes_formats(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            if let Some(format) = map.get_mut("format")
+                && matches!(format.as_str(), Some("uint32" | "uint64"))
+            {
+                *format = "int64".into();
+            }
+            map.values_mut().for_each(with_kubernetes_formats);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(with_kubernetes_formats),
+        _ => {}
+    }
 }
 
 /// All CRDs as one multi-document YAML stream.
