@@ -886,3 +886,69 @@ async fn a_grant_taken_by_an_outside_client_while_the_controller_was_down_is_rep
     service.release(cluster::PATIENCE).unwrap();
     cluster.stop().await;
 }
+
+/// The sequences of `claims`, once every one of them is queued.
+async fn sequences(cluster: &Cluster, claims: &[String]) -> Vec<i64> {
+    cluster
+        .poll(
+            cluster::PATIENCE,
+            "every claim is queued with its sequence",
+            || async {
+                let mut sequences = Vec::new();
+                for claim in claims {
+                    sequences.push(cluster.claim_status(claim).await.sequence);
+                }
+                sequences
+            },
+            |sequences| sequences.iter().all(Option::is_some),
+        )
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+/// `kubectl apply -f examples/semaphore/` makes the Jobs' claims before their lock: once the
+/// lock exists they are queued in the order they were made (name as the tie-break), not in
+/// the order their reconciles happened to run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_made_before_their_lock_are_queued_in_creation_order() {
+    let cluster = Cluster::start().await;
+    let names: Vec<String> = (1..=6).map(|i| format!("sync-{i}")).collect();
+    for name in &names {
+        cluster.pod_with_claim(name, "pool").await;
+    }
+    for name in &names {
+        cluster.wait_phase(name, ClaimPhase::Invalid).await;
+    }
+    cluster
+        .lock("pool", json!({"type": "Semaphore", "permits": 2}))
+        .await;
+    let queued = sequences(&cluster, &names).await;
+    assert!(
+        queued.windows(2).all(|pair| pair[0] < pair[1]),
+        "sequences in creation order: {queued:?}"
+    );
+    cluster.wait_phase("sync-1", ClaimPhase::Granted).await;
+    cluster.wait_phase("sync-2", ClaimPhase::Granted).await;
+    cluster.stop().await;
+}
+
+/// Claims made while no controller runs are queued in creation order when one starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_claims_found_at_start_are_queued_in_creation_order() {
+    let mut cluster = Cluster::start_without_controller().await;
+    cluster.lock("nightly", json!({})).await;
+    let names: Vec<String> = (1..=6).map(|i| format!("run-{i}")).collect();
+    for name in &names {
+        cluster.pod_with_claim(name, "nightly").await;
+    }
+    cluster.start_controller();
+    let queued = sequences(&cluster, &names).await;
+    assert!(
+        queued.windows(2).all(|pair| pair[0] < pair[1]),
+        "sequences in creation order: {queued:?}"
+    );
+    cluster.wait_phase("run-1", ClaimPhase::Granted).await;
+    cluster.stop().await;
+}

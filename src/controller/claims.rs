@@ -199,6 +199,9 @@ async fn apply(claim: &LockClaim, ctx: &Arc<Context>) -> Result<Action, Error> {
             if let Some(wait) = ctx.fenced_for(&lock_ref(claim)) {
                 return Ok(Action::requeue(wait));
             }
+            if older_claim_due(ctx, claim, lock_facts.as_ref(), now) {
+                return Ok(Action::requeue(ORDER_RETRY));
+            }
             // The engine answers with the queue already read: decide again on it.
             step = decide(&enqueue(ctx, claim, lock).await?);
             if step.queue == QueueAction::Dequeue {
@@ -229,6 +232,49 @@ async fn apply(claim: &LockClaim, ctx: &Arc<Context>) -> Result<Action, Error> {
         Some(after) => Action::requeue(after.max(Duration::from_millis(50))),
         None => Action::await_change(),
     })
+}
+
+/// How soon a claim that let an older one go first tries again.
+const ORDER_RETRY: Duration = Duration::from_millis(50);
+
+/// The order claims of one lock are queued in: creation, then name (creation timestamps
+/// have whole seconds, and `kubectl apply -f` makes a directory's claims within one).
+fn creation_order(claim: &LockClaim) -> (Option<Timestamp>, String) {
+    (
+        claim.meta().creation_timestamp.as_ref().map(|t| t.0),
+        claim.name_any(),
+    )
+}
+
+/// Whether an older claim of the same lock is due to be queued and is not yet: then this
+/// claim lets it go first. Reconciles run side by side, so claims applied together, or
+/// waiting for their lock to be made, would otherwise enter the queue in whatever order
+/// their reconciles reach ZooKeeper. An older claim that cannot be queued (its holder is
+/// gone, its spec is invalid) holds up nobody: the same pure decision says so.
+fn older_claim_due(
+    ctx: &Context,
+    claim: &LockClaim,
+    lock: Option<&LockFacts>,
+    now: Timestamp,
+) -> bool {
+    let order = creation_order(claim);
+    let namespace = claim.namespace().unwrap_or_default();
+    ctx.index
+        .of_lock(&namespace, &claim.spec.lock)
+        .iter()
+        .filter_map(|other| ctx.claims.get(other))
+        .filter(|other| other.meta().deletion_timestamp.is_none())
+        .filter(|other| creation_order(other) < order)
+        .any(|other| {
+            let queue = queue_state(ctx, &other);
+            if queue != QueueState::NotQueued {
+                return false;
+            }
+            let (holder, _) = holder_state(ctx, &other, now);
+            let step =
+                claim_lifecycle::decide(&other.spec, &facts(&other), lock, &holder, &queue, now);
+            step.queue == QueueAction::Enqueue
+        })
 }
 
 async fn enqueue(

@@ -14,6 +14,7 @@ use kube::{Client, ResourceExt};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use super::claim_index::ClaimIndex;
 use super::stale_copies::StaleCopies;
 use super::telemetry::Metrics;
 use crate::lock_rules::{LockKind, Mode};
@@ -57,6 +58,9 @@ pub struct Context {
     pub locks: Store<DistributedLock>,
     pub pods: Store<Pod>,
     pub jobs: Store<Job>,
+    pub claims: Store<LockClaim>,
+    /// The cached claims by lock and by holder.
+    pub index: ClaimIndex,
     /// Claim UID → its contender.
     pub contenders: Mutex<HashMap<String, Tracked>>,
     /// Locks whose grants were lost abnormally: nobody is granted them before the instant.

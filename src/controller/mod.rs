@@ -205,6 +205,7 @@ struct TermInputs {
     locks: reflector::store::Writer<DistributedLock>,
     pods: reflector::store::Writer<Pod>,
     jobs: reflector::store::Writer<Job>,
+    claims: reflector::store::Writer<LockClaim>,
     lock_changes: mpsc::UnboundedReceiver<ObjectRef<DistributedLock>>,
 }
 
@@ -218,6 +219,7 @@ fn term_context(
     let (locks, locks_writer) = reflector::store();
     let (pods, pods_writer) = reflector::store();
     let (jobs, jobs_writer) = reflector::store();
+    let (claims, claims_writer) = reflector::store();
     let ctx = Arc::new(Context {
         client: client.clone(),
         engine: engine.clone(),
@@ -229,6 +231,8 @@ fn term_context(
         locks,
         pods,
         jobs,
+        claims,
+        index: ClaimIndex::default(),
         contenders: Mutex::new(HashMap::new()),
         fences: Mutex::new(HashMap::new()),
         stale_claims: Default::default(),
@@ -240,6 +244,7 @@ fn term_context(
         locks: locks_writer,
         pods: pods_writer,
         jobs: jobs_writer,
+        claims: claims_writer,
         lock_changes,
     };
     (ctx, inputs)
@@ -310,15 +315,15 @@ async fn lead(
 
     // The claims watch fills the controller's cache and the index of claims by lock and
     // holder that pod, job and lock events are mapped through.
-    let (claims_store, claims_writer) = reflector::store();
+    let claims_store = ctx.claims.clone();
     let resume_claims = claims_store.clone();
-    let index = ClaimIndex::default();
+    let index = ctx.index.clone();
     let claim_stream = {
         let index = index.clone();
         watcher(claims_api, watch_config.clone())
             .modify(slim::own::<LockClaim>)
             .default_backoff()
-            .reflect(claims_writer)
+            .reflect(inputs.claims)
             .inspect_ok(move |event| index.observe(event))
             .applied_objects()
     };
