@@ -58,11 +58,10 @@ pub struct Cluster {
     pub zk: ZooKeeperServer,
     pub root: String,
     memkube: Option<memkube::MemKube>,
-    /// The kubeconfig for processes the test starts: memkube's, written once into a
-    /// directory removed with the cluster, or the `KUBECONFIG` cluster's.
+    /// The admin's kubeconfig for processes the test starts: memkube's (in `scratch`), the
+    /// control plane's, or the `KUBECONFIG` cluster's.
     kubeconfig: std::ffi::OsString,
-    _kubeconfig_dir: Option<tempfile::TempDir>,
-    /// Files the test's processes need (ServiceAccount kubeconfigs), removed with the cluster.
+    /// Files the test's processes need (kubeconfigs), removed with the cluster.
     scratch: tempfile::TempDir,
     controller: Option<Controller>,
 }
@@ -106,24 +105,19 @@ impl Cluster {
             .with_test_writer()
             .try_init();
         let zk = ZooKeeperServer::start().expect("ZooKeeper starts (make deps installs it)");
-        let (client, kubeconfig, memkube, kubeconfig_dir) = match server {
+        let scratch = tempfile::tempdir().expect("a temporary directory");
+        let (client, kubeconfig, memkube) = match server {
             ApiServer::MemKube => {
                 let server = memkube::MemKube::start().await.expect("memkube starts");
-                let dir = tempfile::tempdir().expect("a temporary directory");
-                let path = dir.path().join("kubeconfig");
+                let path = scratch.path().join("kubeconfig");
                 server
                     .write_kubeconfig(&path)
                     .expect("write memkube's kubeconfig");
-                (
-                    server.client(),
-                    path.into_os_string(),
-                    Some(server),
-                    Some(dir),
-                )
+                (server.client(), path.into_os_string(), Some(server))
             }
             ApiServer::Shared => {
                 let kubeconfig = shared_kubeconfig();
-                (client_from(&kubeconfig).await, kubeconfig, None, None)
+                (client_from(&kubeconfig).await, kubeconfig, None)
             }
         };
         let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
@@ -144,8 +138,7 @@ impl Cluster {
             root: format!("/lockkeeper-e2e/{suffix}"),
             memkube,
             kubeconfig,
-            _kubeconfig_dir: kubeconfig_dir,
-            scratch: tempfile::tempdir().expect("a temporary directory"),
+            scratch,
             controller: None,
         };
         if cluster.memkube.is_none() {
