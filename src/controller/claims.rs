@@ -239,10 +239,11 @@ const ORDER_RETRY: Duration = Duration::from_millis(50);
 
 /// The order claims of one lock are queued in: creation, then name (creation timestamps
 /// have whole seconds, and `kubectl apply -f` makes a directory's claims within one).
-fn creation_order(claim: &LockClaim) -> (Option<Timestamp>, String) {
+fn creation_order(claim: &LockClaim) -> (Option<Timestamp>, &str) {
+    let meta = claim.meta();
     (
-        claim.meta().creation_timestamp.as_ref().map(|t| t.0),
-        claim.name_any(),
+        meta.creation_timestamp.as_ref().map(|t| t.0),
+        meta.name.as_deref().unwrap_or_default(),
     )
 }
 

@@ -299,8 +299,13 @@ impl Cluster {
 
     /// A kubeconfig that authenticates as the ServiceAccount `account` of the test's
     /// namespace, with a token from the TokenRequest API, as a pod of that account would: what
-    /// it may do is what RBAC grants that account, nothing more.
+    /// it may do is what RBAC grants that account, nothing more. Written once per account and
+    /// test (the token lasts an hour).
     pub fn service_account_kubeconfig(&self, account: &str) -> std::path::PathBuf {
+        let path = self.scratch.path().join(format!("{account}.kubeconfig"));
+        if path.exists() {
+            return path;
+        }
         let token = self.kubectl_ok(&["create", "token", account, "--duration=1h"], "");
         let config: Value = serde_json::from_str(&succeeded(
             &["config", "view"],
@@ -315,7 +320,6 @@ impl Cluster {
                 "namespace": self.namespace}}],
             "current-context": account,
         });
-        let path = self.scratch.path().join(format!("{account}.kubeconfig"));
         std::fs::write(&path, kubeconfig.to_string()).expect("write the kubeconfig");
         path
     }
@@ -461,15 +465,21 @@ impl Cluster {
     /// Plays the kubelet for the Job `name`: waits for a pod the Job controller made for it
     /// and marks that pod `Succeeded`; the Job controller then completes the Job.
     pub async fn complete_job(&self, name: &str) {
-        self.finish_job_pod(name, "Succeeded").await;
-        self.wait_job_condition(name, "Complete").await;
-    }
-
-    /// Marks a pod of the Job `name` as ended in `phase` (`Succeeded` or `Failed`), as the
-    /// kubelet would once its containers exit.
-    pub async fn finish_job_pod(&self, name: &str, phase: &str) {
         let pod = self.job_pod(name).await;
-        self.set_pod_phase(&pod.name_any(), phase).await;
+        self.set_pod_phase(&pod.name_any(), "Succeeded").await;
+        let jobs = self.api::<Job>();
+        self.eventually(&format!("Job {name} is Complete"), || async {
+            jobs.get(name)
+                .await
+                .ok()
+                .and_then(|j| j.status)
+                .and_then(|s| s.conditions)
+                .is_some_and(|c| {
+                    c.iter()
+                        .any(|c| c.type_ == "Complete" && c.status == "True")
+                })
+        })
+        .await;
     }
 
     /// Waits for a pod that the Job controller made for the Job `name` and that has not
@@ -492,20 +502,6 @@ impl Cluster {
         )
         .await
         .expect("a pod")
-    }
-
-    /// Waits until the Job `name` has condition `type_` True (`Complete`, `Failed`).
-    pub async fn wait_job_condition(&self, name: &str, type_: &str) {
-        let jobs = self.api::<Job>();
-        self.eventually(&format!("Job {name} is {type_}"), || async {
-            jobs.get(name)
-                .await
-                .ok()
-                .and_then(|j| j.status)
-                .and_then(|s| s.conditions)
-                .is_some_and(|c| c.iter().any(|c| c.type_ == type_ && c.status == "True"))
-        })
-        .await;
     }
 
     pub async fn set_pod_phase(&self, name: &str, phase: &str) {

@@ -39,10 +39,15 @@ pub enum KubernetesVersion {
 impl KubernetesVersion {
     /// `LOCKKEEPER_KUBERNETES` (`newest`, `oldest`, `1.33`, …), newest when unset.
     pub fn from_env() -> Self {
-        match std::env::var("LOCKKEEPER_KUBERNETES").ok().as_deref() {
-            None | Some("") | Some("newest") => KubernetesVersion::Newest,
-            Some("oldest") => KubernetesVersion::Oldest,
-            Some(other) => KubernetesVersion::Named(other.to_string()),
+        Self::parse(&std::env::var("LOCKKEEPER_KUBERNETES").unwrap_or_default())
+    }
+
+    /// `newest` (or nothing), `oldest`, or a pinned version like `1.33` or `v1.33.13`.
+    pub fn parse(name: &str) -> Self {
+        match name {
+            "" | "newest" => KubernetesVersion::Newest,
+            "oldest" => KubernetesVersion::Oldest,
+            other => KubernetesVersion::Named(other.to_string()),
         }
     }
 
@@ -276,10 +281,6 @@ impl ControlPlane {
         format!("https://127.0.0.1:{}", self.api_port)
     }
 
-    pub fn api_port(&self) -> u16 {
-        self.api_port
-    }
-
     /// The CA that signed kube-apiserver's serving certificate (with the certificate).
     pub fn ca_file(&self) -> PathBuf {
         self.dir.join("pki/apiserver.crt")
@@ -288,29 +289,6 @@ impl ControlPlane {
     /// A kubeconfig for an admin (`system:masters`).
     pub fn kubeconfig(&self) -> PathBuf {
         self.dir.join("kubeconfig")
-    }
-
-    /// The admin's bearer token.
-    pub fn admin_token(&self) -> &str {
-        &self.token
-    }
-
-    /// Writes a kubeconfig at `path` for `server` (this API server, or a proxy in front of
-    /// it) authenticating with `token`, with `namespace` as its default namespace.
-    pub fn write_kubeconfig_for(
-        &self,
-        path: &Path,
-        server: &str,
-        token: &str,
-        namespace: &str,
-    ) -> Result<(), KitError> {
-        let ca = self.ca_file();
-        let text = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: lockkeeper-e2e\n  cluster:\n    server: {server}\n    certificate-authority: {ca}\nusers:\n- name: user\n  user:\n    token: {token}\ncontexts:\n- name: lockkeeper-e2e\n  context:\n    cluster: lockkeeper-e2e\n    user: user\n    namespace: {namespace}\ncurrent-context: lockkeeper-e2e\n",
-            ca = ca.display()
-        );
-        std::fs::write(path, text)?;
-        Ok(())
     }
 
     /// The log of one of the processes (`etcd`, `kube-apiserver`, `kube-controller-manager`).
@@ -356,8 +334,16 @@ impl ControlPlane {
         Ok(())
     }
 
+    /// The admin's kubeconfig (a bearer token of `system:masters`).
     fn write_kubeconfig(&self) -> Result<(), KitError> {
-        self.write_kubeconfig_for(&self.kubeconfig(), &self.server(), &self.token, "default")
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: lockkeeper-e2e\n  cluster:\n    server: {server}\n    certificate-authority: {ca}\nusers:\n- name: admin\n  user:\n    token: {token}\ncontexts:\n- name: lockkeeper-e2e\n  context:\n    cluster: lockkeeper-e2e\n    user: admin\n    namespace: default\ncurrent-context: lockkeeper-e2e\n",
+            server = self.server(),
+            ca = self.ca_file().display(),
+            token = self.token,
+        );
+        std::fs::write(self.kubeconfig(), text)?;
+        Ok(())
     }
 
     fn spawn(&self, name: &str, command: &mut Command) -> Result<Child, KitError> {

@@ -21,11 +21,7 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let version = match args.next().as_deref() {
-        None | Some("newest") => KubernetesVersion::Newest,
-        Some("oldest") => KubernetesVersion::Oldest,
-        Some(other) => KubernetesVersion::Named(other.to_string()),
-    };
+    let version = KubernetesVersion::parse(&args.next().unwrap_or_default());
     // Block the stop signals before any child starts, then wait for one of them here.
     let signals = stop_signals();
     let options = ControlPlaneOptions {
