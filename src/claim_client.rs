@@ -210,7 +210,7 @@ pub async fn wait_for_decision_within(
     }
 }
 
-/// Deletes the claim (its finalizer takes it out of the ZooKeeper queue first) and waits up
+/// Deletes the claim (the controller then takes it out of the ZooKeeper queue) and waits up
 /// to `patience` until it is gone. `uid` guards against deleting a newer claim of that name.
 pub async fn delete_claim(
     api: &Api<LockClaim>,

@@ -1,6 +1,6 @@
 //! The LockClaim reconciler: gathers what [`crate::claim_lifecycle::decide`] needs (lock, holder,
 //! queue), then carries out its step — ZooKeeper queue, status (server-side apply), Job
-//! resume, events. A finalizer makes a deleted claim leave the queue first.
+//! resume, events. A deleted claim leaves the queue through [`super::departures`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,7 +24,9 @@ use crate::resources::{ClaimPhase, DistributedLock, HolderKind, LockClaim, LockC
 use crate::znode_name::ContenderId;
 use crate::zookeeper::{ContenderState, EngineError};
 
-pub const FINALIZER: &str = "lockkeeper.dev/release";
+/// The finalizer claims made by lockkeeper 0.1 carry. Claims need none now (see
+/// [`super::departures`]); the controller takes it off.
+pub const LEGACY_FINALIZER: &str = "lockkeeper.dev/release";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -38,35 +40,29 @@ pub async fn reconcile(claim: Arc<LockClaim>, ctx: Arc<Context>) -> Result<Actio
     // Decide on complete caches only (a holder missing from a cache still filling is not a
     // deleted holder), and after the earlier term's claims are queued again in order.
     ctx.term_resumed().await;
-    let api: Api<LockClaim> = ctx.api_beside(claim.as_ref());
     let version = claim.resource_version();
     if ctx.stale_claims.is_stale(&uid(&claim), version.as_deref()) {
         // This controller wrote a newer version; its watch event reconciles the claim.
         return Ok(Action::await_change());
     }
     if claim.meta().deletion_timestamp.is_some() {
-        if claim.finalizers().iter().any(|f| f == FINALIZER) {
-            cleanup(&claim, &ctx).await?;
-            let removed = finalizer::remove(&api, claim.as_ref(), FINALIZER).await?;
-            ctx.stale_claims.forget(&uid(&claim));
-            if let Patched::Stale = removed {
-                return Ok(Action::requeue(CONFLICT_RETRY));
-            }
-        }
+        // Held up by a finalizer: the claim leaves the queue now.
+        leave_for_good(&ctx, &uid(&claim), &claim.lock_ref()).await?;
+    }
+    if claim.finalizers().iter().any(|f| f == LEGACY_FINALIZER) {
+        let api: Api<LockClaim> = ctx.api_beside(claim.as_ref());
+        return Ok(
+            match finalizer::remove(&api, claim.as_ref(), LEGACY_FINALIZER).await? {
+                // The change's watch event reconciles the claim again.
+                Patched::Applied(_) => Action::await_change(),
+                Patched::Stale => Action::requeue(CONFLICT_RETRY),
+            },
+        );
+    }
+    if claim.meta().deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    // Queue nothing before the finalizer is there to take it out again.
-    match finalizer::add(&api, claim.as_ref(), FINALIZER).await? {
-        Patched::Applied(updated) => {
-            if updated.resource_version() != version {
-                ctx.stale_claims.replaced(&uid(&claim), version.as_deref());
-            }
-            apply(&updated, &ctx).await
-        }
-        // The claim changed since this copy: its watch event reconciles it again, and the
-        // retry covers a conflict that came without a change.
-        Patched::Stale => Ok(Action::requeue(CONFLICT_RETRY)),
-    }
+    apply(&claim, &ctx).await
 }
 
 pub fn error_policy(claim: Arc<LockClaim>, error: &Error, ctx: Arc<Context>) -> Action {
@@ -75,22 +71,21 @@ pub fn error_policy(claim: Arc<LockClaim>, error: &Error, ctx: Arc<Context>) -> 
     Action::requeue(Duration::from_secs(1))
 }
 
-fn lock_ref(claim: &LockClaim) -> ObjectRef<DistributedLock> {
-    ObjectRef::new(&claim.spec.lock).within(&claim.namespace().unwrap_or_default())
-}
-
 fn uid(claim: &LockClaim) -> String {
     claim.uid().unwrap_or_default()
 }
 
-/// A deleted claim leaves the queue (releasing its grant) before its finalizer goes.
-async fn cleanup(claim: &LockClaim, ctx: &Context) -> Result<(), Error> {
-    let was_granted = claim.status.as_ref().map(|s| s.phase) == Some(ClaimPhase::Granted);
-    leave_queue(ctx, claim, ctx.locks.get(&lock_ref(claim)).as_deref()).await?;
-    if was_granted {
-        ctx.metrics.released(&claim.spec.lock);
+/// A claim that is gone, or going, leaves the queue for good; a grant it held counts as
+/// released.
+pub async fn leave_for_good(
+    ctx: &Context,
+    uid: &str,
+    lock: &ObjectRef<DistributedLock>,
+) -> Result<(), Error> {
+    if leave_queue(ctx, uid, ctx.locks.get(lock).as_deref()).await? {
+        ctx.metrics.released(&lock.name);
     }
-    let _ = ctx.lock_changed.send(lock_ref(claim));
+    let _ = ctx.lock_changed.send(lock.clone());
     Ok(())
 }
 
@@ -167,7 +162,7 @@ fn facts(claim: &LockClaim) -> ClaimFacts {
 
 async fn apply(claim: &LockClaim, ctx: &Arc<Context>) -> Result<Action, Error> {
     let now = Timestamp::now();
-    let lock = ctx.locks.get(&lock_ref(claim));
+    let lock = ctx.locks.get(&claim.lock_ref());
     let lock_facts = lock.as_ref().map(|lock| LockFacts {
         lock_type: lock.spec.lock_type.clone(),
         max_hold: lock.spec.max_hold_seconds.map(Duration::from_secs),
@@ -196,19 +191,28 @@ async fn apply(claim: &LockClaim, ctx: &Arc<Context>) -> Result<Action, Error> {
         QueueAction::Keep => {}
         QueueAction::Enqueue => {
             let lock = lock.as_ref().expect("a valid claim has its lock");
-            if let Some(wait) = ctx.fenced_for(&lock_ref(claim)) {
+            if let Some(wait) = ctx.fenced_for(&claim.lock_ref()) {
                 return Ok(Action::requeue(wait));
             }
             if older_claim_due(ctx, claim, lock_facts.as_ref(), now) {
                 return Ok(Action::requeue(ORDER_RETRY));
             }
+            let queue = enqueue(ctx, claim, lock).await?;
+            if !still_cached(ctx, claim) {
+                // Deleted while it was being queued: its departure may have found nothing
+                // queued yet.
+                leave_for_good(ctx, &uid(claim), &claim.lock_ref()).await?;
+                return Ok(Action::await_change());
+            }
             // The engine answers with the queue already read: decide again on it.
-            step = decide(&enqueue(ctx, claim, lock).await?);
+            step = decide(&queue);
             if step.queue == QueueAction::Dequeue {
-                leave_queue(ctx, claim, Some(lock)).await?;
+                leave_queue(ctx, &uid(claim), Some(lock)).await?;
             }
         }
-        QueueAction::Dequeue => leave_queue(ctx, claim, lock.as_deref()).await?,
+        QueueAction::Dequeue => {
+            leave_queue(ctx, &uid(claim), lock.as_deref()).await?;
+        }
     }
     if step.resume_job {
         resume_job(ctx, claim).await?;
@@ -287,29 +291,35 @@ async fn enqueue(
     Ok(queue_state(ctx, claim))
 }
 
+/// Whether the claim cache still holds this claim (not deleted, nor made again by that name).
+fn still_cached(ctx: &Context, claim: &LockClaim) -> bool {
+    ctx.claims
+        .get(&ObjectRef::from_obj(claim))
+        .is_some_and(|cached| cached.uid() == claim.uid())
+}
+
 /// Takes the claim's contender out of the queue (releasing a grant), whether this term
-/// queued it or an earlier one did. Without a tracked contender or a usable lock nothing was
-/// queued, so nothing is dequeued.
+/// queued it or an earlier one did; true if it held the lock. Without a tracked contender
+/// or a usable lock nothing was queued, so nothing is dequeued.
 async fn leave_queue(
     ctx: &Context,
-    claim: &LockClaim,
+    uid: &str,
     lock: Option<&DistributedLock>,
-) -> Result<(), Error> {
-    let tracked = ctx
-        .contenders
-        .lock()
-        .expect("contenders lock")
-        .remove(&uid(claim));
+) -> Result<bool, Error> {
+    let tracked = ctx.contenders.lock().expect("contenders lock").remove(uid);
+    let held = tracked
+        .as_ref()
+        .is_some_and(|tracked| matches!(*tracked.state.borrow(), ContenderState::Granted { .. }));
     let spec = match tracked {
         Some(tracked) => tracked.lock,
         None => match lock.map(|lock| ctx.lock_spec(lock)) {
             Some(Ok(spec)) => spec,
-            _ => return Ok(()),
+            _ => return Ok(false),
         },
     };
-    let id = ContenderId::new(uid(claim)).map_err(EngineError::from)?;
+    let id = ContenderId::new(uid.to_string()).map_err(EngineError::from)?;
     match ctx.engine.dequeue(&spec, &id).await {
-        Ok(()) | Err(EngineError::NotQueued { .. }) => Ok(()),
+        Ok(()) | Err(EngineError::NotQueued { .. }) => Ok(held),
         Err(err) => Err(err.into()),
     }
 }
@@ -433,7 +443,7 @@ async fn write_status(
     if current.phase != outcome.phase {
         record_transition(ctx, claim, outcome, &current).await;
     }
-    let _ = ctx.lock_changed.send(lock_ref(claim));
+    let _ = ctx.lock_changed.send(claim.lock_ref());
     Ok(Written::Yes)
 }
 

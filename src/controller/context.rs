@@ -29,6 +29,8 @@ pub struct Tracked {
     pub state: watch::Receiver<ContenderState>,
     /// The claim this contender belongs to (to map engine events back to it).
     pub claim: ObjectRef<LockClaim>,
+    /// The claim's lock (for a claim that is gone, whose spec is gone with it).
+    pub lock_ref: ObjectRef<DistributedLock>,
     /// When the claim's place in line (position, sequence) was last written to its status,
     /// as far as this term knows.
     pub place_written: Option<Instant>,
@@ -174,6 +176,7 @@ impl Context {
                 sequence,
                 state: contender.watch_state(),
                 claim: ObjectRef::from_obj(claim),
+                lock_ref: claim.lock_ref(),
                 // A claim queued again (a new term) already shows its place from before.
                 place_written: shows_place(claim).then(Instant::now),
             },

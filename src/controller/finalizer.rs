@@ -1,5 +1,5 @@
-//! The claim finalizer, added and removed with merge patches guarded by the resourceVersion
-//! the reconcile read.
+//! Taking a finalizer off (the one claims of lockkeeper 0.1 carry) with a merge patch guarded
+//! by the resourceVersion the reconcile read.
 //!
 //! A reconcile often runs on a cached copy older than the object (a pod or lock event
 //! triggers it before the claim's own watch event arrived). A guarded write then gets 409:
@@ -21,19 +21,6 @@ pub enum Patched<K> {
 
 fn has(object: &impl Resource, finalizer: &str) -> bool {
     object.finalizers().iter().any(|f| f == finalizer)
-}
-
-/// Adds `finalizer` unless the object has it.
-pub async fn add<K>(api: &Api<K>, object: &K, finalizer: &str) -> Result<Patched<K>, kube::Error>
-where
-    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    if has(object, finalizer) {
-        return Ok(Patched::Applied(object.clone()));
-    }
-    let mut finalizers = object.finalizers().to_vec();
-    finalizers.push(finalizer.to_string());
-    write(api, object, finalizers).await
 }
 
 /// Removes `finalizer` (the object goes once its last finalizer is gone).

@@ -12,6 +12,7 @@
 pub mod claim_index;
 pub mod claims;
 pub mod context;
+pub mod departures;
 pub mod finalizer;
 pub mod holders;
 pub mod leader;
@@ -42,6 +43,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::claim_index::ClaimIndex;
 use self::context::Context;
+use self::departures::Departure;
 use self::leader::Leadership;
 use self::telemetry::Metrics;
 use crate::resources::{ClaimPhase, DistributedLock, HolderKind, LockClaim, LockClaimStatus};
@@ -314,19 +316,26 @@ async fn lead(
     };
 
     // The claims watch fills the controller's cache and the index of claims by lock and
-    // holder that pod, job and lock events are mapped through.
+    // holder that pod, job and lock events are mapped through, and tells of claims that went.
     let claims_store = ctx.claims.clone();
     let resume_claims = claims_store.clone();
     let index = ctx.index.clone();
+    let (departed, departures) = mpsc::unbounded_channel();
     let claim_stream = {
         let index = index.clone();
         watcher(claims_api, watch_config.clone())
             .modify(slim::own::<LockClaim>)
             .default_backoff()
             .reflect(inputs.claims)
-            .inspect_ok(move |event| index.observe(event))
+            .inspect_ok(move |event| {
+                index.observe(event);
+                if let Some(departure) = Departure::of(event) {
+                    let _ = departed.send(departure);
+                }
+            })
             .applied_objects()
     };
+    let departures_run = departures::follow(ctx.clone(), departures, stopping.clone());
     let (by_lock, by_pod, by_job) = (index.clone(), index.clone(), index.clone());
     let runner =
         kube::runtime::controller::Config::default().concurrency(config.concurrent_reconciles);
@@ -379,7 +388,7 @@ async fn lead(
     };
 
     tokio::select! {
-        _ = futures::future::join3(claims_run, locks_run, resumed) => {}
+        _ = futures::future::join4(claims_run, locks_run, resumed, departures_run) => {}
         _ = forward_events => tracing::error!("the lock engine's event stream ended"),
     }
 }
@@ -437,9 +446,7 @@ async fn fence_lost_grants(ctx: &Arc<Context>) -> HashMap<ObjectRef<DistributedL
             continue;
         }
         // The term's lock cache still holds what the locks said when the term ended.
-        let lock = ctx
-            .locks
-            .get(&ObjectRef::new(&claim.spec.lock).within(&namespace));
+        let lock = ctx.locks.get(&claim.lock_ref());
         let delay = lock
             .as_ref()
             .and_then(|l| l.spec.lock_delay_seconds)
@@ -465,7 +472,7 @@ async fn fence_lost_grants(ctx: &Arc<Context>) -> HashMap<ObjectRef<DistributedL
         if lock.as_ref().is_some_and(|l| l.spec.evict_on_loss) {
             evict_holder(ctx, &claim).await;
         }
-        fenced.insert(ObjectRef::new(&claim.spec.lock).within(&namespace), delay);
+        fenced.insert(claim.lock_ref(), delay);
     }
     fenced
 }

@@ -62,9 +62,7 @@ pub async fn resume(
     let mut by_lock: HashMap<ObjectRef<DistributedLock>, Vec<Arc<LockClaim>>> = HashMap::new();
     for claim in claims.state() {
         if was_queued(&claim) {
-            let lock =
-                ObjectRef::new(&claim.spec.lock).within(&claim.namespace().unwrap_or_default());
-            by_lock.entry(lock).or_default().push(claim);
+            by_lock.entry(claim.lock_ref()).or_default().push(claim);
         }
     }
     let mut queued = 0;

@@ -55,7 +55,7 @@ mod tests {
     fn copies_replaced_by_writes_are_stale_until_a_newer_copy_is_seen() {
         let copies = StaleCopies::default();
         assert!(!copies.is_stale("a", Some("1")));
-        // Two writes in one reconcile: 1 → 2 (finalizer), 2 → 3 (status).
+        // Two writes before the watch caught up: 1 → 2, then 2 → 3.
         copies.replaced("a", Some("1"));
         copies.replaced("a", Some("2"));
         assert!(copies.is_stale("a", Some("1")));

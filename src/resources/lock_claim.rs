@@ -2,7 +2,8 @@
 //! Job or Lease — and, in status, where it stands in line and the fencing token of its grant.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime, Time};
-use kube::{CustomResource, KubeSchema};
+use kube::runtime::reflector::ObjectRef;
+use kube::{CustomResource, KubeSchema, ResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -54,6 +55,13 @@ pub struct LockClaimSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub wait_timeout_seconds: Option<u64>,
+}
+
+impl LockClaim {
+    /// The DistributedLock the claim asks for: `spec.lock` in the claim's namespace.
+    pub fn lock_ref(&self) -> ObjectRef<super::DistributedLock> {
+        ObjectRef::new(&self.spec.lock).within(&self.namespace().unwrap_or_default())
+    }
 }
 
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]

@@ -22,6 +22,9 @@ pub const PATIENCE: Duration = Duration::from_secs(30);
 /// The ServiceAccount of `examples/gated-pod/rbac.yaml`.
 pub const GATE_ACCOUNT: &str = "lockkeeper-gate";
 
+/// The controller's ServiceAccount, as the chart (release `lockkeeper`) names it.
+pub const CONTROLLER_ACCOUNT: &str = "lockkeeper";
+
 enum ApiServer {
     /// The cluster `KUBECONFIG` names, or else this test binary's own control plane.
     Shared,
@@ -176,8 +179,9 @@ impl Cluster {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let mut config = self.controller_config();
         adjust(&mut config);
-        let client = self.client.clone();
+        let kubeconfig = self.controller_kubeconfig();
         let task = tokio::spawn(async move {
+            let client = client_from(kubeconfig.as_os_str()).await;
             controller::run_with(client, config, async {
                 let _ = stopped.await;
             })
@@ -195,6 +199,33 @@ impl Cluster {
     /// The admin's kubeconfig of this cluster, for processes the test starts.
     pub fn kubeconfig(&self) -> &std::ffi::OsStr {
         &self.kubeconfig
+    }
+
+    /// The kubeconfig the test's controller runs with. On the real control plane it is the
+    /// chart's own: its ServiceAccount, Role and RoleBinding (namespace scope, `helm template
+    /// --show-only`), applied in the test namespace, and a token of that account, so that the
+    /// controller may do only what the chart grants. memkube has no RBAC: its admin.
+    pub fn controller_kubeconfig(&self) -> std::path::PathBuf {
+        if self.memkube.is_some() {
+            return std::path::PathBuf::from(&self.kubeconfig);
+        }
+        let output = std::process::Command::new(helm_binary())
+            .args(["template", "lockkeeper", "charts/lockkeeper"])
+            .args(["--namespace", &self.namespace])
+            .args(["--set", "zookeeper.connect=127.0.0.1:2181"])
+            .args(["--show-only", "templates/serviceaccount.yaml"])
+            .args(["--show-only", "templates/rbac.yaml"])
+            .current_dir(repo())
+            .output()
+            .expect("helm runs");
+        assert!(
+            output.status.success(),
+            "helm template failed:\n{}",
+            output_text(&output)
+        );
+        let rbac = String::from_utf8(output.stdout).expect("helm prints YAML");
+        self.kubectl_ok(&["apply", "-f", "-"], &rbac);
+        self.service_account_kubeconfig(CONTROLLER_ACCOUNT)
     }
 
     /// The `lockkeeper` binary, talking to this cluster.
@@ -271,6 +302,7 @@ impl Cluster {
         let config = self.controller_config();
         let mut command = self.lockkeeper();
         command
+            .env("KUBECONFIG", self.controller_kubeconfig())
             .args([
                 "controller",
                 "--zookeeper",
@@ -431,6 +463,23 @@ impl Cluster {
     pub async fn claim(&self, name: &str, spec: Value) -> LockClaim {
         self.create(json!({"apiVersion": "lockkeeper.dev/v1alpha1", "kind": "LockClaim", "metadata": {"name": name}, "spec": spec}))
             .await
+    }
+
+    /// The ZooKeeper path of the lock `name`, once its status names it.
+    pub async fn zookeeper_path(&self, name: &str) -> String {
+        let lock = self
+            .poll(
+                PATIENCE,
+                "the lock's status names its ZooKeeper path",
+                || async { self.api::<DistributedLock>().get(name).await.unwrap() },
+                |lock| {
+                    lock.status
+                        .as_ref()
+                        .is_some_and(|s| s.zookeeper_path.is_some())
+                },
+            )
+            .await;
+        lock.status.unwrap().zookeeper_path.unwrap()
     }
 
     /// A Job created suspended, as users apply it next to its LockClaim.
@@ -628,8 +677,8 @@ impl Cluster {
     }
 
     /// Deletes the test's namespace while the controller still runs, so that it releases
-    /// the claims there and takes their finalizers off; then stops the controller. Nothing is
-    /// left `Terminating` on the shared control plane.
+    /// the claims there; then stops the controller. Nothing is left `Terminating` on the
+    /// shared control plane.
     pub async fn stop(mut self) {
         let namespaces: Api<Namespace> = Api::all(self.client.clone());
         let _ = namespaces
