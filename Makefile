@@ -51,9 +51,9 @@ bench: deps
 	@$(CARGO) build --quiet --release --workspace --bins
 	target/release/lockkeeper-bench --out bench/results
 
-## sandbox: ZooKeeper, memkube, lockkeeper controller, the CRDs and a demo on loopback, left running
+## sandbox: ZooKeeper, the Kubernetes control plane, lockkeeper controller, the CRDs and a demo on loopback, left running
 sandbox: deps
-	@echo "==> building lockkeeper, memkube and the sandbox's ZooKeeper launcher (cargo build)"
+	@echo "==> building lockkeeper and the sandbox's ZooKeeper and control plane launchers (cargo build)"
 	@$(CARGO) build --quiet --workspace --bins
 	@bash e2e/sandbox/up.sh "$(SANDBOX_DIR)" "$(SANDBOX_ZK_PORT)" "$(SANDBOX_API_PORT)" "$(SANDBOX_METRICS_PORT)"
 
@@ -63,7 +63,7 @@ controlplane: deps
 	@$(CARGO) build --quiet -p lockkeeper-testkit --bin controlplane
 	target/debug/controlplane "$(CURDIR)/.controlplane" "$(SANDBOX_API_PORT)" "$(or $(KUBERNETES),newest)"
 
-## sandbox-down: stop the sandbox (controller, memkube, ZooKeeper); ZooKeeper data and logs stay in .sandbox/
+## sandbox-down: stop the sandbox (controller, control plane, ZooKeeper); ZooKeeper data and logs stay in .sandbox/
 sandbox-down:
 	@bash e2e/sandbox/down.sh "$(SANDBOX_DIR)"
 

@@ -1,7 +1,7 @@
 //! The Helm chart `charts/lockkeeper`: `helm lint` and `helm template` with the default
 //! values and with every other option (the files in charts/lockkeeper/ci/), bad values
 //! refused at install time with the field named, and the rendered manifests applied to the
-//! API server (memkube, or the `KUBECONFIG` cluster) with kubectl, after which the controller
+//! real control plane (or the `KUBECONFIG` cluster) with kubectl, after which the controller
 //! runs exactly as the rendered Deployment starts it and grants a lock.
 //!
 //! `helm` is `$HELM`, or `.tools/helm` where `make deps` installs it.

@@ -1,5 +1,5 @@
 //! `lockkeeper gate` and `lockkeeper run` as users run them: real processes talking to the
-//! API server (memkube, or the `KUBECONFIG` cluster), a controller on real ZooKeeper.
+//! real control plane (or the `KUBECONFIG` cluster), a controller on real ZooKeeper.
 //! Issue 4's scenarios 2 and 6.
 
 mod cluster;

@@ -1,7 +1,7 @@
 //! The operator end to end (issue 4's scenarios): real ZooKeeper, the real control plane
 //! (or the cluster `KUBECONFIG` points at), `lockkeeper controller` in-process. Each test
-//! asserts what a user sees through the API. The two scenarios that break the controller's
-//! API traffic still run on memkube's fault injection.
+//! asserts what a user sees through the API. The scenarios that break the controller's API
+//! traffic put a fault proxy between it and the API server.
 
 mod cluster;
 
@@ -16,8 +16,8 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use lockkeeper::resources::ClaimPhase;
 use lockkeeper::resources::{DistributedLock, LockClaim};
+use lockkeeper_testkit::api_fault_proxy::ErrorRule;
 use lockkeeper_testkit::{PeerKind, PeerLibrary, PeerProcess, PeerSpec};
-use memkube::ErrorRule;
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -290,10 +290,8 @@ async fn the_finalizer_of_lockkeeper_0_1_comes_off_claims() {
 /// asks the API server first, and releases only what is really gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_holder_missing_from_a_lagging_pod_cache_keeps_its_claim() {
-    // Breaking the controller's pod watch needs fault injection: memkube's, until the fault
-    // proxy in front of the real API server takes its place.
     let cluster = Cluster::start_with_faults().await;
-    let faults = cluster.faults().expect("memkube's faults");
+    let faults = cluster.faults();
     cluster.lock("ledger", json!({})).await;
     cluster.pod_with_claim("holder", "ledger").await;
     cluster.wait_phase("holder", ClaimPhase::Granted).await;
@@ -330,6 +328,10 @@ async fn a_holder_missing_from_a_lagging_pod_cache_keeps_its_claim() {
         .await;
     assert_eq!(status.phase, ClaimPhase::Waiting, "{status:?}");
     assert_eq!(status.position, Some(1));
+    assert!(
+        faults.errors_answered() > 0,
+        "the controller's pod list and watch were refused"
+    );
     faults.reset();
     faults.close_watches();
     cluster.set_pod_phase("holder", "Succeeded").await;
@@ -683,21 +685,21 @@ fn observe_and_release(cluster: &Cluster, seen: Seen) -> tokio::task::JoinHandle
     })
 }
 
-/// While `stop` is open: drops every watch, and has memkube answer claim writes and relists
+/// While `stop` is open: drops every watch, and has the fault proxy answer claim writes and relists
 /// with 500s and 409s, a few at a time (errors not met within a round are dropped, so they
 /// never pile up into an outage).
 fn inject_faults(
     cluster: &Cluster,
     stop: tokio::sync::watch::Receiver<bool>,
-) -> Option<tokio::task::JoinHandle<()>> {
-    let faults = cluster.faults()?;
+) -> tokio::task::JoinHandle<()> {
+    let faults = cluster.faults();
     let rule = |code, verb: &str, resource: &str| ErrorRule {
         code,
         count: 2,
         verb: Some(verb.into()),
         resource: Some(resource.into()),
     };
-    Some(tokio::spawn(async move {
+    tokio::spawn(async move {
         for round in 0u32.. {
             if *stop.borrow() {
                 return;
@@ -712,7 +714,7 @@ fn inject_faults(
             }
             tokio::time::sleep(Duration::from_millis(120)).await;
         }
-    }))
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -729,7 +731,7 @@ async fn two_hundred_claims_through_dropped_watches_500s_and_409s_are_each_grant
     let seen = Seen::default();
     let observer = observe_and_release(&cluster, seen.clone());
     let (stop_faults, faults_stopped) = tokio::sync::watch::channel(false);
-    let injector = inject_faults(&cluster, faults_stopped).expect("memkube's faults");
+    let injector = inject_faults(&cluster, faults_stopped);
 
     for i in 0..CLAIMS {
         let name = format!("work-{i}");
@@ -762,7 +764,7 @@ async fn two_hundred_claims_through_dropped_watches_500s_and_409s_are_each_grant
     let _ = stop_faults.send(true);
     {
         injector.await.unwrap();
-        let faults = cluster.faults().unwrap();
+        let faults = cluster.faults();
         faults.reset();
         assert!(
             faults.errors_answered() > 20,

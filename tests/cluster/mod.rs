@@ -14,7 +14,7 @@ use kube::{Client, ResourceExt};
 use lockkeeper::controller::{self, Config};
 use lockkeeper::resources::{ClaimPhase, DistributedLock, LockClaim};
 use lockkeeper::zookeeper::EngineConfig;
-use lockkeeper_testkit::{ControlPlane, ZooKeeperServer};
+use lockkeeper_testkit::{ApiFaultProxy, ControlPlane, ZooKeeperServer};
 use serde_json::{Value, json};
 
 pub const PATIENCE: Duration = Duration::from_secs(30);
@@ -24,12 +24,6 @@ pub const GATE_ACCOUNT: &str = "lockkeeper-gate";
 
 /// The controller's ServiceAccount, as the chart (release `lockkeeper`) names it.
 pub const CONTROLLER_ACCOUNT: &str = "lockkeeper";
-
-enum ApiServer {
-    /// The cluster `KUBECONFIG` names, or else this test binary's own control plane.
-    Shared,
-    MemKube,
-}
 
 /// The kubeconfig of the cluster `KUBECONFIG` names, or else of the real control plane this
 /// test binary starts once and shares between its tests (envtest's pattern).
@@ -60,9 +54,11 @@ pub struct Cluster {
     pub namespace: String,
     pub zk: ZooKeeperServer,
     pub root: String,
-    memkube: Option<memkube::MemKube>,
-    /// The admin's kubeconfig for processes the test starts: memkube's (in `scratch`), the
-    /// control plane's, or the `KUBECONFIG` cluster's.
+    /// The fault proxy the controller talks to the API server through, in clusters started
+    /// with faults.
+    proxy: Option<std::sync::Arc<ApiFaultProxy>>,
+    /// The admin's kubeconfig for processes the test starts: the control plane's, or the
+    /// `KUBECONFIG` cluster's.
     kubeconfig: std::ffi::OsString,
     /// Files the test's processes need (kubeconfigs), removed with the cluster.
     scratch: tempfile::TempDir,
@@ -86,21 +82,30 @@ impl Cluster {
         cluster
     }
 
-    /// Everything but the controller (tests that start it their own way).
-    pub async fn start_without_controller() -> Self {
-        Self::start_on(ApiServer::Shared).await
-    }
-
-    /// ZooKeeper, memkube with its fault injection, a namespace, the CRDs and a controller:
-    /// for the scenarios that break the controller's API traffic, until a fault proxy in
-    /// front of the real API server does that.
+    /// ZooKeeper, the API server, a namespace, the CRDs, and a controller that talks to the
+    /// API server through a fault proxy ([`Cluster::faults`]): for the scenarios that break
+    /// the controller's API traffic. The test's own requests go straight to the server.
     pub async fn start_with_faults() -> Self {
-        let mut cluster = Self::start_on(ApiServer::MemKube).await;
+        let mut cluster = Self::start_without_controller().await;
+        let config = kube::Config::from_custom_kubeconfig(
+            kube::config::Kubeconfig::read_from(&cluster.kubeconfig).expect("read the kubeconfig"),
+            &Default::default(),
+        )
+        .await
+        .expect("a client configuration from the kubeconfig");
+        let proxy = ApiFaultProxy::start(
+            &config.cluster_url.to_string(),
+            &config.root_cert.unwrap_or_default(),
+        )
+        .await
+        .expect("the API fault proxy starts");
+        cluster.proxy = Some(std::sync::Arc::new(proxy));
         cluster.start_controller();
         cluster
     }
 
-    async fn start_on(server: ApiServer) -> Self {
+    /// Everything but the controller (tests that start it their own way).
+    pub async fn start_without_controller() -> Self {
         let filter = tracing_subscriber::EnvFilter::try_from_env("LOCKKEEPER_LOG")
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,zookeeper_client=error"));
         let _ = tracing_subscriber::fmt()
@@ -109,20 +114,8 @@ impl Cluster {
             .try_init();
         let zk = ZooKeeperServer::start().expect("ZooKeeper starts (make deps installs it)");
         let scratch = tempfile::tempdir().expect("a temporary directory");
-        let (client, kubeconfig, memkube) = match server {
-            ApiServer::MemKube => {
-                let server = memkube::MemKube::start().await.expect("memkube starts");
-                let path = scratch.path().join("kubeconfig");
-                server
-                    .write_kubeconfig(&path)
-                    .expect("write memkube's kubeconfig");
-                (server.client(), path.into_os_string(), Some(server))
-            }
-            ApiServer::Shared => {
-                let kubeconfig = shared_kubeconfig();
-                (client_from(&kubeconfig).await, kubeconfig, None)
-            }
-        };
+        let kubeconfig = shared_kubeconfig();
+        let client = client_from(&kubeconfig).await;
         let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
         let namespace = format!("e2e-{suffix}");
         let namespaces: Api<Namespace> = Api::all(client.clone());
@@ -139,21 +132,19 @@ impl Cluster {
             namespace,
             zk,
             root: format!("/lockkeeper-e2e/{suffix}"),
-            memkube,
+            proxy: None,
             kubeconfig,
             scratch,
             controller: None,
         };
-        if cluster.memkube.is_none() {
-            // ServiceAccount admission refuses pods until the namespace's `default`
-            // ServiceAccount exists; kube-controller-manager makes it.
-            let accounts: Api<ServiceAccount> = cluster.api();
-            cluster
-                .eventually("the namespace's default ServiceAccount exists", || async {
-                    accounts.get_opt("default").await.ok().flatten().is_some()
-                })
-                .await;
-        }
+        // ServiceAccount admission refuses pods until the namespace's `default`
+        // ServiceAccount exists; kube-controller-manager makes it.
+        let accounts: Api<ServiceAccount> = cluster.api();
+        cluster
+            .eventually("the namespace's default ServiceAccount exists", || async {
+                accounts.get_opt("default").await.ok().flatten().is_some()
+            })
+            .await;
         cluster
     }
 
@@ -191,9 +182,11 @@ impl Cluster {
         self.controller = Some(Controller::InProcess { stop, task });
     }
 
-    /// memkube's fault injection; `None` on a real cluster.
-    pub fn faults(&self) -> Option<std::sync::Arc<memkube::faults::Faults>> {
-        self.memkube.as_ref().map(|server| server.faults())
+    /// The fault proxy between the controller and the API server ([`Cluster::start_with_faults`]).
+    pub fn faults(&self) -> std::sync::Arc<ApiFaultProxy> {
+        self.proxy
+            .clone()
+            .expect("a cluster started with faults (Cluster::start_with_faults)")
     }
 
     /// The admin's kubeconfig of this cluster, for processes the test starts.
@@ -204,11 +197,9 @@ impl Cluster {
     /// The kubeconfig the test's controller runs with. On the real control plane it is the
     /// chart's own: its ServiceAccount, Role and RoleBinding (namespace scope, `helm template
     /// --show-only`), applied in the test namespace, and a token of that account, so that the
-    /// controller may do only what the chart grants. memkube has no RBAC: its admin.
+    /// controller may do only what the chart grants. In a cluster started with faults, its
+    /// server is the fault proxy.
     pub fn controller_kubeconfig(&self) -> std::path::PathBuf {
-        if self.memkube.is_some() {
-            return std::path::PathBuf::from(&self.kubeconfig);
-        }
         let output = std::process::Command::new(helm_binary())
             .args(["template", "lockkeeper", "charts/lockkeeper"])
             .args(["--namespace", &self.namespace])
@@ -225,7 +216,20 @@ impl Cluster {
         );
         let rbac = String::from_utf8(output.stdout).expect("helm prints YAML");
         self.kubectl_ok(&["apply", "-f", "-"], &rbac);
-        self.service_account_kubeconfig(CONTROLLER_ACCOUNT)
+        let direct = self.service_account_kubeconfig(CONTROLLER_ACCOUNT);
+        let Some(proxy) = &self.proxy else {
+            return direct;
+        };
+        let mut kubeconfig: Value =
+            serde_json::from_slice(&std::fs::read(&direct).expect("read the kubeconfig"))
+                .expect("the kubeconfig is JSON");
+        kubeconfig["clusters"][0]["cluster"] = json!({"server": proxy.url()});
+        let path = self
+            .scratch
+            .path()
+            .join("controller-through-proxy.kubeconfig");
+        std::fs::write(&path, kubeconfig.to_string()).expect("write the kubeconfig");
+        path
     }
 
     /// The `lockkeeper` binary, talking to this cluster.
@@ -699,9 +703,6 @@ impl Cluster {
             .await;
         }
         self.stop_controller().await;
-        if let Some(server) = self.memkube.take() {
-            server.stop().await;
-        }
     }
 }
 

@@ -2,12 +2,14 @@
 //! peer processes, and the hold-interval checks that prove mutual exclusion across them.
 //! Never part of a production binary.
 
+pub mod api_fault_proxy;
 pub mod control_plane;
 pub mod cutting_proxy;
 pub mod hold_log;
 pub mod peer;
 pub mod zookeeper_server;
 
+pub use api_fault_proxy::ApiFaultProxy;
 pub use control_plane::{ControlPlane, ControlPlaneOptions, KubernetesVersion};
 pub use cutting_proxy::CuttingProxy;
 pub use hold_log::{HoldInterval, HoldLog};
