@@ -17,7 +17,10 @@ use kube::runtime::{WatchStreamExt, watcher};
 use lockkeeper::resources::ClaimPhase;
 use lockkeeper::resources::{DistributedLock, LockClaim};
 use lockkeeper_testkit::api_fault_proxy::ErrorRule;
-use lockkeeper_testkit::{PeerKind, PeerLibrary, PeerProcess, PeerSpec};
+use lockkeeper_testkit::{
+    ControlPlane, ControlPlaneOptions, KubernetesVersion, PeerKind, PeerLibrary, PeerProcess,
+    PeerSpec,
+};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -683,6 +686,64 @@ fn observe_and_release(cluster: &Cluster, seen: Seen) -> tokio::task::JoinHandle
             }
         }
     })
+}
+
+/// A claim deleted while the controller's claims watch is down, and whose delete falls out of
+/// the API server's history (etcd compacted it), is never reported as deleted: the watch's
+/// resume gets `410 Gone` and the controller lists the claims again. Every contender whose
+/// claim that list lacks leaves the queue, so the claim behind is granted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_deleted_out_of_the_watch_history_leaves_the_queue_after_the_relist() {
+    // A control plane of the test's own, without kube-apiserver's watch cache, which would
+    // serve the resume from its own history however etcd was compacted. Started on the
+    // test's thread: its processes end with it.
+    let scratch = tempfile::tempdir().unwrap();
+    let plane = ControlPlane::start(ControlPlaneOptions {
+        version: KubernetesVersion::from_env(),
+        dir: scratch.path().to_path_buf(),
+        api_port: 0,
+        watch_cache: false,
+    })
+    .expect("a control plane without the watch cache starts");
+    let cluster = Cluster::start_with_faults_on(plane.kubeconfig().into_os_string()).await;
+    let faults = cluster.faults();
+    cluster.lock("db", json!({})).await;
+    cluster.pod_with_claim("first", "db").await;
+    cluster.wait_phase("first", ClaimPhase::Granted).await;
+    cluster.pod_with_claim("second", "db").await;
+    cluster.wait_phase("second", ClaimPhase::Waiting).await;
+
+    // The controller's claims watch ends and cannot start again.
+    faults.inject(ErrorRule {
+        code: 500,
+        count: u32::MAX,
+        verb: Some("watch".into()),
+        resource: Some("lockclaims".into()),
+    });
+    faults.close_watches();
+    let claim_lists = || {
+        faults
+            .request_counts()
+            .iter()
+            .filter(|(kind, _)| kind.verb == "list" && kind.resource == "lockclaims")
+            .map(|(_, count)| *count)
+            .sum::<u64>()
+    };
+    let lists_before = claim_lists();
+    cluster
+        .api::<LockClaim>()
+        .delete("first", &Default::default())
+        .await
+        .unwrap();
+    plane.compact_etcd().expect("etcd compacts its history");
+    faults.reset();
+
+    cluster.wait_phase("second", ClaimPhase::Granted).await;
+    assert!(
+        claim_lists() > lists_before,
+        "the controller listed the claims again (its resume got 410 Gone)"
+    );
+    cluster.stop().await;
 }
 
 /// While `stop` is open: drops every watch, and has the fault proxy answer claim writes and relists

@@ -86,7 +86,13 @@ impl Cluster {
     /// API server through a fault proxy ([`Cluster::faults`]): for the scenarios that break
     /// the controller's API traffic. The test's own requests go straight to the server.
     pub async fn start_with_faults() -> Self {
-        let mut cluster = Self::start_without_controller().await;
+        Self::start_with_faults_on(shared_kubeconfig()).await
+    }
+
+    /// [`Cluster::start_with_faults`] on the cluster of an admin's `kubeconfig` (a control
+    /// plane the test started).
+    pub async fn start_with_faults_on(kubeconfig: std::ffi::OsString) -> Self {
+        let mut cluster = Self::start_on(kubeconfig).await;
         let config = kube::Config::from_custom_kubeconfig(
             kube::config::Kubeconfig::read_from(&cluster.kubeconfig).expect("read the kubeconfig"),
             &Default::default(),
@@ -106,6 +112,10 @@ impl Cluster {
 
     /// Everything but the controller (tests that start it their own way).
     pub async fn start_without_controller() -> Self {
+        Self::start_on(shared_kubeconfig()).await
+    }
+
+    async fn start_on(kubeconfig: std::ffi::OsString) -> Self {
         let filter = tracing_subscriber::EnvFilter::try_from_env("LOCKKEEPER_LOG")
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,zookeeper_client=error"));
         let _ = tracing_subscriber::fmt()
@@ -114,7 +124,6 @@ impl Cluster {
             .try_init();
         let zk = ZooKeeperServer::start().expect("ZooKeeper starts (make deps installs it)");
         let scratch = tempfile::tempdir().expect("a temporary directory");
-        let kubeconfig = shared_kubeconfig();
         let client = client_from(&kubeconfig).await;
         let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
         let namespace = format!("e2e-{suffix}");

@@ -122,6 +122,9 @@ pub struct ControlPlaneOptions {
     pub dir: PathBuf,
     /// kube-apiserver's port on 127.0.0.1; 0 picks a free one.
     pub api_port: u16,
+    /// kube-apiserver's watch cache (on in every cluster). Without it a watch that resumes
+    /// from before an etcd compaction gets `410 Gone`; with it, the cache still serves it.
+    pub watch_cache: bool,
 }
 
 /// A running control plane. Its processes are stopped when it is dropped, and are killed by
@@ -214,7 +217,8 @@ impl ControlPlane {
             .args([
                 "--service-cluster-ip-range=10.0.0.0/24",
                 "--allow-privileged=true",
-            ]);
+            ])
+            .arg(format!("--watch-cache={}", options.watch_cache));
         plane.apiserver = Some(plane.spawn("kube-apiserver", &mut apiserver)?);
         plane.wait("kube-apiserver", deadline, |plane| {
             Ok(plane.ca_file().exists() && plane.kubectl(&["get", "--raw", "/readyz"])?)
@@ -254,6 +258,7 @@ impl ControlPlane {
                             version: KubernetesVersion::from_env(),
                             dir,
                             api_port: 0,
+                            watch_cache: true,
                         })
                     });
                     let _ = sender.send(started.map_err(|e| e.to_string()));
@@ -294,6 +299,21 @@ impl ControlPlane {
     /// The log of one of the processes (`etcd`, `kube-apiserver`, `kube-controller-manager`).
     pub fn log_path(&self, process: &str) -> PathBuf {
         self.dir.join(format!("{process}.log"))
+    }
+
+    /// Compacts etcd's history up to its current revision: watches that resume from an
+    /// older resourceVersion then get a real `410 Gone` from the API server.
+    pub fn compact_etcd(&self) -> Result<(), KitError> {
+        let url = format!("127.0.0.1:{}", self.etcd_port);
+        let revision = etcd_post(&url, "/v3/kv/range", r#"{"key":"AA=="}"#)?;
+        let revision = json_number_after(&revision, "\"revision\":\"")
+            .ok_or_else(|| KitError::Missing(format!("etcd's revision in {revision}")))?;
+        etcd_post(
+            &url,
+            "/v3/kv/compaction",
+            &format!(r#"{{"revision":"{revision}","physical":true}}"#),
+        )?;
+        Ok(())
     }
 
     /// Stops kube-controller-manager, kube-apiserver and etcd, in that order.
@@ -485,4 +505,35 @@ fn random_token() -> Result<String, KitError> {
     let mut bytes = [0u8; 16];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// POSTs a JSON body to etcd's gRPC gateway (plain HTTP on its client port); the answer's body.
+fn etcd_post(address: &str, path: &str, body: &str) -> Result<String, KitError> {
+    use std::io::Write;
+    let mut stream = TcpStream::connect(address)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    if !answer.starts_with("HTTP/1.1 200") {
+        return Err(KitError::Missing(format!("etcd answered {path}: {answer}")));
+    }
+    Ok(answer
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default())
+}
+
+/// The digits after `marker` in `text`.
+fn json_number_after(text: &str, marker: &str) -> Option<String> {
+    let start = text.find(marker)? + marker.len();
+    let digits: String = text[start..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    (!digits.is_empty()).then_some(digits)
 }

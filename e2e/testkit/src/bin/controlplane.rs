@@ -28,6 +28,7 @@ fn main() {
         version,
         dir: PathBuf::from(dir),
         api_port,
+        watch_cache: true,
     };
     let mut plane = match ControlPlane::start(options) {
         Ok(plane) => plane,
