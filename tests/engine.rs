@@ -637,3 +637,33 @@ async fn connection_losses_during_enqueue_never_duplicate_a_node() {
         "a claim has two nodes: {owners:?}"
     );
 }
+
+/// Replicas of one installation (one ensemble and root) agree on its id, which lasts beyond
+/// their sessions; another root is another installation.
+#[tokio::test]
+async fn replicas_under_one_root_share_an_installation_id_and_another_root_has_its_own() {
+    let zk = zookeeper();
+    let first = engine(&zk).await;
+    let second = engine(&zk).await;
+    let (a, b) = tokio::join!(
+        first.installation_id("/lockkeeper/prod"),
+        second.installation_id("/lockkeeper/prod/")
+    );
+    let id = a.unwrap();
+    assert_eq!(b.unwrap(), id, "two replicas asking at once get one id");
+    assert!(uuid_like(&id), "{id}");
+    first.close().await;
+    second.close().await;
+    let later = engine(&zk).await;
+    assert_eq!(
+        later.installation_id("/lockkeeper/prod").await.unwrap(),
+        id,
+        "the id outlives the sessions that made it"
+    );
+    let other = later.installation_id("/lockkeeper/staging").await.unwrap();
+    assert!(uuid_like(&other) && other != id, "{other}");
+}
+
+fn uuid_like(id: &str) -> bool {
+    id.len() == 36 && id.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
+}

@@ -19,7 +19,7 @@ use lockkeeper::resources::{DistributedLock, LockClaim};
 use lockkeeper_testkit::api_fault_proxy::ErrorRule;
 use lockkeeper_testkit::{
     ControlPlane, ControlPlaneOptions, KubernetesVersion, PeerKind, PeerLibrary, PeerProcess,
-    PeerSpec,
+    PeerSpec, ZooKeeperServer,
 };
 use serde_json::json;
 
@@ -487,6 +487,68 @@ async fn event_notes(cluster: &Cluster, claim: &str, reason: &str) -> Vec<String
         .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(claim))
         .filter_map(|e| e.note)
         .collect()
+}
+
+/// Two installations on different ZooKeeper ensembles watch one namespace. Each lock is
+/// served by one of them, recorded on the lock; the other leaves the lock and its claims alone
+/// with a warning event, so no claim is granted twice and only one ensemble queues them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_installation_on_another_ensemble_leaves_a_served_lock_alone() {
+    let cluster = Cluster::start().await;
+    let other_zk = ZooKeeperServer::start().expect("a second ZooKeeper starts");
+    let mut other_config = cluster.controller_config();
+    other_config.engine.connect = other_zk.connect_string();
+    let other = cluster.spawn_controller(other_config);
+
+    cluster.lock("ledger", json!({})).await;
+    cluster.pod_with_claim("a", "ledger").await;
+    cluster.wait_phase("a", ClaimPhase::Granted).await;
+    cluster.pod_with_claim("b", "ledger").await;
+    cluster.wait_phase("b", ClaimPhase::Waiting).await;
+    let lock = cluster
+        .api::<DistributedLock>()
+        .get("ledger")
+        .await
+        .unwrap();
+    let served_by = lock
+        .status
+        .unwrap()
+        .served_by
+        .expect("the lock records its installation");
+    cluster
+        .eventually(
+            "the other installation warned that it leaves the lock alone",
+            || async {
+                event_notes(&cluster, "ledger", "ServedElsewhere")
+                    .await
+                    .iter()
+                    .any(|note| note.contains(&served_by.id))
+            },
+        )
+        .await;
+    // Only the serving installation's ensemble queues the claims.
+    let path = cluster.zookeeper_path("ledger").await;
+    let mut queued = Vec::new();
+    for zk in [&cluster.zk, &other_zk] {
+        let client = zookeeper_client::Client::connect(&zk.connect_string())
+            .await
+            .expect("connect to ZooKeeper");
+        queued.push(client.list_children(&path).await.unwrap_or_default().len());
+    }
+    queued.sort();
+    assert_eq!(queued, [0, 2], "contenders per ensemble");
+
+    cluster.set_pod_phase("a", "Succeeded").await;
+    cluster.wait_phase("b", ClaimPhase::Granted).await;
+    assert_eq!(cluster.phase("a").await, ClaimPhase::Released);
+    let granted = events_by_claim(&cluster, "Granted").await;
+    assert_eq!(
+        granted,
+        BTreeMap::from([("a".to_string(), 1), ("b".to_string(), 1)]),
+        "each claim granted once"
+    );
+    other.stop().await;
+    cluster.stop().await;
 }
 
 /// How many events with `reason` each claim got (a repeated event counts its series).

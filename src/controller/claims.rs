@@ -18,6 +18,7 @@ use serde_json::json;
 use super::context::{Context, interval_left};
 use super::finalizer::{self, Patched};
 use super::holders;
+use super::installation::{self, Serving};
 use super::status;
 use crate::claim_lifecycle::{self, ClaimFacts, HolderState, LockFacts, QueueAction, QueueState};
 use crate::resources::{ClaimPhase, DistributedLock, HolderKind, LockClaim, LockClaimStatus};
@@ -163,6 +164,25 @@ fn facts(claim: &LockClaim) -> ClaimFacts {
 async fn apply(claim: &LockClaim, ctx: &Arc<Context>) -> Result<Action, Error> {
     let now = Timestamp::now();
     let lock = ctx.locks.get(&claim.lock_ref());
+    if let Some(lock) = lock.as_deref() {
+        match installation::serving(&ctx.installation, lock) {
+            Serving::Here => {}
+            // The lock reconciler takes the lock first; its watch event brings the claim back.
+            Serving::Unclaimed => return Ok(Action::await_change()),
+            // Another installation serves it: what this one had queued leaves.
+            Serving::Elsewhere(_) => {
+                let tracked = ctx
+                    .contenders
+                    .lock()
+                    .expect("contenders lock")
+                    .contains_key(&uid(claim));
+                if tracked {
+                    leave_queue(ctx, &uid(claim), Some(lock)).await?;
+                }
+                return Ok(Action::await_change());
+            }
+        }
+    }
     let lock_facts = lock.as_ref().map(|lock| LockFacts {
         lock_type: lock.spec.lock_type.clone(),
         max_hold: lock.spec.max_hold_seconds.map(Duration::from_secs),

@@ -18,7 +18,7 @@ use super::claim_index::ClaimIndex;
 use super::stale_copies::StaleCopies;
 use super::telemetry::Metrics;
 use crate::lock_rules::{LockKind, Mode};
-use crate::resources::{ClaimMode, DistributedLock, LockClaim, LockType};
+use crate::resources::{ClaimMode, DistributedLock, Installation, LockClaim, LockType};
 use crate::znode_name::{ContenderId, ContenderNode};
 use crate::zookeeper::{Contender, ContenderState, EngineError, LockEngine, LockSpec};
 
@@ -56,6 +56,8 @@ pub struct Context {
     pub engine: LockEngine,
     /// ZooKeeper root of default lock paths: `<root>/<namespace>/<name>`.
     pub root: String,
+    /// This installation, as locks record the one that serves them.
+    pub installation: Installation,
     pub reporter: Reporter,
     pub locks: Store<DistributedLock>,
     pub pods: Store<Pod>,

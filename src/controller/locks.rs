@@ -1,7 +1,7 @@
 //! The DistributedLock reconciler: writes who holds the lock and how many wait, read from the
 //! lock's ZooKeeper queue (so clients outside Kubernetes count too).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,6 +13,7 @@ use tokio::time::Instant;
 
 use super::claim_index::ClaimIndex;
 use super::context::{Context, interval_left};
+use super::installation::{self, Serving};
 use super::status;
 use crate::resources::{ClaimPhase, DistributedLock, DistributedLockStatus, LockClaim, LockHolder};
 use crate::zookeeper::EngineError;
@@ -31,6 +32,8 @@ pub struct LockContext {
     pub index: ClaimIndex,
     /// When each lock's status was last refreshed.
     pub refreshed: Mutex<HashMap<ObjectRef<DistributedLock>, Instant>>,
+    /// Locks served by another installation that this term has warned about.
+    pub left_alone: Mutex<HashSet<ObjectRef<DistributedLock>>>,
 }
 
 /// A lock's status is refreshed at most this often: on a busy lock every grant, release and
@@ -58,6 +61,10 @@ impl LockContext {
     }
 }
 
+/// How soon a lock whose taking met a newer version is looked at again (its watch event
+/// usually comes first).
+const TAKE_RETRY: Duration = Duration::from_millis(250);
+
 /// Refresh times kept before the ones past their interval are dropped.
 const FORGET_ABOVE: usize = 1024;
 
@@ -67,6 +74,32 @@ pub async fn reconcile(lock: Arc<DistributedLock>, ctx: Arc<LockContext>) -> Res
     if lock.meta().deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
+    let here = &ctx.shared.installation;
+    let unclaimed = match installation::serving(here, &lock) {
+        Serving::Here => false,
+        Serving::Unclaimed => true,
+        Serving::Elsewhere(other) => {
+            let first = ctx
+                .left_alone
+                .lock()
+                .expect("left-alone lock")
+                .insert(ObjectRef::from_obj(lock.as_ref()));
+            if first {
+                let note = installation::elsewhere_note(here, other);
+                tracing::warn!(lock = %lock.name_any(), "{note}");
+                status::publish(
+                    &ctx.shared,
+                    lock.as_ref(),
+                    true,
+                    "ServedElsewhere",
+                    "LeaveAlone",
+                    note,
+                )
+                .await;
+            }
+            return Ok(Action::await_change());
+        }
+    };
     if let Some(wait) = ctx.refresh_delay(&lock) {
         return Ok(Action::requeue(wait));
     }
@@ -87,6 +120,7 @@ pub async fn reconcile(lock: Arc<DistributedLock>, ctx: Arc<LockContext>) -> Res
         Err(err) => DistributedLockStatus {
             conditions: vec![condition("False", "InvalidSpec", err.to_string())],
             observed_generation: generation,
+            served_by: Some(here.clone()),
             ..Default::default()
         },
         Ok(spec) => {
@@ -131,12 +165,20 @@ pub async fn reconcile(lock: Arc<DistributedLock>, ctx: Arc<LockContext>) -> Res
                 zookeeper_path: Some(spec.dir()),
                 conditions: vec![condition("True", "Serving", "queued in ZooKeeper".into())],
                 observed_generation: generation,
+                served_by: Some(here.clone()),
             }
         }
     };
     if wanted != current {
         let api: Api<DistributedLock> = ctx.shared.api_beside(lock.as_ref());
-        status::apply(&api, lock.as_ref(), &wanted, false).await?;
+        // Taking an unclaimed lock is guarded by the resourceVersion read: of two
+        // installations one wins, and the other's 409 brings it the winner's record.
+        match status::apply(&api, lock.as_ref(), &wanted, unclaimed).await {
+            Err(kube::Error::Api(status)) if unclaimed && status.code == 409 => {
+                return Ok(Action::requeue(TAKE_RETRY));
+            }
+            written => written?,
+        }
     }
     Ok(Action::await_change())
 }

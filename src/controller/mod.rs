@@ -15,6 +15,7 @@ pub mod context;
 pub mod departures;
 pub mod finalizer;
 pub mod holders;
+pub mod installation;
 pub mod leader;
 pub mod locks;
 pub mod resume;
@@ -46,7 +47,9 @@ use self::context::Context;
 use self::departures::Departure;
 use self::leader::Leadership;
 use self::telemetry::Metrics;
-use crate::resources::{ClaimPhase, DistributedLock, HolderKind, LockClaim, LockClaimStatus};
+use crate::resources::{
+    ClaimPhase, DistributedLock, HolderKind, Installation, LockClaim, LockClaimStatus,
+};
 use crate::znode_name::ContenderId;
 use crate::zookeeper::{
     ContenderEvent, ContenderState, EngineConfig, EngineError, LockEngine, SessionStatus,
@@ -132,6 +135,15 @@ pub async fn run_with(
     tracing::info!(%address, "serving /metrics, /healthz and /readyz");
     let engine = LockEngine::connect(config.engine.clone()).await?;
     follow_session(&engine, metrics.clone());
+    let installation = Installation {
+        id: engine.installation_id(&config.root).await?,
+        zookeeper: format!(
+            "{}{}",
+            config.engine.connect,
+            config.root.trim_end_matches('/')
+        ),
+    };
+    tracing::info!(installation = %installation.id, "this installation");
     // One stream of contender events for the engine's life, read by each term in turn.
     let mut events = engine
         .events()
@@ -147,7 +159,7 @@ pub async fn run_with(
         };
         tracing::info!(identity = %config.identity, "leading");
         metrics.leader(true);
-        let (ctx, inputs) = term_context(&client, &engine, &config, metrics.clone());
+        let (ctx, inputs) = term_context(&client, &engine, &installation, &config, metrics.clone());
         let stopping = CancellationToken::new();
         let term = lead(
             ctx.clone(),
@@ -214,6 +226,7 @@ struct TermInputs {
 fn term_context(
     client: &Client,
     engine: &LockEngine,
+    installation: &Installation,
     config: &Config,
     metrics: Arc<Metrics>,
 ) -> (Arc<Context>, TermInputs) {
@@ -226,6 +239,7 @@ fn term_context(
         client: client.clone(),
         engine: engine.clone(),
         root: config.root.clone(),
+        installation: installation.clone(),
         reporter: Reporter {
             controller: "lockkeeper".into(),
             instance: Some(config.identity.clone()),
@@ -269,8 +283,9 @@ async fn lead(
     let locks_api: Api<DistributedLock> = api(client, namespace);
     let watch_config = watcher::Config::default();
 
-    // A claim reads its lock's spec, never its status: only a lock made, deleted or with a
-    // new spec reconciles its claims (the lock's own status writes do not).
+    // A claim reads its lock's spec, and of its status only the installation serving it: only
+    // a lock made, deleted, with a new spec or served anew reconciles its claims (the lock's
+    // other status writes do not).
     let locks_seen = ctx.locks.clone();
     let lock_stream = cache(
         inputs.locks,
@@ -282,7 +297,17 @@ async fn lead(
         move |lock: &DistributedLock| {
             let exists = locks_seen.get(&ObjectRef::from_obj(lock)).is_some();
             let deleting = lock.meta().deletion_timestamp.is_some();
-            Some(hash_of(&(lock.meta().generation, exists, deleting)))
+            let served_by = lock
+                .status
+                .as_ref()
+                .and_then(|s| s.served_by.as_ref())
+                .map(|installation| installation.id.clone());
+            Some(hash_of(&(
+                lock.meta().generation,
+                exists,
+                deleting,
+                served_by,
+            )))
         },
         Default::default(),
     );
@@ -368,6 +393,7 @@ async fn lead(
         claims: claims_store,
         index,
         refreshed: Default::default(),
+        left_alone: Default::default(),
     });
     let locks_run = Controller::new(locks_api, watch_config)
         .with_config(runner)

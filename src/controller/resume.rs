@@ -14,6 +14,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::time::Instant;
 
 use super::context::Context;
+use super::installation::{self, Serving};
 use crate::resources::{ClaimPhase, DistributedLock, LockClaim};
 
 /// The order claims of one lock are queued again in.
@@ -71,6 +72,9 @@ pub async fn resume(
         let Some(lock) = all_locks.get(&lock_ref) else {
             continue; // the claim reconciler reports the missing lock
         };
+        if let Serving::Elsewhere(_) = installation::serving(&ctx.installation, lock) {
+            continue;
+        }
         lock_claims.sort_by_key(|claim| resume_order(claim));
         queued += lock_claims.len();
         match fenced.get(&lock_ref) {

@@ -103,6 +103,25 @@ pub struct DistributedLockStatus {
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// The lockkeeper installation that serves the lock, recorded by the first one to serve
+    /// it. Another installation (on another ZooKeeper ensemble, or under another root) leaves
+    /// the lock alone, with a warning event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served_by: Option<Installation>,
+}
+
+/// One lockkeeper installation: its controller replicas, which share a ZooKeeper ensemble and
+/// root.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Installation {
+    /// The installation's id, kept in its ZooKeeper at `<root>/_installation`.
+    #[schemars(length(max = 64))]
+    pub id: String,
+    /// Where the installation keeps its queues, to find it by: its ZooKeeper connect string
+    /// and root.
+    #[schemars(length(max = 2048))]
+    pub zookeeper: String,
 }
 
 fn is_zero(n: &u32) -> bool {

@@ -5,8 +5,8 @@ pub mod distributed_lock;
 pub mod lock_claim;
 
 pub use distributed_lock::{
-    DistributedLock, DistributedLockSpec, DistributedLockStatus, LockHolder, LockType,
-    ZooKeeperLocation,
+    DistributedLock, DistributedLockSpec, DistributedLockStatus, Installation, LockHolder,
+    LockType, ZooKeeperLocation,
 };
 pub use lock_claim::{
     ClaimMode, ClaimPhase, HolderKind, HolderRef, LockClaim, LockClaimSpec, LockClaimStatus,

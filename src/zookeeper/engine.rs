@@ -20,7 +20,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use zookeeper_client::{Client, SessionInfo, SessionState};
+use zookeeper_client::{Acls, Client, CreateMode, SessionInfo, SessionState};
 
 use super::contender::{Contender, ContenderEvent, EventSink, FencingToken};
 use super::error::{EngineError, LossReason};
@@ -341,6 +341,45 @@ impl LockEngine {
             });
         }
         Ok(LockQueue { entries })
+    }
+
+    /// The id of the lockkeeper installation that keeps its queues under `root` of this
+    /// ensemble: a UUID in `<root>/_installation` (no namespace can be named that), made by
+    /// the first controller to ask. Replicas of one installation share it; an installation on
+    /// another ensemble, or under another root, has its own.
+    pub async fn installation_id(&self, root: &str) -> Result<String, EngineError> {
+        let client = self.client()?;
+        let root = root.trim_end_matches('/');
+        let path = format!("{root}/_installation");
+        let patience = client.session_timeout();
+        loop {
+            match retry_on_connection_loss(&client, patience, || client.get_data(&path)).await {
+                Ok((data, _)) => return Ok(String::from_utf8_lossy(&data).into_owned()),
+                Err(RetryError::ZooKeeper(zookeeper_client::Error::NoNode)) => {}
+                Err(err) => return Err(err.into_engine_error("get", &path, patience)),
+            }
+            if !root.is_empty() {
+                let directory =
+                    CreateMode::Persistent.with_acls(Acls::new(&self.inner.acls.directory));
+                match retry_on_connection_loss(&client, patience, || client.mkdir(root, &directory))
+                    .await
+                {
+                    Ok(()) | Err(RetryError::ZooKeeper(zookeeper_client::Error::NodeExists)) => {}
+                    Err(err) => return Err(err.into_engine_error("create", root, patience)),
+                }
+            }
+            let id = uuid::Uuid::new_v4().to_string();
+            let node = CreateMode::Persistent.with_acls(Acls::new(&self.inner.acls.contender));
+            // A create whose answer was lost is found by the next read, as is another
+            // replica's id when it made the node first.
+            match client.create(&path, id.as_bytes(), &node).await {
+                Ok(_) => return Ok(id),
+                Err(err)
+                    if err == zookeeper_client::Error::NodeExists
+                        || session::is_connection_loss(&err) => {}
+                Err(err) => return Err(EngineError::zookeeper("create", &path, err)),
+            }
+        }
     }
 
     /// Ends every lock watch and closes the session, which makes ZooKeeper delete all of this

@@ -176,9 +176,15 @@ impl Cluster {
 
     /// Starts a controller whose configuration `adjust` changed.
     pub fn start_controller_with(&mut self, adjust: impl FnOnce(&mut Config)) {
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let mut config = self.controller_config();
         adjust(&mut config);
+        self.controller = Some(self.spawn_controller(config));
+    }
+
+    /// Runs a controller with `config` in-process, with the chart's RBAC, until the returned
+    /// handle stops it ([`Controller::stop`]); the cluster does not track it.
+    pub fn spawn_controller(&self, config: Config) -> Controller {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let kubeconfig = self.controller_kubeconfig();
         let task = tokio::spawn(async move {
             let client = client_from(kubeconfig.as_os_str()).await;
@@ -188,7 +194,7 @@ impl Cluster {
             .await
             .expect("the controller runs");
         });
-        self.controller = Some(Controller::InProcess { stop, task });
+        Controller::InProcess { stop, task }
     }
 
     /// The fault proxy between the controller and the API server ([`Cluster::start_with_faults`]).
@@ -412,18 +418,8 @@ impl Cluster {
 
     /// Stops the controller gracefully (its ZooKeeper session closes).
     pub async fn stop_controller(&mut self) {
-        match self.controller.take() {
-            Some(Controller::InProcess { stop, task }) => {
-                let _ = stop.send(());
-                let _ = task.await;
-            }
-            Some(Controller::Process(mut child)) => {
-                let _ = std::process::Command::new("kill")
-                    .args(["-TERM", &child.id().to_string()])
-                    .status();
-                let _ = child.wait();
-            }
-            None => {}
+        if let Some(controller) = self.controller.take() {
+            controller.stop().await;
         }
     }
 
@@ -712,6 +708,24 @@ impl Cluster {
             .await;
         }
         self.stop_controller().await;
+    }
+}
+
+impl Controller {
+    /// Stops the controller gracefully: SIGTERM for a process.
+    pub async fn stop(self) {
+        match self {
+            Controller::InProcess { stop, task } => {
+                let _ = stop.send(());
+                let _ = task.await;
+            }
+            Controller::Process(mut child) => {
+                let _ = std::process::Command::new("kill")
+                    .args(["-TERM", &child.id().to_string()])
+                    .status();
+                let _ = child.wait();
+            }
+        }
     }
 }
 
