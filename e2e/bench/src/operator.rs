@@ -1,6 +1,8 @@
-//! The lockkeeper side of the benchmark: memkube (in this process), the CRDs, and
-//! `lockkeeper controller` as a process of its own (so that its memory can be read), plus
-//! the calls a workload makes: pods, claims, pod phases, and a watch on claims.
+//! The lockkeeper side of the benchmark: the real Kubernetes control plane (the testkit's,
+//! one per bench process), the CRDs, and `lockkeeper controller` as a process of its own (so
+//! that its memory can be read) whose API requests go through the API fault proxy, which
+//! counts them; plus the calls a workload makes: pods, claims, pod phases, and a watch on
+//! claims.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -9,11 +11,13 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
+use kube::config::Kubeconfig;
 use kube::{Client, ResourceExt};
+use lockkeeper_testkit::{ApiFaultProxy, ControlPlane};
 use lockkeeper::lock_rules::LockKind;
 use lockkeeper::resources::{DistributedLock, LockClaim};
 use lockkeeper::zookeeper::LockSpec;
@@ -22,8 +26,12 @@ use tokio::sync::mpsc;
 
 pub struct Operator {
     pub client: Client,
-    memkube: Option<memkube::MemKube>,
+    /// Between the controller and the API server: counts the controller's requests.
+    proxy: ApiFaultProxy,
+    /// The admin's kubeconfig (the workload's, and `lockkeeper gate`'s).
     pub kubeconfig: PathBuf,
+    /// The admin's kubeconfig with the proxy as its server (the controller's).
+    controller_kubeconfig: PathBuf,
     zookeeper: String,
     controller: Option<Child>,
     binary: PathBuf,
@@ -38,10 +46,26 @@ pub struct Memory {
 
 impl Operator {
     pub async fn start(zookeeper: String, dir: &Path) -> Result<Self> {
-        let server = memkube::MemKube::start().await.context("memkube starts")?;
-        let kubeconfig = dir.join("kubeconfig");
-        server.write_kubeconfig(&kubeconfig)?;
-        let client = server.client();
+        let plane = ControlPlane::shared().context("the Kubernetes control plane starts")?;
+        let kubeconfig = plane.kubeconfig();
+        let config = kube::Config::from_custom_kubeconfig(
+            Kubeconfig::read_from(&kubeconfig)?,
+            &Default::default(),
+        )
+        .await?;
+        let proxy = ApiFaultProxy::start(
+            &config.cluster_url.to_string(),
+            &config.root_cert.clone().unwrap_or_default(),
+        )
+        .await?;
+        let mut through_proxy: serde_json::Value =
+            serde_json::to_value(Kubeconfig::read_from(&kubeconfig)?)?;
+        for cluster in through_proxy["clusters"].as_array_mut().into_iter().flatten() {
+            cluster["cluster"] = json!({"server": proxy.url()});
+        }
+        let controller_kubeconfig = dir.join("controller.kubeconfig");
+        std::fs::write(&controller_kubeconfig, through_proxy.to_string())?;
+        let client = Client::try_from(config)?;
         install_crds(&client).await?;
         let binary = std::env::current_exe()?
             .parent()
@@ -55,8 +79,9 @@ impl Operator {
         }
         Ok(Operator {
             client,
-            memkube: Some(server),
+            proxy,
             kubeconfig,
+            controller_kubeconfig,
             zookeeper,
             controller: None,
             binary,
@@ -73,6 +98,7 @@ impl Operator {
     pub fn start_controller(&mut self, namespace: &str, root: &str) -> Result<()> {
         let child = self
             .lockkeeper()
+            .env("KUBECONFIG", &self.controller_kubeconfig)
             .args([
                 "controller",
                 "--zookeeper",
@@ -131,29 +157,17 @@ impl Operator {
         })
     }
 
-    /// API requests memkube served so far, by "verb resource[/subresource] code" (watches
-    /// counted once each).
+    /// The controller's API requests so far, by "verb resource[/subresource]".
     pub fn api_requests(&self) -> BTreeMap<String, u64> {
-        self.memkube
-            .as_ref()
-            .map(|server| {
-                server
-                    .requests()
-                    .into_iter()
-                    .map(|(kind, count)| {
-                        let subresource = kind
-                            .subresource
-                            .map(|s| format!("/{s}"))
-                            .unwrap_or_default();
-                        let what =
-                            format!("{} {}{subresource} {}", kind.verb, kind.resource, kind.code);
-                        (what, count)
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
+        self.proxy
+            .request_counts()
+            .into_iter()
+            .map(|(kind, count)| (format!("{} {}", kind.verb, kind.resource), count))
+            .collect()
     }
 
+    /// Makes namespace `name` and waits for its `default` ServiceAccount, without which
+    /// ServiceAccount admission refuses pods.
     pub async fn namespace(&self, name: &str) -> Result<()> {
         let api: Api<Namespace> = Api::all(self.client.clone());
         api.create(
@@ -161,6 +175,14 @@ impl Operator {
             &serde_json::from_value(json!({"metadata": {"name": name}}))?,
         )
         .await?;
+        let accounts: Api<ServiceAccount> = Api::namespaced(self.client.clone(), name);
+        let deadline = Instant::now() + std::time::Duration::from_secs(60);
+        while accounts.get_opt("default").await?.is_none() {
+            if Instant::now() > deadline {
+                bail!("namespace {name} has no default ServiceAccount after 60 s");
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
         Ok(())
     }
 
@@ -264,11 +286,7 @@ impl Operator {
     }
 
     pub async fn stop(mut self) -> Result<()> {
-        self.stop_controller()?;
-        if let Some(server) = self.memkube.take() {
-            server.stop().await;
-        }
-        Ok(())
+        self.stop_controller()
     }
 }
 
@@ -314,6 +332,16 @@ async fn install_crds(client: &Client) -> Result<()> {
         )
         .await?;
     }
-    // memkube serves a CRD's resources as soon as it is created: no wait for Established.
+    for (file, _) in lockkeeper::resources::crd_documents() {
+        let name = file.trim_end_matches(".yaml");
+        let established = kube::runtime::wait::await_condition(
+            crds.clone(),
+            name,
+            kube::runtime::wait::conditions::is_crd_established(),
+        );
+        tokio::time::timeout(std::time::Duration::from_secs(60), established)
+            .await
+            .with_context(|| format!("CRD {name} established"))??;
+    }
     Ok(())
 }

@@ -114,7 +114,7 @@ impl Results {
             "|---|---|---|".into(),
             format!("| lockkeeper engine, direct (baseline B) | {engine:.0} | 1.00 |"),
             format!(
-                "| lockkeeper (claims held by pods, through memkube) | {lockkeeper:.0} | {:.2} |",
+                "| lockkeeper (claims held by pods, on the real API server) | {lockkeeper:.0} | {:.2} |",
                 lockkeeper / engine
             ),
             String::new(),
@@ -211,7 +211,7 @@ impl Results {
             "# lockkeeper benchmark results".to_string(),
             String::new(),
             format!(
-                "{} — {} ({} CPUs), {} GiB RAM, {}. One ZooKeeper {} on loopback, memkube in the bench process, `lockkeeper controller` as its own process.",
+                "{} — {} ({} CPUs), {} GiB RAM, {}. One ZooKeeper {} on loopback, the real Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager) on loopback, `lockkeeper controller` as its own process (its API requests counted by the API fault proxy).",
                 self.json["date"].as_str().unwrap_or_default(),
                 machine["cpu"].as_str().unwrap_or_default(),
                 machine["cpus"],
