@@ -15,7 +15,7 @@ export LOCKKEEPER_CONTROLPLANE_CACHE := $(CONTROLPLANE_CACHE)
 # The end-to-end tests that also run on the oldest Kubernetes version tested
 OLDEST_KUBERNETES_TESTS := --test crds --test examples --test scenarios
 
-.PHONY: deps test lint unit sandbox sandbox-down controlplane bench bench-memkube crds manifest
+.PHONY: deps test lint unit sandbox sandbox-down controlplane bench crds manifest
 
 ## deps: install what the tests and the sandbox need (Debian packages, a JDK with javac, helm, and
 ## the Kubernetes control planes, built from Go modules into .tools/controlplane on the first run)
@@ -66,10 +66,6 @@ controlplane: deps
 ## sandbox-down: stop the sandbox (controller, control plane, ZooKeeper); ZooKeeper data and logs stay in .sandbox/
 sandbox-down:
 	@bash e2e/sandbox/down.sh "$(SANDBOX_DIR)"
-
-## bench-memkube: memkube listing 10,000 objects and fanning writes out to 200 watches
-bench-memkube:
-	$(CARGO) bench -p memkube --bench memkube_scale
 
 ## crds: regenerate crds/ from the resource types (a test fails when it is stale)
 crds:

@@ -151,7 +151,9 @@ async fn handoffs(
     section("handoff: lockkeeper engine, used directly (two sessions)");
     let engine =
         Latency::of(&baseline::engine_handoffs(zk, work, args.handoffs, args.warmup).await?);
-    section("handoff: lockkeeper, pod Succeeded → next claim Granted (watch through the real API server)");
+    section(
+        "handoff: lockkeeper, pod Succeeded → next claim Granted (watch through the real API server)",
+    );
     op.namespace("handoff").await?;
     op.start_controller("handoff", ROOT)?;
     let pods =

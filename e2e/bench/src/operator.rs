@@ -14,13 +14,13 @@ use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::runtime::watcher;
 use kube::config::Kubeconfig;
+use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
-use lockkeeper_testkit::{ApiFaultProxy, ControlPlane};
 use lockkeeper::lock_rules::LockKind;
 use lockkeeper::resources::{DistributedLock, LockClaim};
 use lockkeeper::zookeeper::LockSpec;
+use lockkeeper_testkit::{ApiFaultProxy, ControlPlane};
 use serde_json::json;
 use tokio::sync::mpsc;
 
@@ -60,7 +60,11 @@ impl Operator {
         .await?;
         let mut through_proxy: serde_json::Value =
             serde_json::to_value(Kubeconfig::read_from(&kubeconfig)?)?;
-        for cluster in through_proxy["clusters"].as_array_mut().into_iter().flatten() {
+        for cluster in through_proxy["clusters"]
+            .as_array_mut()
+            .into_iter()
+            .flatten()
+        {
             cluster["cluster"] = json!({"server": proxy.url()});
         }
         let controller_kubeconfig = dir.join("controller.kubeconfig");

@@ -130,7 +130,7 @@ impl Results {
             ),
             String::new(),
             format!(
-                "API requests per claim, the workload's own included (create pods, create lockclaims, patch pods): {}.",
+                "The controller's API requests per claim (watches left out; the workload's own pods and claims are not counted): {}.",
                 per_claim
                     .iter()
                     .map(|(what, count)| format!("{what} {count}"))

@@ -48,6 +48,14 @@ fn a_small_run_writes_results_json_markdown_and_the_plots() {
             .unwrap()
             > 0.0
     );
+    // The controller's API requests, as the proxy in front of the API server counted them: a
+    // status write per phase change at least, and no finalizer patch of claims.
+    let requests = &results["throughput"]["api_requests_per_claim"];
+    assert!(
+        requests["patch lockclaims/status"].as_f64().unwrap() >= 2.0,
+        "{requests}"
+    );
+    assert!(requests["patch lockclaims"].is_null(), "{requests}");
     assert!(
         results["throughput"]["controller_memory_after"]["rss_mib"]
             .as_f64()
