@@ -212,12 +212,9 @@ async fn a_claim_deleted_while_waiting_leaves_the_queue() {
     cluster.stop().await;
 }
 
-/// Deleting a namespace deletes its claims at once (they carry no finalizer), even though the
-/// controller's RoleBinding, deleted with the namespace, no longer lets it write them; the
-/// controller takes their contenders out of ZooKeeper as the claims go.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_deleted_namespace_goes_at_once_and_its_claims_leave_zookeeper() {
-    let cluster = Cluster::start().await;
+/// Lock `db`, held by claim `a`, with claim `b` waiting: the lock's ZooKeeper path, and a
+/// client of the test's ZooKeeper, where both contenders are queued.
+async fn a_holder_and_a_waiter(cluster: &Cluster) -> (String, zookeeper_client::Client) {
     cluster.lock("db", json!({})).await;
     cluster.pod_with_claim("a", "db").await;
     cluster.wait_phase("a", ClaimPhase::Granted).await;
@@ -228,6 +225,16 @@ async fn a_deleted_namespace_goes_at_once_and_its_claims_leave_zookeeper() {
         .await
         .expect("connect to ZooKeeper");
     assert_eq!(zk.list_children(&path).await.unwrap().len(), 2);
+    (path, zk)
+}
+
+/// Deleting a namespace deletes its claims at once (they carry no finalizer), even though the
+/// controller's RoleBinding, deleted with the namespace, no longer lets it write them; the
+/// controller takes their contenders out of ZooKeeper as the claims go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_namespace_goes_at_once_and_its_claims_leave_zookeeper() {
+    let cluster = Cluster::start().await;
+    let (path, zk) = a_holder_and_a_waiter(&cluster).await;
     let namespaces: kube::Api<Namespace> = kube::Api::all(cluster.client.clone());
     namespaces
         .delete(&cluster.namespace, &Default::default())
@@ -633,16 +640,7 @@ async fn a_controller_stopped_with_sigterm_leaves_no_node_in_zookeeper() {
     let mut cluster = Cluster::start().await;
     cluster.stop_controller().await;
     cluster.start_controller_process();
-    cluster.lock("db", json!({})).await;
-    cluster.pod_with_claim("a", "db").await;
-    cluster.wait_phase("a", ClaimPhase::Granted).await;
-    cluster.pod_with_claim("b", "db").await;
-    cluster.wait_phase("b", ClaimPhase::Waiting).await;
-    let path = cluster.zookeeper_path("db").await;
-    let zk = zookeeper_client::Client::connect(&cluster.zk.connect_string())
-        .await
-        .expect("connect to ZooKeeper");
-    assert_eq!(zk.list_children(&path).await.unwrap().len(), 2);
+    let (path, zk) = a_holder_and_a_waiter(&cluster).await;
     cluster.stop_controller().await;
     assert_eq!(
         zk.list_children(&path).await.unwrap(),

@@ -375,59 +375,63 @@ fn status(code: StatusCode, reason: &str, message: &str) -> Response<ProxyBody> 
 mod tests {
     use super::*;
 
-    fn kind(method: Method, uri: &str) -> (String, String) {
-        let kind = RequestKind::of(&method, &uri.parse().unwrap());
-        (kind.verb, kind.resource)
-    }
-
-    fn pair(verb: &str, resource: &str) -> (String, String) {
-        (verb.to_string(), resource.to_string())
-    }
-
     #[test]
     fn reads_verbs_and_resources_as_the_api_server_does() {
         let claims = "/apis/lockkeeper.dev/v1alpha1/namespaces/team/lockclaims";
-        assert_eq!(kind(Method::GET, claims), pair("list", "lockclaims"));
-        assert_eq!(
-            kind(
+        let cases = [
+            (Method::GET, claims.to_string(), "list", "lockclaims"),
+            (
                 Method::GET,
-                &format!("{claims}?watch=true&resourceVersion=5")
+                format!("{claims}?watch=true&resourceVersion=5"),
+                "watch",
+                "lockclaims",
             ),
-            pair("watch", "lockclaims")
-        );
-        assert_eq!(
-            kind(Method::GET, &format!("{claims}/a")),
-            pair("get", "lockclaims")
-        );
-        assert_eq!(
-            kind(Method::PATCH, &format!("{claims}/a/status?force=true")),
-            pair("patch", "lockclaims/status")
-        );
-        assert_eq!(kind(Method::POST, claims), pair("create", "lockclaims"));
-        assert_eq!(
-            kind(Method::DELETE, "/api/v1/namespaces/team/pods"),
-            pair("deletecollection", "pods")
-        );
-        assert_eq!(
-            kind(Method::DELETE, "/api/v1/namespaces/team/pods/p"),
-            pair("delete", "pods")
-        );
-        assert_eq!(
-            kind(Method::GET, "/api/v1/pods?watch=1"),
-            pair("watch", "pods")
-        );
-        // Namespaces themselves are cluster-scoped.
-        assert_eq!(
-            kind(Method::GET, "/api/v1/namespaces/team"),
-            pair("get", "namespaces")
-        );
-        assert_eq!(
-            kind(Method::GET, "/api/v1/namespaces"),
-            pair("list", "namespaces")
-        );
-        // Outside the resource API: the method.
-        assert_eq!(kind(Method::GET, "/version"), pair("get", ""));
-        assert_eq!(kind(Method::GET, "/apis"), pair("get", ""));
+            (Method::GET, format!("{claims}/a"), "get", "lockclaims"),
+            (
+                Method::PATCH,
+                format!("{claims}/a/status?force=true"),
+                "patch",
+                "lockclaims/status",
+            ),
+            (Method::POST, claims.to_string(), "create", "lockclaims"),
+            (
+                Method::DELETE,
+                "/api/v1/namespaces/team/pods".into(),
+                "deletecollection",
+                "pods",
+            ),
+            (
+                Method::DELETE,
+                "/api/v1/namespaces/team/pods/p".into(),
+                "delete",
+                "pods",
+            ),
+            (Method::GET, "/api/v1/pods?watch=1".into(), "watch", "pods"),
+            // Namespaces themselves are cluster-scoped.
+            (
+                Method::GET,
+                "/api/v1/namespaces/team".into(),
+                "get",
+                "namespaces",
+            ),
+            (
+                Method::GET,
+                "/api/v1/namespaces".into(),
+                "list",
+                "namespaces",
+            ),
+            // Outside the resource API: the method.
+            (Method::GET, "/version".into(), "get", ""),
+            (Method::GET, "/apis".into(), "get", ""),
+        ];
+        for (method, uri, verb, resource) in cases {
+            let kind = RequestKind::of(&method, &uri.parse().unwrap());
+            assert_eq!(
+                (kind.verb.as_str(), kind.resource.as_str()),
+                (verb, resource),
+                "{method} {uri}"
+            );
+        }
     }
 
     #[test]
@@ -439,18 +443,13 @@ mod tests {
             verb: Some("patch".into()),
             resource: Some("lockclaims".into()),
         });
-        let status_patch = RequestKind {
-            verb: "patch".into(),
-            resource: "lockclaims/status".into(),
+        let request = |verb: &str, resource: &str| RequestKind {
+            verb: verb.into(),
+            resource: resource.into(),
         };
-        let pod_patch = RequestKind {
-            verb: "patch".into(),
-            resource: "pods".into(),
-        };
-        let claim_get = RequestKind {
-            verb: "get".into(),
-            resource: "lockclaims".into(),
-        };
+        let status_patch = request("patch", "lockclaims/status");
+        let pod_patch = request("patch", "pods");
+        let claim_get = request("get", "lockclaims");
         assert_eq!(faults.error_for(&pod_patch), None);
         assert_eq!(faults.error_for(&claim_get), None);
         assert_eq!(faults.error_for(&status_patch), Some(500));
