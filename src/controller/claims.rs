@@ -86,6 +86,7 @@ pub async fn leave_for_good(
     if leave_queue(ctx, uid, ctx.locks.get(lock).as_deref()).await? {
         ctx.metrics.released(&lock.name);
     }
+    ctx.stale_claims.forget(uid);
     let _ = ctx.lock_changed.send(lock.clone());
     Ok(())
 }
