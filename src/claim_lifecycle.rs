@@ -4,9 +4,13 @@
 
 use std::time::Duration;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
-use crate::resources::{ClaimMode, ClaimPhase, HolderKind, LockClaimSpec, LockType};
+use crate::resources::conditions;
+use crate::resources::{
+    ClaimMode, ClaimPhase, HolderKind, LockClaimSpec, LockClaimStatus, LockType,
+};
 
 /// The lock as the claim needs it; `None` when it does not exist.
 #[derive(Clone, Debug, PartialEq)]
@@ -318,6 +322,120 @@ pub fn decide(
     }
 }
 
+/// The claim's whole status once `outcome` holds at `now`: `grantedAt` set by a grant and kept
+/// after it, `releasedAt` set when the claim ends, and the `Granted` condition.
+pub fn status_after(
+    current: &LockClaimStatus,
+    outcome: &Outcome,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> LockClaimStatus {
+    let granted_at = match (outcome.phase, current.phase) {
+        (ClaimPhase::Granted, ClaimPhase::Granted) => {
+            current.granted_at.clone().or(Some(Time(now)))
+        }
+        (ClaimPhase::Granted, _) => Some(Time(now)),
+        _ => current.granted_at.clone(),
+    };
+    let ended = matches!(
+        outcome.phase,
+        ClaimPhase::Released | ClaimPhase::Expired | ClaimPhase::Lost
+    );
+    let released_at = match ended {
+        true if current.phase != outcome.phase => Some(Time(now)),
+        true => current.released_at.clone(),
+        false => None,
+    };
+    let granted = if outcome.phase == ClaimPhase::Granted {
+        "True"
+    } else {
+        "False"
+    };
+    LockClaimStatus {
+        phase: outcome.phase,
+        position: outcome.position,
+        sequence: outcome.sequence,
+        fencing_token: outcome.fencing_token,
+        znode: None,
+        granted_at,
+        released_at,
+        message: Some(outcome.message.clone()),
+        conditions: vec![conditions::condition(
+            "Granted",
+            granted,
+            outcome.reason,
+            outcome.message.clone(),
+            &current.conditions,
+            generation,
+            now,
+        )],
+        observed_generation: generation,
+    }
+}
+
+/// A metric a phase change counts.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Tally {
+    Granted,
+    /// From the claim's creation to its grant.
+    Waited(Duration),
+    Released,
+    Expired,
+    Lost,
+    /// From the grant to its end.
+    Held(Duration),
+}
+
+/// An event about the claim.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Notice {
+    pub warning: bool,
+    pub reason: &'static str,
+    pub action: String,
+    pub note: String,
+}
+
+/// What the claim's phase moving from `before` to `outcome` at `now` counts, and the event it
+/// brings; nothing while the phase stays.
+pub fn transition(
+    before: &LockClaimStatus,
+    outcome: &Outcome,
+    created: Option<Timestamp>,
+    now: Timestamp,
+) -> (Vec<Tally>, Option<Notice>) {
+    if before.phase == outcome.phase {
+        return (Vec::new(), None);
+    }
+    let mut tallies = match outcome.phase {
+        ClaimPhase::Granted => {
+            let waited = created.map(|created| Tally::Waited(elapsed(created, now)));
+            [Some(Tally::Granted), waited]
+                .into_iter()
+                .flatten()
+                .collect()
+        }
+        ClaimPhase::Released if before.phase == ClaimPhase::Granted => vec![Tally::Released],
+        ClaimPhase::Expired => vec![Tally::Expired],
+        ClaimPhase::Lost => vec![Tally::Lost],
+        _ => Vec::new(),
+    };
+    if before.phase == ClaimPhase::Granted
+        && let Some(granted) = &before.granted_at
+    {
+        tallies.push(Tally::Held(elapsed(granted.0, now)));
+    }
+    let notice = Notice {
+        warning: matches!(
+            outcome.phase,
+            ClaimPhase::Lost | ClaimPhase::Invalid | ClaimPhase::Expired
+        ),
+        reason: outcome.reason,
+        action: format!("{:?}", outcome.phase),
+        note: outcome.message.clone(),
+    };
+    (tallies, Some(notice))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -621,5 +739,115 @@ mod tests {
             );
             assert_eq!((step.queue, step.outcome), (QueueAction::Dequeue, None));
         }
+    }
+
+    fn outcome(phase: ClaimPhase, reason: &'static str, message: &str) -> Outcome {
+        Outcome {
+            phase,
+            position: None,
+            sequence: Some(7),
+            fencing_token: (phase == ClaimPhase::Granted).then_some(42),
+            message: message.into(),
+            reason,
+        }
+    }
+
+    #[test]
+    fn a_grant_sets_granted_at_and_the_condition_and_its_end_keeps_them_in_history() {
+        let waiting = LockClaimStatus {
+            phase: ClaimPhase::Waiting,
+            ..Default::default()
+        };
+        let granted = status_after(
+            &waiting,
+            &outcome(ClaimPhase::Granted, "Granted", "granted to Pod a"),
+            Some(1),
+            at(10),
+        );
+        assert_eq!(granted.granted_at, Some(Time(at(10))));
+        assert_eq!(granted.released_at, None);
+        assert_eq!(
+            (granted.fencing_token, granted.sequence),
+            (Some(42), Some(7))
+        );
+        let condition = &granted.conditions[0];
+        assert_eq!(
+            (
+                condition.type_.as_str(),
+                condition.status.as_str(),
+                condition.reason.as_str()
+            ),
+            ("Granted", "True", "Granted")
+        );
+        assert_eq!(condition.last_transition_time, Time(at(10)));
+        // Written again while held (a newer generation): nothing moves.
+        let again = status_after(
+            &granted,
+            &outcome(ClaimPhase::Granted, "Granted", "granted to Pod a"),
+            Some(2),
+            at(20),
+        );
+        assert_eq!(again.granted_at, Some(Time(at(10))));
+        assert_eq!(again.conditions[0].last_transition_time, Time(at(10)));
+        assert_eq!(again.observed_generation, Some(2));
+        // Lost with the session: grantedAt stays, releasedAt is set, the condition turns.
+        let lost = status_after(
+            &granted,
+            &outcome(ClaimPhase::Lost, "Lost", "the grant was lost"),
+            Some(2),
+            at(30),
+        );
+        assert_eq!(lost.granted_at, Some(Time(at(10))));
+        assert_eq!(lost.released_at, Some(Time(at(30))));
+        assert_eq!(lost.fencing_token, None);
+        assert_eq!(lost.message.as_deref(), Some("the grant was lost"));
+        let condition = &lost.conditions[0];
+        assert_eq!(
+            (condition.status.as_str(), condition.reason.as_str()),
+            ("False", "Lost")
+        );
+        assert_eq!(condition.last_transition_time, Time(at(30)));
+    }
+
+    #[test]
+    fn a_phase_change_is_counted_and_told_once() {
+        let created = Some(at(0));
+        let waiting = LockClaimStatus {
+            phase: ClaimPhase::Waiting,
+            ..Default::default()
+        };
+        let grant = outcome(ClaimPhase::Granted, "Granted", "granted");
+        let (tallies, notice) = transition(&waiting, &grant, created, at(5));
+        assert_eq!(
+            tallies,
+            [Tally::Granted, Tally::Waited(Duration::from_secs(5))]
+        );
+        let notice = notice.expect("a grant is an event");
+        assert_eq!(
+            (notice.warning, notice.reason, notice.action.as_str()),
+            (false, "Granted", "Granted")
+        );
+        let granted = status_after(&waiting, &grant, None, at(5));
+        // Staying granted is not a transition.
+        assert_eq!(
+            transition(&granted, &grant, created, at(6)),
+            (Vec::new(), None)
+        );
+        let release = outcome(ClaimPhase::Released, "Released", "Pod a Succeeded");
+        let (tallies, notice) = transition(&granted, &release, created, at(9));
+        assert_eq!(
+            tallies,
+            [Tally::Released, Tally::Held(Duration::from_secs(4))]
+        );
+        assert!(!notice.unwrap().warning);
+        let loss = outcome(ClaimPhase::Lost, "Lost", "the grant was lost");
+        let (tallies, notice) = transition(&granted, &loss, created, at(9));
+        assert_eq!(tallies, [Tally::Lost, Tally::Held(Duration::from_secs(4))]);
+        assert!(notice.unwrap().warning);
+        // A claim that never held ends without a release or hold time.
+        let expiry = outcome(ClaimPhase::Expired, "Expired", "not granted in time");
+        let (tallies, notice) = transition(&waiting, &expiry, created, at(9));
+        assert_eq!(tallies, [Tally::Expired]);
+        assert!(notice.unwrap().warning);
     }
 }

@@ -667,13 +667,18 @@ async fn a_lost_zookeeper_session_marks_grants_lost_then_grants_again_in_order()
     // ZooKeeper away for longer than the session timeout (4 s).
     cluster.zk.stop().expect("ZooKeeper stops");
     cluster.wait_phase("a", ClaimPhase::Lost).await;
-    assert!(
-        cluster
-            .claim_status("a")
-            .await
-            .message
-            .unwrap_or_default()
-            .contains("lost")
+    let lost = cluster.claim_status("a").await;
+    assert!(lost.message.unwrap_or_default().contains("lost"));
+    // Whichever path marked it (the claim's reconcile, or the term's end), the claim keeps
+    // its Granted condition, turned False.
+    let condition = lost
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Granted")
+        .expect("the lost claim has its Granted condition");
+    assert_eq!(
+        (condition.status.as_str(), condition.reason.as_str()),
+        ("False", "Lost")
     );
     cluster.zk.restart().expect("ZooKeeper restarts");
     cluster.wait_phase("a", ClaimPhase::Granted).await;

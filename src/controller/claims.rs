@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -19,9 +18,10 @@ use super::context::{Context, interval_left};
 use super::finalizer::{self, Patched};
 use super::holders;
 use super::installation::{self, Serving};
+use super::losses;
 use super::status;
 use crate::claim_lifecycle::{self, ClaimFacts, HolderState, LockFacts, QueueAction, QueueState};
-use crate::resources::{ClaimPhase, DistributedLock, HolderKind, LockClaim, LockClaimStatus};
+use crate::resources::{ClaimPhase, DistributedLock, HolderKind, LockClaim};
 use crate::znode_name::ContenderId;
 use crate::zookeeper::{ContenderState, EngineError};
 
@@ -239,7 +239,7 @@ async fn apply(claim: &LockClaim, ctx: &Arc<Context>) -> Result<Action, Error> {
         resume_job(ctx, claim).await?;
     }
     if step.evict_holder {
-        super::evict_holder(ctx, claim).await;
+        losses::evict_holder(ctx, claim).await;
     }
     let mut retry_write = None;
     if let Some(outcome) = &step.outcome {
@@ -408,48 +408,7 @@ async fn write_status(
     now: Timestamp,
 ) -> Result<Written, Error> {
     let current = claim.status.clone().unwrap_or_default();
-    let granted_at = match (outcome.phase, current.phase) {
-        (ClaimPhase::Granted, ClaimPhase::Granted) => {
-            current.granted_at.clone().or(Some(Time(now)))
-        }
-        (ClaimPhase::Granted, _) => Some(Time(now)),
-        _ => current.granted_at.clone(),
-    };
-    let released_at = match outcome.phase {
-        ClaimPhase::Released | ClaimPhase::Expired | ClaimPhase::Lost
-            if current.phase != outcome.phase =>
-        {
-            Some(Time(now))
-        }
-        ClaimPhase::Released | ClaimPhase::Expired | ClaimPhase::Lost => {
-            current.released_at.clone()
-        }
-        _ => None,
-    };
-    let generation = claim.meta().generation;
-    let wanted = LockClaimStatus {
-        phase: outcome.phase,
-        position: outcome.position,
-        sequence: outcome.sequence,
-        fencing_token: outcome.fencing_token,
-        znode: None,
-        granted_at,
-        released_at,
-        message: Some(outcome.message.clone()),
-        conditions: vec![status::condition(
-            "Granted",
-            if outcome.phase == ClaimPhase::Granted {
-                "True"
-            } else {
-                "False"
-            },
-            outcome.reason,
-            outcome.message.clone(),
-            &current.conditions,
-            generation,
-        )],
-        observed_generation: generation,
-    };
+    let wanted = claim_lifecycle::status_after(&current, outcome, claim.meta().generation, now);
     if wanted == current {
         return Ok(Written::Yes);
     }
@@ -461,54 +420,9 @@ async fn write_status(
         Err(kube::Error::Api(status)) if status.code == 409 => return Ok(Written::Conflict),
         Err(err) => return Err(err.into()),
     }
-    if current.phase != outcome.phase {
-        record_transition(ctx, claim, outcome, &current).await;
-    }
+    let created = claim.meta().creation_timestamp.as_ref().map(|t| t.0);
+    let transition = claim_lifecycle::transition(&current, outcome, created, Timestamp::now());
+    status::record_transition(ctx, claim, transition).await;
     let _ = ctx.lock_changed.send(claim.lock_ref());
     Ok(Written::Yes)
-}
-
-async fn record_transition(
-    ctx: &Context,
-    claim: &LockClaim,
-    outcome: &claim_lifecycle::Outcome,
-    before: &LockClaimStatus,
-) {
-    let lock = &claim.spec.lock;
-    match outcome.phase {
-        ClaimPhase::Granted => {
-            ctx.metrics.granted(lock);
-            if let Some(created) = claim.meta().creation_timestamp.as_ref() {
-                ctx.metrics
-                    .waited(lock, claim_lifecycle::elapsed(created.0, Timestamp::now()));
-            }
-        }
-        ClaimPhase::Released if before.phase == ClaimPhase::Granted => ctx.metrics.released(lock),
-        ClaimPhase::Expired => ctx.metrics.expired(lock),
-        ClaimPhase::Lost => ctx.metrics.lost(lock),
-        _ => {}
-    }
-    if before.phase == ClaimPhase::Granted
-        && let Some(granted) = before.granted_at.as_ref()
-    {
-        ctx.metrics
-            .held(lock, claim_lifecycle::elapsed(granted.0, Timestamp::now()));
-    }
-    if outcome.phase == ClaimPhase::Waiting && before.phase == ClaimPhase::Waiting {
-        return;
-    }
-    let warning = matches!(
-        outcome.phase,
-        ClaimPhase::Lost | ClaimPhase::Invalid | ClaimPhase::Expired
-    );
-    let action = format!("{:?}", outcome.phase);
-    status::publish(
-        ctx,
-        claim,
-        warning,
-        outcome.reason,
-        &action,
-        outcome.message.clone(),
-    )
-    .await;
 }

@@ -5,6 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -15,6 +16,7 @@ use super::claim_index::ClaimIndex;
 use super::context::{Context, interval_left};
 use super::installation::{self, Serving};
 use super::status;
+use crate::resources::conditions;
 use crate::resources::{ClaimPhase, DistributedLock, DistributedLockStatus, LockClaim, LockHolder};
 use crate::zookeeper::EngineError;
 
@@ -107,13 +109,14 @@ pub async fn reconcile(lock: Arc<DistributedLock>, ctx: Arc<LockContext>) -> Res
     let current = lock.status.clone().unwrap_or_default();
     let generation = lock.meta().generation;
     let condition = |state: &str, reason: &str, message: String| {
-        status::condition(
+        conditions::condition(
             "Ready",
             state,
             reason,
             message,
             &current.conditions,
             generation,
+            Timestamp::now(),
         )
     };
     let wanted = match ctx.shared.lock_spec(&lock) {

@@ -18,6 +18,7 @@ pub mod holders;
 pub mod installation;
 pub mod leader;
 pub mod locks;
+pub mod losses;
 pub mod resume;
 pub mod slim;
 pub mod stale_copies;
@@ -32,7 +33,7 @@ use std::time::Duration;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DeleteParams};
+use kube::api::Api;
 use kube::runtime::controller::Controller;
 use kube::runtime::events::Reporter;
 use kube::runtime::reflector::{self, ObjectRef};
@@ -47,13 +48,9 @@ use self::context::Context;
 use self::departures::Departure;
 use self::leader::Leadership;
 use self::telemetry::Metrics;
-use crate::resources::{
-    ClaimPhase, DistributedLock, HolderKind, Installation, LockClaim, LockClaimStatus,
-};
+use crate::resources::{DistributedLock, HolderKind, Installation, LockClaim};
 use crate::znode_name::ContenderId;
-use crate::zookeeper::{
-    ContenderEvent, ContenderState, EngineConfig, EngineError, LockEngine, SessionStatus,
-};
+use crate::zookeeper::{ContenderEvent, EngineConfig, EngineError, LockEngine, SessionStatus};
 
 /// How the controller is set up (from `lockkeeper controller`'s flags).
 pub struct Config {
@@ -192,7 +189,7 @@ pub async fn run_with(
         tracing::warn!(
             "the ZooKeeper session was lost: fencing lost grants, then campaigning again"
         );
-        fenced = fence_lost_grants(&ctx).await;
+        fenced = losses::fence_lost_grants(&ctx).await;
     }
     metrics.set_ready(false);
     // Closing the session deletes every node at once: the next leader resumes from
@@ -438,90 +435,4 @@ fn hash_of(value: &impl std::hash::Hash) -> u64 {
     let mut hasher = DefaultHasher::new();
     value.hash(&mut hasher);
     hasher.finish()
-}
-
-/// After the session was lost: every claim this term had granted is marked `Lost` (with an
-/// event), its holder evicted where the lock asks for it, and its lock fenced for the
-/// lock's lock-delay before anyone is granted it again.
-async fn fence_lost_grants(ctx: &Arc<Context>) -> HashMap<ObjectRef<DistributedLock>, Duration> {
-    let lost: Vec<(ObjectRef<LockClaim>, String)> = ctx
-        .contenders
-        .lock()
-        .expect("contenders lock")
-        .values()
-        // The session is gone with the leadership, so every contender of the term is lost,
-        // even if the engine has not told each of them yet.
-        .filter_map(|tracked| match &*tracked.state.borrow() {
-            ContenderState::Released => None,
-            ContenderState::Lost(reason) => Some((tracked.claim.clone(), reason.to_string())),
-            _ => Some((
-                tracked.claim.clone(),
-                "the ZooKeeper session was lost".to_string(),
-            )),
-        })
-        .collect();
-    let mut fenced = HashMap::new();
-    for (claim_ref, reason) in lost {
-        let namespace = claim_ref.namespace.clone().unwrap_or_default();
-        let claims: Api<LockClaim> = Api::namespaced(ctx.client.clone(), &namespace);
-        let Ok(Some(claim)) = claims.get_opt(&claim_ref.name).await else {
-            continue;
-        };
-        let status = claim.status.clone().unwrap_or_default();
-        if status.phase != ClaimPhase::Granted {
-            continue;
-        }
-        // The term's lock cache still holds what the locks said when the term ended.
-        let lock = ctx.locks.get(&claim.lock_ref());
-        let delay = lock
-            .as_ref()
-            .and_then(|l| l.spec.lock_delay_seconds)
-            .map(Duration::from_secs)
-            .unwrap_or_default();
-        let message = format!("the grant was lost: {reason}; queued again after the lock-delay");
-        let wanted = LockClaimStatus {
-            phase: ClaimPhase::Lost,
-            message: Some(message.clone()),
-            released_at: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-                k8s_openapi::jiff::Timestamp::now(),
-            )),
-            sequence: status.sequence,
-            granted_at: status.granted_at.clone(),
-            observed_generation: claim.metadata.generation,
-            ..Default::default()
-        };
-        if let Err(err) = status::apply(&claims, &claim, &wanted, true).await {
-            tracing::warn!(claim = %claim.name_any(), %err, "could not mark a lost grant");
-        }
-        ctx.metrics.lost(&claim.spec.lock);
-        status::publish(ctx, &claim, true, "Lost", "Lost", message).await;
-        if lock.as_ref().is_some_and(|l| l.spec.evict_on_loss) {
-            evict_holder(ctx, &claim).await;
-        }
-        fenced.insert(claim.lock_ref(), delay);
-    }
-    fenced
-}
-
-/// Deletes the holder Pod, or the holder Job's pods, so an old holder stops working.
-pub(crate) async fn evict_holder(ctx: &Context, claim: &LockClaim) {
-    let pods: Api<Pod> = ctx.api_beside(claim);
-    let result = match claim.spec.holder.kind {
-        HolderKind::Pod => pods
-            .delete(&claim.spec.holder.name, &DeleteParams::default())
-            .await
-            .map(|_| ()),
-        HolderKind::Job => pods
-            .delete_collection(
-                &DeleteParams::default(),
-                &kube::api::ListParams::default()
-                    .labels(&format!("job-name={}", claim.spec.holder.name)),
-            )
-            .await
-            .map(|_| ()),
-        HolderKind::Lease => Ok(()),
-    };
-    if let Err(err) = result {
-        tracing::warn!(claim = %claim.name_any(), %err, "could not evict the old holder");
-    }
 }

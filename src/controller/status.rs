@@ -1,8 +1,6 @@
-//! Writing status the same way everywhere: standard conditions that keep their transition
-//! time while unchanged, server-side apply with the controller's one field manager, events.
+//! Writing status the same way everywhere: server-side apply with the controller's one field
+//! manager, events, and what a claim's phase change counts and tells.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
@@ -10,33 +8,11 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::context::Context;
+use crate::claim_lifecycle::{Notice, Tally};
+use crate::resources::LockClaim;
 
 /// The field manager of everything the controller writes.
 pub const MANAGER: &str = "lockkeeper";
-
-/// A condition of `type_`; `lastTransitionTime` stays what it was while the status holds.
-pub fn condition(
-    type_: &str,
-    status: &str,
-    reason: &str,
-    message: String,
-    previous: &[Condition],
-    generation: Option<i64>,
-) -> Condition {
-    let since = previous
-        .iter()
-        .find(|c| c.type_ == type_ && c.status == status)
-        .map(|c| c.last_transition_time.clone())
-        .unwrap_or(Time(Timestamp::now()));
-    Condition {
-        type_: type_.into(),
-        status: status.into(),
-        reason: reason.into(),
-        message,
-        last_transition_time: since,
-        observed_generation: generation,
-    }
-}
 
 /// Server-side applies `status` to the object's status subresource (forced: the controller
 /// is the only writer of status). With `if_unchanged`, the write carries the object's
@@ -95,6 +71,36 @@ pub async fn publish<K: Resource<DynamicType = ()>>(
         } else {
             tracing::warn!(object = ?object.meta().name, %err, "could not record an event");
         }
+    }
+}
+
+/// Counts a phase change in the metrics and posts its event.
+pub async fn record_transition(
+    ctx: &Context,
+    claim: &LockClaim,
+    (tallies, notice): (Vec<Tally>, Option<Notice>),
+) {
+    let lock = &claim.spec.lock;
+    for tally in tallies {
+        match tally {
+            Tally::Granted => ctx.metrics.granted(lock),
+            Tally::Waited(waited) => ctx.metrics.waited(lock, waited),
+            Tally::Released => ctx.metrics.released(lock),
+            Tally::Expired => ctx.metrics.expired(lock),
+            Tally::Lost => ctx.metrics.lost(lock),
+            Tally::Held(held) => ctx.metrics.held(lock, held),
+        }
+    }
+    if let Some(notice) = notice {
+        publish(
+            ctx,
+            claim,
+            notice.warning,
+            notice.reason,
+            &notice.action,
+            notice.note,
+        )
+        .await;
     }
 }
 

@@ -1,6 +1,7 @@
 //! The custom resources, group `lockkeeper.dev`, version `v1alpha1`: their types, schemas
 //! (with CEL rules) and printer columns. `lockkeeper crd` prints them; `crds/` holds that output.
 
+pub mod conditions;
 pub mod distributed_lock;
 pub mod lock_claim;
 

@@ -1,0 +1,112 @@
+//! Grants lost with the ZooKeeper session. When a term ends that way, every claim it had
+//! granted is marked `Lost` (the same status and event as any other transition, from
+//! [`claim_lifecycle::status_after`] and [`claim_lifecycle::transition`]), its holder is
+//! evicted where the lock asks for it, and its lock is fenced for the lock's lock-delay before
+//! anyone is granted it again.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, ListParams};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, ResourceExt};
+
+use super::context::Context;
+use super::status;
+use crate::claim_lifecycle::{self, Outcome};
+use crate::resources::{ClaimPhase, DistributedLock, HolderKind, LockClaim};
+use crate::zookeeper::ContenderState;
+
+/// Marks the term's lost grants `Lost` (with an event), evicts their holders where their
+/// lock asks for it; answers the locks to fence, with their lock-delay.
+pub async fn fence_lost_grants(
+    ctx: &Arc<Context>,
+) -> HashMap<ObjectRef<DistributedLock>, Duration> {
+    let mut fenced = HashMap::new();
+    for (claim_ref, reason) in lost_contenders(ctx) {
+        let claims: Api<LockClaim> = Api::namespaced(
+            ctx.client.clone(),
+            claim_ref.namespace.as_deref().unwrap_or_default(),
+        );
+        // The status as the API server has it now: the term's cache may be behind.
+        let Ok(Some(claim)) = claims.get_opt(&claim_ref.name).await else {
+            continue;
+        };
+        let current = claim.status.clone().unwrap_or_default();
+        if current.phase != ClaimPhase::Granted {
+            continue;
+        }
+        // The term's lock cache still holds what the locks said when the term ended.
+        let lock = ctx.locks.get(&claim.lock_ref());
+        let outcome = Outcome {
+            phase: ClaimPhase::Lost,
+            position: None,
+            sequence: current.sequence,
+            fencing_token: None,
+            message: format!("the grant was lost: {reason}; queued again after the lock-delay"),
+            reason: "Lost",
+        };
+        let now = Timestamp::now();
+        let wanted =
+            claim_lifecycle::status_after(&current, &outcome, claim.meta().generation, now);
+        if let Err(err) = status::apply(&claims, &claim, &wanted, true).await {
+            tracing::warn!(claim = %claim.name_any(), %err, "could not mark a lost grant");
+        }
+        let created = claim.meta().creation_timestamp.as_ref().map(|t| t.0);
+        let transition = claim_lifecycle::transition(&current, &outcome, created, now);
+        status::record_transition(ctx, &claim, transition).await;
+        if lock.as_ref().is_some_and(|l| l.spec.evict_on_loss) {
+            evict_holder(ctx, &claim).await;
+        }
+        let delay = lock
+            .as_ref()
+            .and_then(|l| l.spec.lock_delay_seconds)
+            .map(Duration::from_secs)
+            .unwrap_or_default();
+        fenced.insert(claim.lock_ref(), delay);
+    }
+    fenced
+}
+
+/// The claims of the term's contenders, with why each was lost. The session is gone with the
+/// leadership, so every contender of the term is lost, even one the engine has not told yet.
+fn lost_contenders(ctx: &Context) -> Vec<(ObjectRef<LockClaim>, String)> {
+    ctx.contenders
+        .lock()
+        .expect("contenders lock")
+        .values()
+        .filter_map(|tracked| match &*tracked.state.borrow() {
+            ContenderState::Released => None,
+            ContenderState::Lost(reason) => Some((tracked.claim.clone(), reason.to_string())),
+            _ => Some((
+                tracked.claim.clone(),
+                "the ZooKeeper session was lost".to_string(),
+            )),
+        })
+        .collect()
+}
+
+/// Deletes the holder Pod, or the holder Job's pods, so an old holder stops working.
+pub async fn evict_holder(ctx: &Context, claim: &LockClaim) {
+    let pods: Api<Pod> = ctx.api_beside(claim);
+    let result = match claim.spec.holder.kind {
+        HolderKind::Pod => pods
+            .delete(&claim.spec.holder.name, &DeleteParams::default())
+            .await
+            .map(|_| ()),
+        HolderKind::Job => pods
+            .delete_collection(
+                &DeleteParams::default(),
+                &ListParams::default().labels(&format!("job-name={}", claim.spec.holder.name)),
+            )
+            .await
+            .map(|_| ()),
+        HolderKind::Lease => Ok(()),
+    };
+    if let Err(err) = result {
+        tracing::warn!(claim = %claim.name_any(), %err, "could not evict the old holder");
+    }
+}
