@@ -95,25 +95,53 @@ pub struct Step {
 }
 
 impl Step {
+    /// Nothing to do but look again when something changes.
+    fn nothing(queue: QueueAction) -> Self {
+        Step {
+            queue,
+            outcome: None,
+            resume_job: false,
+            evict_holder: false,
+            requeue_after: None,
+        }
+    }
+
+    /// The status becomes `outcome`; nothing else moves.
+    fn show(outcome: Outcome) -> Self {
+        Step {
+            outcome: Some(outcome),
+            ..Step::nothing(QueueAction::Keep)
+        }
+    }
+
+    /// The claim ends in `phase`, and leaves the queue if it is in it.
     fn end(phase: ClaimPhase, reason: &'static str, message: String, queued: bool) -> Self {
         Step {
-            queue: if queued {
-                QueueAction::Dequeue
-            } else {
-                QueueAction::Keep
-            },
-            outcome: Some(Outcome {
+            queue: leave_if(queued),
+            ..Step::show(Outcome {
                 phase,
                 position: None,
                 sequence: None,
                 fencing_token: None,
                 message,
                 reason,
-            }),
-            resume_job: false,
-            evict_holder: false,
-            requeue_after: None,
+            })
         }
+    }
+
+    fn then_look_again(self, after: Option<Duration>) -> Self {
+        Step {
+            requeue_after: after,
+            ..self
+        }
+    }
+}
+
+fn leave_if(queued: bool) -> QueueAction {
+    if queued {
+        QueueAction::Dequeue
+    } else {
+        QueueAction::Keep
     }
 }
 
@@ -161,165 +189,163 @@ pub fn decide(
         QueueState::Waiting { .. } | QueueState::Granted { .. }
     );
     if claim.phase.is_final() {
-        return Step {
-            queue: if queued {
-                QueueAction::Dequeue
-            } else {
-                QueueAction::Keep
-            },
-            outcome: None,
-            resume_job: false,
-            evict_holder: false,
-            requeue_after: None,
-        };
+        return Step::nothing(leave_if(queued));
     }
     if let Err(message) = validate(spec, lock) {
         return Step::end(ClaimPhase::Invalid, "Invalid", message, queued);
     }
     let holder_name = format!("{} {}", kind_name(spec.holder.kind), spec.holder.name);
     let ever_queued = !matches!(claim.phase, ClaimPhase::Pending | ClaimPhase::Invalid);
-    match holder {
-        HolderState::Missing if !ever_queued => {
-            return Step::end(
-                ClaimPhase::Invalid,
-                "HolderNotFound",
-                format!("{holder_name} does not exist; the claim is queued once it does"),
-                queued,
-            );
-        }
-        HolderState::Missing => {
-            return Step::end(
-                ClaimPhase::Released,
-                "Released",
-                format!("{holder_name} was deleted"),
-                queued,
-            );
-        }
-        HolderState::Ended(why) => {
-            return Step::end(ClaimPhase::Released, "Released", why.clone(), queued);
-        }
-        HolderState::SuspendedJob | HolderState::Running => {}
-    }
-    let lock = lock.expect("validated");
-    match queue {
-        QueueState::NotQueued => Step {
-            queue: QueueAction::Enqueue,
-            outcome: None,
-            resume_job: false,
-            evict_holder: false,
-            requeue_after: None,
-        },
-        QueueState::Lost(why) => Step::end(
-            ClaimPhase::Lost,
-            "Lost",
-            format!("the grant was lost: {why}"),
-            false,
+    let (phase, reason, message) = match holder {
+        HolderState::Missing if !ever_queued => (
+            ClaimPhase::Invalid,
+            "HolderNotFound",
+            format!("{holder_name} does not exist; the claim is queued once it does"),
         ),
-        QueueState::Waiting { position, sequence } => {
-            let (phase, reason, message, evict_holder) = match claim.phase {
-                // Granted before, behind someone now: while the controller was away (restart,
-                // session expiry) its node went and another client took the lock. The holder
-                // must learn it lost the grant; the claim keeps its new place in line.
-                ClaimPhase::Granted => (
+        HolderState::Missing => (
+            ClaimPhase::Released,
+            "Released",
+            format!("{holder_name} was deleted"),
+        ),
+        HolderState::Ended(why) => (ClaimPhase::Released, "Released", why.clone()),
+        HolderState::SuspendedJob | HolderState::Running => {
+            let lock = lock.expect("validated");
+            return match queue {
+                QueueState::NotQueued => Step::nothing(QueueAction::Enqueue),
+                QueueState::Lost(why) => Step::end(
                     ClaimPhase::Lost,
                     "Lost",
-                    "the grant was lost while the controller was away and the lock was taken \
-                     by another client; queued again"
-                        .to_string(),
-                    lock.evict_on_loss,
-                ),
-                // A lost claim stays Lost, saying why, until it is granted again.
-                ClaimPhase::Lost => (
-                    ClaimPhase::Lost,
-                    "Lost",
-                    claim
-                        .message
-                        .clone()
-                        .unwrap_or_else(|| "the grant was lost; queued again".into()),
+                    format!("the grant was lost: {why}"),
                     false,
                 ),
-                _ => (
-                    ClaimPhase::Waiting,
-                    "Waiting",
-                    format!("{position} ahead in the queue"),
-                    false,
+                QueueState::Waiting { position, sequence } => {
+                    waiting(spec, claim, lock, *position, *sequence, now)
+                }
+                QueueState::Granted {
+                    fencing_token,
+                    sequence,
+                } => granted(
+                    &holder_name,
+                    holder,
+                    claim,
+                    lock,
+                    *fencing_token,
+                    *sequence,
+                    now,
                 ),
             };
-            let waited = claim
-                .created
-                .map(|created| elapsed(created, now))
-                .unwrap_or_default();
-            // The wait timeout is for a first grant; a claim granted once waits to get it back.
-            let limit = spec
-                .wait_timeout_seconds
-                .map(Duration::from_secs)
-                .filter(|_| claim.granted_at.is_none());
-            match limit {
-                Some(limit) if waited >= limit => Step::end(
-                    ClaimPhase::Expired,
-                    "Expired",
-                    if limit.is_zero() {
-                        "the lock is held and the claim asked not to wait (waitTimeoutSeconds: 0)"
-                            .to_string()
-                    } else {
-                        format!(
-                            "not granted within waitTimeoutSeconds ({}s)",
-                            limit.as_secs()
-                        )
-                    },
-                    true,
-                ),
-                limit => Step {
-                    queue: QueueAction::Keep,
-                    outcome: Some(Outcome {
-                        phase,
-                        position: Some(*position),
-                        sequence: Some(*sequence),
-                        fencing_token: None,
-                        message,
-                        reason,
-                    }),
-                    resume_job: false,
-                    evict_holder,
-                    requeue_after: limit.map(|limit| limit - waited),
-                },
-            }
         }
-        QueueState::Granted {
-            fencing_token,
-            sequence,
-        } => {
-            let held = claim
-                .granted_at
-                .map(|granted| elapsed(granted, now))
-                .unwrap_or_default();
-            match lock.max_hold {
-                Some(limit) if held >= limit => Step::end(
-                    ClaimPhase::Expired,
-                    "Expired",
-                    format!(
-                        "held longer than the lock's maxHoldSeconds ({}s)",
-                        limit.as_secs()
-                    ),
-                    true,
-                ),
-                limit => Step {
-                    queue: QueueAction::Keep,
-                    outcome: Some(Outcome {
-                        phase: ClaimPhase::Granted,
-                        position: None,
-                        sequence: Some(*sequence),
-                        fencing_token: Some(*fencing_token),
-                        message: format!("granted to {holder_name}, fencing token {fencing_token}"),
-                        reason: "Granted",
-                    }),
-                    resume_job: *holder == HolderState::SuspendedJob,
-                    evict_holder: false,
-                    requeue_after: limit.map(|limit| limit - held),
-                },
-            }
-        }
+    };
+    Step::end(phase, reason, message, queued)
+}
+
+/// A claim in line: its place, unless it has waited too long for a first grant. A claim
+/// granted before and found behind someone now lost its grant.
+fn waiting(
+    spec: &LockClaimSpec,
+    claim: &ClaimFacts,
+    lock: &LockFacts,
+    position: u32,
+    sequence: i64,
+    now: Timestamp,
+) -> Step {
+    let waited = claim
+        .created
+        .map(|created| elapsed(created, now))
+        .unwrap_or_default();
+    // The wait timeout is for a first grant; a claim granted once waits to get it back.
+    let limit = spec
+        .wait_timeout_seconds
+        .map(Duration::from_secs)
+        .filter(|_| claim.granted_at.is_none());
+    if let Some(limit) = limit
+        && waited >= limit
+    {
+        let message = if limit.is_zero() {
+            "the lock is held and the claim asked not to wait (waitTimeoutSeconds: 0)".to_string()
+        } else {
+            format!(
+                "not granted within waitTimeoutSeconds ({}s)",
+                limit.as_secs()
+            )
+        };
+        return Step::end(ClaimPhase::Expired, "Expired", message, true);
     }
+    let in_line = |phase, reason, message| Outcome {
+        phase,
+        position: Some(position),
+        sequence: Some(sequence),
+        fencing_token: None,
+        message,
+        reason,
+    };
+    let step = match claim.phase {
+        // Granted before, behind someone now: while the controller was away (restart, session
+        // expiry) its node went and another client took the lock. The holder must learn it
+        // lost the grant; the claim keeps its new place in line.
+        ClaimPhase::Granted => Step {
+            evict_holder: lock.evict_on_loss,
+            ..Step::show(in_line(
+                ClaimPhase::Lost,
+                "Lost",
+                "the grant was lost while the controller was away and the lock was taken by \
+                 another client; queued again"
+                    .to_string(),
+            ))
+        },
+        // A lost claim stays Lost, saying why, until it is granted again.
+        ClaimPhase::Lost => Step::show(in_line(
+            ClaimPhase::Lost,
+            "Lost",
+            claim
+                .message
+                .clone()
+                .unwrap_or_else(|| "the grant was lost; queued again".into()),
+        )),
+        _ => Step::show(in_line(
+            ClaimPhase::Waiting,
+            "Waiting",
+            format!("{position} ahead in the queue"),
+        )),
+    };
+    step.then_look_again(limit.map(|limit| limit - waited))
+}
+
+/// A claim that holds the lock, unless it has held it longer than the lock allows.
+fn granted(
+    holder_name: &str,
+    holder: &HolderState,
+    claim: &ClaimFacts,
+    lock: &LockFacts,
+    fencing_token: i64,
+    sequence: i64,
+    now: Timestamp,
+) -> Step {
+    let held = claim
+        .granted_at
+        .map(|granted| elapsed(granted, now))
+        .unwrap_or_default();
+    if let Some(limit) = lock.max_hold
+        && held >= limit
+    {
+        let message = format!(
+            "held longer than the lock's maxHoldSeconds ({}s)",
+            limit.as_secs()
+        );
+        return Step::end(ClaimPhase::Expired, "Expired", message, true);
+    }
+    Step {
+        resume_job: *holder == HolderState::SuspendedJob,
+        ..Step::show(Outcome {
+            phase: ClaimPhase::Granted,
+            position: None,
+            sequence: Some(sequence),
+            fencing_token: Some(fencing_token),
+            message: format!("granted to {holder_name}, fencing token {fencing_token}"),
+            reason: "Granted",
+        })
+    }
+    .then_look_again(lock.max_hold.map(|limit| limit - held))
 }
 
 /// The claim's whole status once `outcome` holds at `now`: `grantedAt` set by a grant and kept
