@@ -40,14 +40,23 @@ pub enum QueueState {
     NotQueued,
     Waiting {
         position: u32,
-        sequence: i64,
+        node: Node,
     },
     Granted {
         fencing_token: i64,
-        sequence: i64,
+        node: Node,
     },
     /// The node went without a dequeue (session expiry, deleted by someone else).
     Lost(String),
+}
+
+/// The claim's znode.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Node {
+    /// Its sequence number: its place in line.
+    pub sequence: i64,
+    /// Its path.
+    pub path: String,
 }
 
 /// The part of the claim's status the decision reads.
@@ -74,6 +83,8 @@ pub struct Outcome {
     pub phase: ClaimPhase,
     pub position: Option<u32>,
     pub sequence: Option<i64>,
+    /// The claim's znode, while it is in line or holds.
+    pub znode: Option<String>,
     pub fencing_token: Option<i64>,
     /// Why, in a sentence, for `status.message` and the event.
     pub message: String,
@@ -122,6 +133,7 @@ impl Step {
                 phase,
                 position: None,
                 sequence: None,
+                znode: None,
                 fencing_token: None,
                 message,
                 reason,
@@ -218,21 +230,13 @@ pub fn decide(
                     format!("the grant was lost: {why}"),
                     false,
                 ),
-                QueueState::Waiting { position, sequence } => {
-                    waiting(spec, claim, lock, *position, *sequence, now)
+                QueueState::Waiting { position, node } => {
+                    waiting(spec, claim, lock, *position, node, now)
                 }
                 QueueState::Granted {
                     fencing_token,
-                    sequence,
-                } => granted(
-                    &holder_name,
-                    holder,
-                    claim,
-                    lock,
-                    *fencing_token,
-                    *sequence,
-                    now,
-                ),
+                    node,
+                } => granted(&holder_name, holder, claim, lock, *fencing_token, node, now),
             };
         }
     };
@@ -246,7 +250,7 @@ fn waiting(
     claim: &ClaimFacts,
     lock: &LockFacts,
     position: u32,
-    sequence: i64,
+    node: &Node,
     now: Timestamp,
 ) -> Step {
     let waited = claim
@@ -274,7 +278,8 @@ fn waiting(
     let in_line = |phase, reason, message| Outcome {
         phase,
         position: Some(position),
-        sequence: Some(sequence),
+        sequence: Some(node.sequence),
+        znode: Some(node.path.clone()),
         fencing_token: None,
         message,
         reason,
@@ -318,7 +323,7 @@ fn granted(
     claim: &ClaimFacts,
     lock: &LockFacts,
     fencing_token: i64,
-    sequence: i64,
+    node: &Node,
     now: Timestamp,
 ) -> Step {
     let held = claim
@@ -339,7 +344,8 @@ fn granted(
         ..Step::show(Outcome {
             phase: ClaimPhase::Granted,
             position: None,
-            sequence: Some(sequence),
+            sequence: Some(node.sequence),
+            znode: Some(node.path.clone()),
             fencing_token: Some(fencing_token),
             message: format!("granted to {holder_name}, fencing token {fencing_token}"),
             reason: "Granted",
@@ -382,7 +388,7 @@ pub fn status_after(
         position: outcome.position,
         sequence: outcome.sequence,
         fencing_token: outcome.fencing_token,
-        znode: None,
+        znode: outcome.znode.clone(),
         granted_at,
         released_at,
         message: Some(outcome.message.clone()),
@@ -489,6 +495,13 @@ mod tests {
         }
     }
 
+    fn node(sequence: i64) -> Node {
+        Node {
+            sequence,
+            path: format!("/locks/db/_c_u-lock-{sequence:010}"),
+        }
+    }
+
     fn at(seconds: i64) -> Timestamp {
         Timestamp::from_second(1_700_000_000 + seconds).unwrap()
     }
@@ -507,14 +520,47 @@ mod tests {
     }
 
     #[test]
+    fn the_znode_shows_while_the_claim_is_in_line_or_holds() {
+        let step = |phase, queue: &QueueState, holder: &HolderState| {
+            decide(
+                &spec(ClaimMode::Exclusive, None),
+                &facts(phase),
+                Some(&mutex(None)),
+                holder,
+                queue,
+                at(1),
+            )
+            .outcome
+            .and_then(|outcome| outcome.znode)
+        };
+        let path = node(7).path;
+        let waiting = QueueState::Waiting {
+            position: 1,
+            node: node(7),
+        };
+        let granted = QueueState::Granted {
+            fencing_token: 9,
+            node: node(7),
+        };
+        let running = HolderState::Running;
+        assert_eq!(
+            step(ClaimPhase::Pending, &waiting, &running),
+            Some(path.clone())
+        );
+        assert_eq!(step(ClaimPhase::Waiting, &granted, &running), Some(path));
+        let ended = HolderState::Ended("Pod a Succeeded".into());
+        assert_eq!(step(ClaimPhase::Granted, &granted, &ended), None);
+    }
+
+    #[test]
     fn a_valid_claim_is_queued_then_follows_its_queue() {
         let waiting = QueueState::Waiting {
             position: 2,
-            sequence: 7,
+            node: node(7),
         };
         let granted = QueueState::Granted {
             fencing_token: 99,
-            sequence: 7,
+            node: node(7),
         };
         let cases = [
             (
@@ -640,7 +686,7 @@ mod tests {
     fn deadlines_expire_waits_and_holds() {
         let waiting = QueueState::Waiting {
             position: 1,
-            sequence: 3,
+            node: node(3),
         };
         let try_lock = decide(
             &spec(ClaimMode::Exclusive, Some(0)),
@@ -665,7 +711,7 @@ mod tests {
         assert_eq!(patient.requeue_after, Some(Duration::from_secs(40)));
         let granted = QueueState::Granted {
             fencing_token: 5,
-            sequence: 3,
+            node: node(3),
         };
         let held = decide(
             &spec(ClaimMode::Exclusive, None),
@@ -697,7 +743,7 @@ mod tests {
     fn a_grant_found_behind_another_holder_is_lost_and_the_holder_evicted_if_asked() {
         let behind = QueueState::Waiting {
             position: 1,
-            sequence: 12,
+            node: node(12),
         };
         let mut lock = mutex(None);
         lock.evict_on_loss = true;
@@ -742,7 +788,7 @@ mod tests {
             &HolderState::Running,
             &QueueState::Granted {
                 fencing_token: 80,
-                sequence: 12,
+                node: node(12),
             },
             at(61),
         );
@@ -759,7 +805,7 @@ mod tests {
                 &HolderState::Running,
                 &QueueState::Granted {
                     fencing_token: 1,
-                    sequence: 1,
+                    node: node(1),
                 },
                 at(1),
             );
@@ -772,6 +818,7 @@ mod tests {
             phase,
             position: None,
             sequence: Some(7),
+            znode: None,
             fencing_token: (phase == ClaimPhase::Granted).then_some(42),
             message: message.into(),
             reason,

@@ -225,6 +225,13 @@ async fn a_holder_and_a_waiter(cluster: &Cluster) -> (String, zookeeper_client::
         .await
         .expect("connect to ZooKeeper");
     assert_eq!(zk.list_children(&path).await.unwrap().len(), 2);
+    let znode = cluster.claim_status("a").await.znode;
+    assert!(
+        znode
+            .as_deref()
+            .is_some_and(|znode| znode.starts_with(&format!("{path}/"))),
+        "the granted claim shows its znode: {znode:?} in {path}"
+    );
     (path, zk)
 }
 

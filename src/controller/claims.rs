@@ -96,16 +96,16 @@ fn queue_state(ctx: &Context, claim: &LockClaim) -> QueueState {
     let Some(tracked) = contenders.get(&uid(claim)) else {
         return QueueState::NotQueued;
     };
-    let sequence = tracked.sequence;
+    let node = tracked.node.clone();
     match &*tracked.state.borrow() {
         ContenderState::Queued | ContenderState::Released => QueueState::NotQueued,
         ContenderState::Waiting { position, .. } => QueueState::Waiting {
             position: *position as u32,
-            sequence,
+            node,
         },
         ContenderState::Granted { fencing_token } => QueueState::Granted {
             fencing_token: fencing_token.0,
-            sequence,
+            node,
         },
         ContenderState::Lost(reason) => QueueState::Lost(reason.to_string()),
     }

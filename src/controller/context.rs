@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use super::claim_index::ClaimIndex;
 use super::stale_copies::StaleCopies;
 use super::telemetry::Metrics;
+use crate::claim_lifecycle::Node;
 use crate::lock_rules::{LockKind, Mode};
 use crate::resources::{ClaimMode, DistributedLock, Installation, LockClaim, LockType};
 use crate::znode_name::{ContenderId, ContenderNode};
@@ -25,7 +26,8 @@ use crate::zookeeper::{Contender, ContenderState, EngineError, LockEngine, LockS
 /// A claim's contender as queued by this controller.
 pub struct Tracked {
     pub lock: LockSpec,
-    pub sequence: i64,
+    /// The contender's znode.
+    pub node: Node,
     pub state: watch::Receiver<ContenderState>,
     /// The claim this contender belongs to (to map engine events back to it).
     pub claim: ObjectRef<LockClaim>,
@@ -168,14 +170,17 @@ impl Context {
     }
 
     fn track(&self, lock: &LockSpec, claim: &LockClaim, contender: &Contender) {
-        let sequence = ContenderNode::parse(&contender.node)
-            .map(|node| node.sequence)
-            .unwrap_or_default();
+        let node = Node {
+            sequence: ContenderNode::parse(&contender.node)
+                .map(|node| node.sequence)
+                .unwrap_or_default(),
+            path: format!("{}/{}", lock.dir(), contender.node),
+        };
         self.contenders.lock().expect("contenders lock").insert(
             claim.uid().unwrap_or_default(),
             Tracked {
                 lock: lock.clone(),
-                sequence,
+                node,
                 state: contender.watch_state(),
                 claim: ObjectRef::from_obj(claim),
                 lock_ref: claim.lock_ref(),

@@ -45,6 +45,7 @@ pub async fn fence_lost_grants(
             phase: ClaimPhase::Lost,
             position: None,
             sequence: current.sequence,
+            znode: None,
             fencing_token: None,
             message: format!("the grant was lost: {reason}; queued again after the lock-delay"),
             reason: "Lost",

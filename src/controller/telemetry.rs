@@ -169,7 +169,9 @@ impl Metrics {
     pub fn leader(&self, leading: bool) {
         self.leader.set(leading.into());
     }
-    /// Ready: connected to ZooKeeper and Kubernetes, caches filled (leader or standby).
+    /// Ready once the ZooKeeper session is open and the replica campaigns (a standby is ready:
+    /// it takes over when the leader goes); not ready once it stops. A leader's caches may
+    /// still be filling: its reconciles wait for them.
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Relaxed);
     }

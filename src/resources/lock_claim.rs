@@ -129,7 +129,7 @@ pub struct LockClaimStatus {
     /// grant. Pass it to the resource the lock protects.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fencing_token: Option<i64>,
-    /// The claim's znode.
+    /// The claim's znode (its path) while it is in line or holds the lock.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub znode: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
