@@ -16,8 +16,8 @@ use super::claim_index::ClaimIndex;
 use super::context::{Context, interval_left};
 use super::installation::{self, Serving};
 use super::status;
-use crate::resources::conditions;
-use crate::resources::{ClaimPhase, DistributedLock, DistributedLockStatus, LockClaim, LockHolder};
+use crate::lock_status::{LockFacts, lock_status};
+use crate::resources::{DistributedLock, Installation, LockClaim};
 use crate::zookeeper::EngineError;
 
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +63,39 @@ impl LockContext {
     }
 }
 
+impl LockContext {
+    /// The cached claims of `lock`.
+    fn claims_of(&self, lock: &DistributedLock) -> Vec<Arc<LockClaim>> {
+        self.index
+            .of_lock(&lock.namespace().unwrap_or_default(), &lock.name_any())
+            .iter()
+            .filter_map(|claim_ref| self.claims.get(claim_ref))
+            .collect()
+    }
+
+    /// Leaves a lock served by `other` alone, saying so once per term.
+    async fn leave_alone(&self, lock: &DistributedLock, other: &Installation) {
+        let first = self
+            .left_alone
+            .lock()
+            .expect("left-alone lock")
+            .insert(ObjectRef::from_obj(lock));
+        if first {
+            let note = installation::elsewhere_note(&self.shared.installation, other);
+            tracing::warn!(lock = %lock.name_any(), "{note}");
+            status::publish(
+                &self.shared,
+                lock,
+                true,
+                "ServedElsewhere",
+                "LeaveAlone",
+                note,
+            )
+            .await;
+        }
+    }
+}
+
 /// How soon a lock whose taking met a newer version is looked at again (its watch event
 /// usually comes first).
 const TAKE_RETRY: Duration = Duration::from_millis(250);
@@ -81,97 +114,41 @@ pub async fn reconcile(lock: Arc<DistributedLock>, ctx: Arc<LockContext>) -> Res
         Serving::Here => false,
         Serving::Unclaimed => true,
         Serving::Elsewhere(other) => {
-            let first = ctx
-                .left_alone
-                .lock()
-                .expect("left-alone lock")
-                .insert(ObjectRef::from_obj(lock.as_ref()));
-            if first {
-                let note = installation::elsewhere_note(here, other);
-                tracing::warn!(lock = %lock.name_any(), "{note}");
-                status::publish(
-                    &ctx.shared,
-                    lock.as_ref(),
-                    true,
-                    "ServedElsewhere",
-                    "LeaveAlone",
-                    note,
-                )
-                .await;
-            }
+            ctx.leave_alone(&lock, other).await;
             return Ok(Action::await_change());
         }
     };
     if let Some(wait) = ctx.refresh_delay(&lock) {
         return Ok(Action::requeue(wait));
     }
-    let namespace = lock.namespace().unwrap_or_default();
+    // Observe: the lock's queue in ZooKeeper, and the cached claims that name its holders.
     let current = lock.status.clone().unwrap_or_default();
-    let generation = lock.meta().generation;
-    let condition = |state: &str, reason: &str, message: String| {
-        conditions::condition(
-            "Ready",
-            state,
-            reason,
-            message,
-            &current.conditions,
-            generation,
-            Timestamp::now(),
-        )
+    let queue = match ctx.shared.lock_spec(&lock) {
+        Ok(spec) => Ok((spec.dir(), ctx.shared.engine.queue(&spec).await?)),
+        Err(err) => Err(err.to_string()),
     };
-    let wanted = match ctx.shared.lock_spec(&lock) {
-        Err(err) => DistributedLockStatus {
-            conditions: vec![condition("False", "InvalidSpec", err.to_string())],
-            observed_generation: generation,
-            served_by: Some(here.clone()),
-            ..Default::default()
-        },
-        Ok(spec) => {
-            let queue = ctx.shared.engine.queue(&spec).await?;
-            // Claims of this lock by UID, to name the holders.
-            let claims: HashMap<String, Arc<LockClaim>> = ctx
-                .index
-                .of_lock(&namespace, &lock.name_any())
-                .iter()
-                .filter_map(|claim_ref| ctx.claims.get(claim_ref))
-                .filter_map(|c| Some((c.uid()?, c)))
-                .collect();
-            let mut holders = Vec::new();
-            let mut external = 0;
-            for entry in queue.holders() {
-                match entry.owner.as_ref().and_then(|owner| claims.get(owner)) {
-                    Some(claim) => {
-                        let status = claim.status.clone().unwrap_or_default();
-                        holders.push(LockHolder {
-                            claim: claim.name_any(),
-                            holder: claim.spec.holder.clone(),
-                            mode: claim.spec.mode,
-                            fencing_token: entry.fencing_token.map(|t| t.0).unwrap_or_default(),
-                            granted_at: status
-                                .granted_at
-                                .filter(|_| status.phase == ClaimPhase::Granted),
-                        });
-                    }
-                    None => external += 1,
-                }
-            }
-            let waiting = queue.waiting() as u32;
-            ctx.shared.metrics.queue_length(&lock.name_any(), waiting);
-            DistributedLockStatus {
-                held_by: (!holders.is_empty()).then(|| {
-                    let names: Vec<&str> = holders.iter().map(|h| h.claim.as_str()).collect();
-                    names.join(",")
-                }),
-                holders,
-                waiting,
-                external_holders: external,
-                zookeeper_path: Some(spec.dir()),
-                conditions: vec![condition("True", "Serving", "queued in ZooKeeper".into())],
-                observed_generation: generation,
-                served_by: Some(here.clone()),
-            }
-        }
+    let claims = ctx.claims_of(&lock);
+    let by_uid: HashMap<String, &LockClaim> = claims
+        .iter()
+        .filter_map(|claim| Some((claim.uid()?, claim.as_ref())))
+        .collect();
+    let facts = LockFacts {
+        current: &current,
+        generation: lock.meta().generation,
+        queue: queue
+            .as_ref()
+            .map(|(dir, queue)| (dir.as_str(), queue))
+            .map_err(Clone::clone),
+        claims: &by_uid,
     };
+    // Decide.
+    let wanted = lock_status(&facts, here, Timestamp::now());
+    // Act.
+    if let Ok((_, queue)) = &queue {
+        ctx.shared
+            .metrics
+            .queue_length(&lock.name_any(), queue.waiting() as u32);
+    }
     if wanted != current {
         let api: Api<DistributedLock> = ctx.shared.api_beside(lock.as_ref());
         // Taking an unclaimed lock is guarded by the resourceVersion read: of two

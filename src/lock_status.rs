@@ -1,0 +1,198 @@
+//! What a DistributedLock's status says (pure): who holds the lock and how many wait, read
+//! from the lock's ZooKeeper queue (so clients outside Kubernetes count too), named by the
+//! claims whose contenders hold it.
+
+use std::collections::HashMap;
+
+use k8s_openapi::jiff::Timestamp;
+
+use crate::resources::conditions;
+use crate::resources::{ClaimPhase, DistributedLockStatus, Installation, LockClaim, LockHolder};
+use crate::zookeeper::LockQueue;
+
+/// What the lock reconciler observed of one lock.
+pub struct LockFacts<'a> {
+    pub current: &'a DistributedLockStatus,
+    pub generation: Option<i64>,
+    /// The lock's queue and its directory; or why the lock's spec cannot be served.
+    pub queue: Result<(&'a str, &'a LockQueue), String>,
+    /// The cached claims of the lock, by UID.
+    pub claims: &'a HashMap<String, &'a LockClaim>,
+}
+
+/// The lock's status, served by `here`.
+pub fn lock_status(
+    facts: &LockFacts,
+    here: &Installation,
+    now: Timestamp,
+) -> DistributedLockStatus {
+    let ready = |state: &str, reason: &str, message: String| {
+        vec![conditions::condition(
+            "Ready",
+            state,
+            reason,
+            message,
+            &facts.current.conditions,
+            facts.generation,
+            now,
+        )]
+    };
+    let (dir, queue) = match &facts.queue {
+        Err(problem) => {
+            return DistributedLockStatus {
+                conditions: ready("False", "InvalidSpec", problem.clone()),
+                observed_generation: facts.generation,
+                served_by: Some(here.clone()),
+                ..Default::default()
+            };
+        }
+        Ok(queue) => *queue,
+    };
+    let mut holders = Vec::new();
+    let mut external = 0;
+    for entry in queue.holders() {
+        let Some(claim) = entry
+            .owner
+            .as_ref()
+            .and_then(|owner| facts.claims.get(owner))
+        else {
+            external += 1;
+            continue;
+        };
+        let status = claim.status.clone().unwrap_or_default();
+        holders.push(LockHolder {
+            claim: claim.metadata.name.clone().unwrap_or_default(),
+            holder: claim.spec.holder.clone(),
+            mode: claim.spec.mode,
+            fencing_token: entry.fencing_token.map(|t| t.0).unwrap_or_default(),
+            granted_at: status
+                .granted_at
+                .filter(|_| status.phase == ClaimPhase::Granted),
+        });
+    }
+    let held_by = (!holders.is_empty()).then(|| {
+        let names: Vec<&str> = holders.iter().map(|h| h.claim.as_str()).collect();
+        names.join(",")
+    });
+    DistributedLockStatus {
+        held_by,
+        holders,
+        waiting: queue.waiting() as u32,
+        external_holders: external,
+        zookeeper_path: Some(dir.to_string()),
+        conditions: ready("True", "Serving", "queued in ZooKeeper".into()),
+        observed_generation: facts.generation,
+        served_by: Some(here.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lock_rules::{Mode, Verdict, WaitTarget};
+    use crate::zookeeper::{FencingToken, QueueEntry};
+
+    fn claim(yaml: &str) -> LockClaim {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    fn entry(sequence: i64, owner: Option<&str>, holds: bool) -> QueueEntry {
+        QueueEntry {
+            node: format!("_c_{}-lock-{sequence:010}", owner.unwrap_or("x")),
+            sequence,
+            mode: Mode::Exclusive,
+            owner: owner.map(String::from),
+            verdict: if holds {
+                Verdict::Holds
+            } else {
+                Verdict::Waits {
+                    position: 1,
+                    target: WaitTarget::AnyHolder,
+                }
+            },
+            fencing_token: holds.then_some(FencingToken(100 + sequence)),
+        }
+    }
+
+    fn here() -> Installation {
+        Installation {
+            id: "i-1".into(),
+            zookeeper: "zk:2181/lockkeeper".into(),
+        }
+    }
+
+    #[test]
+    fn holders_are_named_by_their_claims_and_outside_clients_counted() {
+        let sync_1 = claim(
+            r#"
+apiVersion: lockkeeper.dev/v1alpha1
+kind: LockClaim
+metadata: {name: sync-1, namespace: team, uid: u1}
+spec: {lock: api, holder: {kind: Job, name: sync-1}}
+status: {phase: Granted, grantedAt: "2026-01-01T00:00:00Z"}
+"#,
+        );
+        let sync_2 = claim(
+            r#"
+apiVersion: lockkeeper.dev/v1alpha1
+kind: LockClaim
+metadata: {name: sync-2, namespace: team, uid: u2}
+spec: {lock: api, holder: {kind: Job, name: sync-2}}
+status: {phase: Waiting}
+"#,
+        );
+        let claims = HashMap::from([("u1".to_string(), &sync_1), ("u2".to_string(), &sync_2)]);
+        // A semaphore of 2: sync-1 and a Curator client hold, sync-2 waits.
+        let queue = LockQueue {
+            entries: vec![
+                entry(1, Some("u1"), true),
+                entry(2, None, true),
+                entry(3, Some("u2"), false),
+            ],
+        };
+        let current = DistributedLockStatus::default();
+        let facts = LockFacts {
+            current: &current,
+            generation: Some(3),
+            queue: Ok(("/lockkeeper/team/api", &queue)),
+            claims: &claims,
+        };
+        let status = lock_status(&facts, &here(), Timestamp::UNIX_EPOCH);
+        assert_eq!(status.held_by.as_deref(), Some("sync-1"));
+        assert_eq!(status.holders.len(), 1);
+        assert_eq!(status.holders[0].fencing_token, 101);
+        assert!(status.holders[0].granted_at.is_some());
+        assert_eq!((status.waiting, status.external_holders), (1, 1));
+        assert_eq!(
+            status.zookeeper_path.as_deref(),
+            Some("/lockkeeper/team/api")
+        );
+        assert_eq!(status.served_by, Some(here()));
+        assert_eq!(status.observed_generation, Some(3));
+        assert_eq!(status.conditions[0].reason, "Serving");
+    }
+
+    #[test]
+    fn a_lock_that_cannot_be_served_says_why() {
+        let claims = HashMap::new();
+        let current = DistributedLockStatus::default();
+        let facts = LockFacts {
+            current: &current,
+            generation: Some(1),
+            queue: Err("a Semaphore needs permits".into()),
+            claims: &claims,
+        };
+        let status = lock_status(&facts, &here(), Timestamp::UNIX_EPOCH);
+        let ready = &status.conditions[0];
+        assert_eq!(
+            (
+                ready.status.as_str(),
+                ready.reason.as_str(),
+                ready.message.as_str()
+            ),
+            ("False", "InvalidSpec", "a Semaphore needs permits")
+        );
+        assert_eq!((status.holders.len(), status.zookeeper_path), (0, None));
+        assert_eq!(status.served_by, Some(here()));
+    }
+}
