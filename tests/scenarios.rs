@@ -555,7 +555,15 @@ async fn a_second_installation_on_another_ensemble_leaves_a_served_lock_alone() 
     cluster.set_pod_phase("a", "Succeeded").await;
     cluster.wait_phase("b", ClaimPhase::Granted).await;
     assert_eq!(cluster.phase("a").await, ClaimPhase::Released);
-    let granted = events_by_claim(&cluster, "Granted").await;
+    // A grant's event follows its status write.
+    let granted = cluster
+        .poll(
+            cluster::PATIENCE,
+            "both grants have their event",
+            || events_by_claim(&cluster, "Granted"),
+            |granted| granted.len() == 2,
+        )
+        .await;
     assert_eq!(
         granted,
         BTreeMap::from([("a".to_string(), 1), ("b".to_string(), 1)]),
@@ -938,8 +946,15 @@ async fn two_hundred_claims_through_dropped_watches_500s_and_409s_are_each_grant
     }
     // Events (not faulted): one Granted and one Released per claim.
     for reason in ["Granted", "Released"] {
-        let counts = events_by_claim(&cluster, reason).await;
-        assert_eq!(counts.len(), CLAIMS, "{reason} events for every claim");
+        // A transition's event follows its status write.
+        let counts = cluster
+            .poll(
+                cluster::PATIENCE,
+                &format!("{reason} events for every claim"),
+                || events_by_claim(&cluster, reason),
+                |counts| counts.len() == CLAIMS,
+            )
+            .await;
         assert!(
             counts.values().all(|n| *n == 1),
             "{reason} once each: {counts:?}"
