@@ -55,7 +55,7 @@ pub async fn reconcile(claim: Arc<LockClaim>, ctx: Arc<Context>) -> Result<Actio
         return Ok(
             match finalizer::remove(&api, claim.as_ref(), LEGACY_FINALIZER).await? {
                 // The change's watch event reconciles the claim again.
-                Patched::Applied(_) => Action::await_change(),
+                Patched::Applied => Action::await_change(),
                 Patched::Stale => Action::requeue(CONFLICT_RETRY),
             },
         );

@@ -12,9 +12,9 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 /// What a finalizer write did.
-pub enum Patched<K> {
-    /// The object as the API server has it now.
-    Applied(K),
+pub enum Patched {
+    /// The finalizer is off (or was never there).
+    Applied,
     /// The copy was stale: a newer version is on its way through the watch.
     Stale,
 }
@@ -24,12 +24,12 @@ fn has(object: &impl Resource, finalizer: &str) -> bool {
 }
 
 /// Removes `finalizer` (the object goes once its last finalizer is gone).
-pub async fn remove<K>(api: &Api<K>, object: &K, finalizer: &str) -> Result<Patched<K>, kube::Error>
+pub async fn remove<K>(api: &Api<K>, object: &K, finalizer: &str) -> Result<Patched, kube::Error>
 where
     K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
     if !has(object, finalizer) {
-        return Ok(Patched::Applied(object.clone()));
+        return Ok(Patched::Applied);
     }
     let finalizers: Vec<String> = object
         .finalizers()
@@ -44,11 +44,7 @@ where
     }
 }
 
-async fn write<K>(
-    api: &Api<K>,
-    object: &K,
-    finalizers: Vec<String>,
-) -> Result<Patched<K>, kube::Error>
+async fn write<K>(api: &Api<K>, object: &K, finalizers: Vec<String>) -> Result<Patched, kube::Error>
 where
     K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
@@ -64,7 +60,7 @@ where
         )
         .await
     {
-        Ok(updated) => Ok(Patched::Applied(updated)),
+        Ok(_) => Ok(Patched::Applied),
         Err(kube::Error::Api(status)) if status.code == 409 => Ok(Patched::Stale),
         Err(err) => Err(err),
     }

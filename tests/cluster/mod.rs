@@ -93,18 +93,9 @@ impl Cluster {
     /// plane the test started).
     pub async fn start_with_faults_on(kubeconfig: std::ffi::OsString) -> Self {
         let mut cluster = Self::start_on(kubeconfig).await;
-        let config = kube::Config::from_custom_kubeconfig(
-            kube::config::Kubeconfig::read_from(&cluster.kubeconfig).expect("read the kubeconfig"),
-            &Default::default(),
-        )
-        .await
-        .expect("a client configuration from the kubeconfig");
-        let proxy = ApiFaultProxy::start(
-            &config.cluster_url.to_string(),
-            &config.root_cert.unwrap_or_default(),
-        )
-        .await
-        .expect("the API fault proxy starts");
+        let proxy = ApiFaultProxy::in_front_of(cluster.kubeconfig.as_ref())
+            .await
+            .expect("the API fault proxy starts");
         cluster.proxy = Some(std::sync::Arc::new(proxy));
         cluster.start_controller();
         cluster
@@ -215,6 +206,32 @@ impl Cluster {
     /// controller may do only what the chart grants. In a cluster started with faults, its
     /// server is the fault proxy.
     pub fn controller_kubeconfig(&self) -> std::path::PathBuf {
+        if !self.account_kubeconfig_path(CONTROLLER_ACCOUNT).exists() {
+            // Once per cluster: a controller started again keeps the account.
+            self.apply_chart_rbac();
+        }
+        let direct = self.service_account_kubeconfig(CONTROLLER_ACCOUNT);
+        let Some(proxy) = &self.proxy else {
+            return direct;
+        };
+        let path = self
+            .scratch
+            .path()
+            .join("controller-through-proxy.kubeconfig");
+        proxy
+            .write_kubeconfig_through(&direct, &path)
+            .expect("write the kubeconfig");
+        path
+    }
+
+    /// Where [`Cluster::service_account_kubeconfig`] writes the kubeconfig of `account`.
+    fn account_kubeconfig_path(&self, account: &str) -> std::path::PathBuf {
+        self.scratch.path().join(format!("{account}.kubeconfig"))
+    }
+
+    /// Applies the chart's ServiceAccount, Role and RoleBinding (namespace scope) in the test
+    /// namespace.
+    fn apply_chart_rbac(&self) {
         let output = std::process::Command::new(helm_binary())
             .args(["template", "lockkeeper", "charts/lockkeeper"])
             .args(["--namespace", &self.namespace])
@@ -231,20 +248,6 @@ impl Cluster {
         );
         let rbac = String::from_utf8(output.stdout).expect("helm prints YAML");
         self.kubectl_ok(&["apply", "-f", "-"], &rbac);
-        let direct = self.service_account_kubeconfig(CONTROLLER_ACCOUNT);
-        let Some(proxy) = &self.proxy else {
-            return direct;
-        };
-        let mut kubeconfig: Value =
-            serde_json::from_slice(&std::fs::read(&direct).expect("read the kubeconfig"))
-                .expect("the kubeconfig is JSON");
-        kubeconfig["clusters"][0]["cluster"] = json!({"server": proxy.url()});
-        let path = self
-            .scratch
-            .path()
-            .join("controller-through-proxy.kubeconfig");
-        std::fs::write(&path, kubeconfig.to_string()).expect("write the kubeconfig");
-        path
     }
 
     /// The `lockkeeper` binary, talking to this cluster.
@@ -353,7 +356,7 @@ impl Cluster {
     /// it may do is what RBAC grants that account, nothing more. Written once per account and
     /// test (the token lasts an hour).
     pub fn service_account_kubeconfig(&self, account: &str) -> std::path::PathBuf {
-        let path = self.scratch.path().join(format!("{account}.kubeconfig"));
+        let path = self.account_kubeconfig_path(account);
         if path.exists() {
             return path;
         }

@@ -48,27 +48,14 @@ impl Operator {
     pub async fn start(zookeeper: String, dir: &Path) -> Result<Self> {
         let plane = ControlPlane::shared().context("the Kubernetes control plane starts")?;
         let kubeconfig = plane.kubeconfig();
+        let proxy = ApiFaultProxy::in_front_of(&kubeconfig).await?;
+        let controller_kubeconfig = dir.join("controller.kubeconfig");
+        proxy.write_kubeconfig_through(&kubeconfig, &controller_kubeconfig)?;
         let config = kube::Config::from_custom_kubeconfig(
             Kubeconfig::read_from(&kubeconfig)?,
             &Default::default(),
         )
         .await?;
-        let proxy = ApiFaultProxy::start(
-            &config.cluster_url.to_string(),
-            &config.root_cert.clone().unwrap_or_default(),
-        )
-        .await?;
-        let mut through_proxy: serde_json::Value =
-            serde_json::to_value(Kubeconfig::read_from(&kubeconfig)?)?;
-        for cluster in through_proxy["clusters"]
-            .as_array_mut()
-            .into_iter()
-            .flatten()
-        {
-            cluster["cluster"] = json!({"server": proxy.url()});
-        }
-        let controller_kubeconfig = dir.join("controller.kubeconfig");
-        std::fs::write(&controller_kubeconfig, through_proxy.to_string())?;
         let client = Client::try_from(config)?;
         install_crds(&client).await?;
         let binary = std::env::current_exe()?

@@ -14,6 +14,7 @@
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -28,6 +29,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use kube::config::Kubeconfig;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -156,6 +158,37 @@ pub struct ApiFaultProxy {
 }
 
 impl ApiFaultProxy {
+    /// Starts a proxy to the API server of `kubeconfig`'s current context, trusting its CA.
+    pub async fn in_front_of(kubeconfig: &Path) -> std::io::Result<ApiFaultProxy> {
+        let failed = |what: String| std::io::Error::other(what);
+        let read = Kubeconfig::read_from(kubeconfig)
+            .map_err(|err| failed(format!("{}: {err}", kubeconfig.display())))?;
+        let config = kube::Config::from_custom_kubeconfig(read, &Default::default())
+            .await
+            .map_err(|err| failed(format!("{}: {err}", kubeconfig.display())))?;
+        Self::start(
+            &config.cluster_url.to_string(),
+            &config.root_cert.unwrap_or_default(),
+        )
+        .await
+    }
+
+    /// Writes to `to` a copy of `kubeconfig` whose clusters' server is this proxy (plain
+    /// HTTP, so without a CA); its users and their tokens stay.
+    pub fn write_kubeconfig_through(&self, kubeconfig: &Path, to: &Path) -> std::io::Result<()> {
+        let failed = |what: String| std::io::Error::other(what);
+        let mut copy = Kubeconfig::read_from(kubeconfig)
+            .map_err(|err| failed(format!("{}: {err}", kubeconfig.display())))?;
+        for named in &mut copy.clusters {
+            named.cluster = Some(kube::config::Cluster {
+                server: Some(self.url()),
+                ..Default::default()
+            });
+        }
+        let yaml = serde_yaml::to_string(&copy).map_err(|err| failed(err.to_string()))?;
+        std::fs::write(to, yaml)
+    }
+
     /// Starts a proxy to the API server at `server` (`https://HOST:PORT`), trusting the CA
     /// certificates `roots` (DER) for it. Must run within a Tokio runtime, which its tasks
     /// live on.
@@ -264,6 +297,8 @@ impl Drop for ApiFaultProxy {
 async fn accept(listener: TcpListener, shared: Arc<Shared>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
+            // Out of file descriptors, say: wait rather than spin.
+            tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
         let shared = shared.clone();
