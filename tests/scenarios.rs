@@ -826,6 +826,58 @@ async fn a_claim_deleted_out_of_the_watch_history_leaves_the_queue_after_the_rel
     cluster.stop().await;
 }
 
+/// While every list and watch of the controller fails (an API server being upgraded, say),
+/// each watch backs off on its own and none holds up a grant: a claim whose lock an outside
+/// client releases is granted at once, from the engine's event and the cached claim, however
+/// long the watches have been failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grants_go_on_while_every_watch_fails() {
+    // A grant takes well under a second here; one that takes this long was held up.
+    const HELD_UP: Duration = Duration::from_secs(5);
+    let cluster = Cluster::start_with_faults().await;
+    let faults = cluster.faults();
+    cluster.lock("db", json!({})).await;
+    let mut service = PeerProcess::spawn(&PeerSpec {
+        library: PeerLibrary::Kazoo,
+        connect: cluster.zk.connect_string(),
+        path: cluster.zookeeper_path("db").await,
+        kind: PeerKind::Mutex,
+        name: "migration-service".into(),
+    })
+    .expect("the peer starts");
+    service.start_acquire().unwrap();
+    assert!(service.wait_acquired(cluster::PATIENCE).unwrap());
+    cluster.pod_with_claim("waiter", "db").await;
+    cluster.wait_phase("waiter", ClaimPhase::Waiting).await;
+
+    for verb in ["list", "watch"] {
+        faults.inject(ErrorRule {
+            code: 500,
+            count: u32::MAX,
+            verb: Some(verb.into()),
+            resource: None,
+        });
+    }
+    faults.close_watches();
+    // Long enough for a pause shared by every watch, growing with each failure of any of
+    // them, to outlast a grant many times over.
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    let failures = faults.errors_answered();
+    service.release(cluster::PATIENCE).unwrap();
+    let granted = tokio::time::timeout(HELD_UP, cluster.wait_phase("waiter", ClaimPhase::Granted));
+    assert!(
+        granted.await.is_ok(),
+        "the claim was not granted within {HELD_UP:?} of the lock's release: the failing \
+         watches held up the grant"
+    );
+    assert!(
+        failures >= 8,
+        "the watches kept failing throughout ({failures} lists and watches refused)"
+    );
+    faults.reset();
+    cluster.stop().await;
+}
+
 /// While `stop` is open: drops every watch, and has the fault proxy answer claim writes and relists
 /// with 500s and 409s, a few at a time (errors not met within a round are dropped, so they
 /// never pile up into an outage).

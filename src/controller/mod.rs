@@ -24,28 +24,27 @@ pub mod slim;
 pub mod stale_copies;
 pub mod status;
 pub mod telemetry;
+pub mod watches;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
 use kube::runtime::controller::Controller;
 use kube::runtime::events::Reporter;
 use kube::runtime::reflector::{self, ObjectRef};
-use kube::runtime::{WatchStreamExt, reflector as cache, watcher};
-use kube::{Client, Resource, ResourceExt};
+use kube::{Client, ResourceExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::sync::CancellationToken;
 
 use self::claim_index::ClaimIndex;
 use self::context::Context;
-use self::departures::Departure;
 use self::leader::Leadership;
 use self::telemetry::Metrics;
 use crate::resources::{DistributedLock, HolderKind, Installation, LockClaim};
@@ -278,48 +277,9 @@ async fn lead(
     let namespace = config.namespace.as_deref();
     let claims_api: Api<LockClaim> = api(client, namespace);
     let locks_api: Api<DistributedLock> = api(client, namespace);
-    let watch_config = watcher::Config::default();
-
-    // A claim reads its lock's spec, and of its status only the installation serving it: only
-    // a lock made, deleted, with a new spec or served anew reconciles its claims (the lock's
-    // other status writes do not).
-    let locks_seen = ctx.locks.clone();
-    let lock_stream = cache(
-        inputs.locks,
-        watcher(locks_api.clone(), watch_config.clone()).modify(slim::own::<DistributedLock>),
-    )
-    .default_backoff()
-    .touched_objects()
-    .predicate_filter(
-        move |lock: &DistributedLock| {
-            let exists = locks_seen.get(&ObjectRef::from_obj(lock)).is_some();
-            let deleting = lock.meta().deletion_timestamp.is_some();
-            let served_by = lock
-                .status
-                .as_ref()
-                .and_then(|s| s.served_by.as_ref())
-                .map(|installation| installation.id.clone());
-            Some(hash_of(&(
-                lock.meta().generation,
-                exists,
-                deleting,
-                served_by,
-            )))
-        },
-        Default::default(),
-    );
-    let pod_stream = cache(
-        inputs.pods,
-        watcher(api::<Pod>(client, namespace), watch_config.clone()).modify(slim::pod),
-    )
-    .default_backoff()
-    .touched_objects();
-    let job_stream = cache(
-        inputs.jobs,
-        watcher(api::<Job>(client, namespace), watch_config.clone()).modify(slim::job),
-    )
-    .default_backoff()
-    .touched_objects();
+    let lock_stream = watches::locks(locks_api.clone(), inputs.locks, ctx.locks.clone());
+    let pod_stream = watches::pods(api(client, namespace), inputs.pods);
+    let job_stream = watches::jobs(api(client, namespace), inputs.jobs);
 
     // Engine events (grants, losses) reconcile the claim they concern.
     let (claim_triggers, claim_trigger_stream) = mpsc::unbounded_channel::<ObjectRef<LockClaim>>();
@@ -337,32 +297,18 @@ async fn lead(
         }
     };
 
-    // The claims watch fills the controller's cache and the index of claims by lock and
-    // holder that pod, job and lock events are mapped through, and tells of claims that went.
     let claims_store = ctx.claims.clone();
     let resume_claims = claims_store.clone();
     let index = ctx.index.clone();
     let (departed, departures) = mpsc::unbounded_channel();
-    let claim_stream = {
-        let index = index.clone();
-        watcher(claims_api, watch_config.clone())
-            .modify(slim::own::<LockClaim>)
-            .default_backoff()
-            .reflect(inputs.claims)
-            .inspect_ok(move |event| {
-                index.observe(event);
-                if let Some(departure) = Departure::of(event) {
-                    let _ = departed.send(departure);
-                }
-            })
-            .applied_objects()
-    };
+    let claim_stream = watches::claims(claims_api, inputs.claims, index.clone(), departed);
     let departures_run = departures::follow(ctx.clone(), departures, stopping.clone());
     let (by_lock, by_pod, by_job) = (index.clone(), index.clone(), index.clone());
     let runner =
         kube::runtime::controller::Config::default().concurrency(config.concurrent_reconciles);
     let claims_run = Controller::for_stream(claim_stream, claims_store.clone())
         .with_config(runner.clone())
+        .trigger_backoff(watches::NoSharedPause)
         .graceful_shutdown_on(stopping.clone().cancelled_owned())
         .watches_stream(lock_stream, move |lock: DistributedLock| {
             by_lock.of_lock(&lock.namespace().unwrap_or_default(), &lock.name_any())
@@ -383,7 +329,7 @@ async fn lead(
         })
         .reconcile_on(UnboundedReceiverStream::new(claim_trigger_stream))
         .run(claims::reconcile, claims::error_policy, ctx.clone())
-        .for_each(report_watch_errors);
+        .for_each(watches::report_errors);
 
     let lock_ctx = Arc::new(locks::LockContext {
         shared: ctx.clone(),
@@ -392,12 +338,17 @@ async fn lead(
         refreshed: Default::default(),
         left_alone: Default::default(),
     });
-    let locks_run = Controller::new(locks_api, watch_config)
-        .with_config(runner)
-        .graceful_shutdown_on(stopping.clone().cancelled_owned())
-        .reconcile_on(UnboundedReceiverStream::new(inputs.lock_changes))
-        .run(locks::reconcile, locks::error_policy, lock_ctx)
-        .for_each(report_watch_errors);
+    let (locks_to_refresh, locks_cache) = reflector::store();
+    let locks_run = Controller::for_stream(
+        watches::locks_to_refresh(locks_api, locks_cache),
+        locks_to_refresh,
+    )
+    .with_config(runner)
+    .trigger_backoff(watches::NoSharedPause)
+    .graceful_shutdown_on(stopping.clone().cancelled_owned())
+    .reconcile_on(UnboundedReceiverStream::new(inputs.lock_changes))
+    .run(locks::reconcile, locks::error_policy, lock_ctx)
+    .for_each(watches::report_errors);
 
     // The watches fill the caches meanwhile; reconciles wait until it is done.
     let resumed = async {
@@ -414,25 +365,4 @@ async fn lead(
         _ = futures::future::join4(claims_run, locks_run, resumed, departures_run) => {}
         _ = forward_events => tracing::error!("the lock engine's event stream ended"),
     }
-}
-
-/// Logs the errors a controller's run reports besides its reconcilers' (which their error
-/// policies log): a watch that fails, such as on a namespace the controller may not list,
-/// is retried with backoff and says why each time.
-async fn report_watch_errors<T, R, Q>(result: Result<T, kube::runtime::controller::Error<R, Q>>)
-where
-    R: std::error::Error,
-    Q: std::error::Error,
-{
-    use kube::runtime::controller::Error as Run;
-    if let Err(err @ (Run::QueueError(_) | Run::RunnerError(_))) = result {
-        tracing::warn!(%err, "a watch of the controller failed; retrying");
-    }
-}
-
-fn hash_of(value: &impl std::hash::Hash) -> u64 {
-    use std::hash::{DefaultHasher, Hasher};
-    let mut hasher = DefaultHasher::new();
-    value.hash(&mut hasher);
-    hasher.finish()
 }

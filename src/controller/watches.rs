@@ -1,0 +1,172 @@
+//! The watches of one term: what each keeps in its cache ([`super::slim`]), which of its
+//! changes reconcile claims, and how it recovers from errors.
+//!
+//! Each watch backs off on its own. kube-runtime's controller would also pause all of its
+//! inputs together, with one backoff, whenever any one of them fails; that pause grows with
+//! every error and resets only after two quiet minutes. A watch that keeps failing — Jobs
+//! the controller may not list, a relist after `410 Gone` — would then hold up every grant,
+//! engine events included. [`NoSharedPause`] turns that shared pause off.
+
+use std::time::Duration;
+
+use futures::{Stream, TryStreamExt};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use kube::Resource;
+use kube::api::Api;
+use kube::runtime::reflector::store::Writer;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::utils::Backoff;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use tokio::sync::mpsc;
+
+use super::claim_index::ClaimIndex;
+use super::departures::Departure;
+use super::slim;
+use crate::resources::{DistributedLock, LockClaim};
+
+/// The objects a watch reports changed, or the error it recovers from next.
+pub type Changes<K> = Result<K, watcher::Error>;
+
+fn config() -> watcher::Config {
+    watcher::Config::default()
+}
+
+/// Locks, for the claims they concern. A claim reads its lock's spec, and of its status only
+/// the installation serving it: only a lock made, deleted, with a new spec or served anew
+/// reconciles its claims (the lock's other status writes do not).
+pub fn locks(
+    api: Api<DistributedLock>,
+    cache: Writer<DistributedLock>,
+    cached: Store<DistributedLock>,
+) -> impl Stream<Item = Changes<DistributedLock>> + Send + 'static {
+    reflector(
+        cache,
+        watcher(api, config()).modify(slim::own::<DistributedLock>),
+    )
+    .default_backoff()
+    .touched_objects()
+    .predicate_filter(
+        move |lock: &DistributedLock| {
+            let exists = cached.get(&ObjectRef::from_obj(lock)).is_some();
+            let deleting = lock.meta().deletion_timestamp.is_some();
+            let served_by = lock
+                .status
+                .as_ref()
+                .and_then(|s| s.served_by.as_ref())
+                .map(|installation| installation.id.clone());
+            Some(hash_of(&(
+                lock.meta().generation,
+                exists,
+                deleting,
+                served_by,
+            )))
+        },
+        Default::default(),
+    )
+}
+
+/// Locks whose own status is to be refreshed: every change, for the lock controller.
+pub fn locks_to_refresh(
+    api: Api<DistributedLock>,
+    cache: Writer<DistributedLock>,
+) -> impl Stream<Item = Changes<DistributedLock>> + Send + 'static {
+    reflector(
+        cache,
+        watcher(api, config()).modify(slim::own::<DistributedLock>),
+    )
+    .default_backoff()
+    .applied_objects()
+}
+
+/// Holder pods: their phase.
+pub fn pods(
+    api: Api<Pod>,
+    cache: Writer<Pod>,
+) -> impl Stream<Item = Changes<Pod>> + Send + 'static {
+    reflector(cache, watcher(api, config()).modify(slim::pod))
+        .default_backoff()
+        .touched_objects()
+}
+
+/// Holder Jobs: whether they are suspended or ended.
+pub fn jobs(
+    api: Api<Job>,
+    cache: Writer<Job>,
+) -> impl Stream<Item = Changes<Job>> + Send + 'static {
+    reflector(cache, watcher(api, config()).modify(slim::job))
+        .default_backoff()
+        .touched_objects()
+}
+
+/// Claims. Besides the cache, the watch keeps the index of claims by lock and by holder that
+/// pod, job and lock changes are mapped through, and tells of claims that went.
+pub fn claims(
+    api: Api<LockClaim>,
+    cache: Writer<LockClaim>,
+    index: ClaimIndex,
+    departed: mpsc::UnboundedSender<Departure>,
+) -> impl Stream<Item = Changes<LockClaim>> + Send + 'static {
+    watcher(api, config())
+        .modify(slim::own::<LockClaim>)
+        .default_backoff()
+        .reflect(cache)
+        .inspect_ok(move |event| {
+            index.observe(event);
+            if let Some(departure) = Departure::of(event) {
+                let _ = departed.send(departure);
+            }
+        })
+        .applied_objects()
+}
+
+/// The controllers' shared pause on a failed input, turned off (see the module's comment):
+/// each watch backs off on its own already. A hand-written type because kube-runtime offers
+/// no backoff that never waits.
+pub struct NoSharedPause;
+
+impl Iterator for NoSharedPause {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        Some(Duration::ZERO)
+    }
+}
+
+impl Backoff for NoSharedPause {
+    fn reset(&mut self) {}
+}
+
+/// Logs the errors a controller's run reports besides its reconcilers' (which their error
+/// policies log): a watch that fails, such as on a namespace the controller may not list,
+/// is retried with backoff and says why each time.
+pub async fn report_errors<T, R, Q>(result: Result<T, kube::runtime::controller::Error<R, Q>>)
+where
+    R: std::error::Error,
+    Q: std::error::Error,
+{
+    use kube::runtime::controller::Error as Run;
+    if let Err(err @ (Run::QueueError(_) | Run::RunnerError(_))) = result {
+        tracing::warn!(%err, "a watch of the controller failed; retrying");
+    }
+}
+
+fn hash_of(value: &impl std::hash::Hash) -> u64 {
+    use std::hash::{DefaultHasher, Hasher};
+    let mut hasher = DefaultHasher::new();
+    value.hash(&mut hasher);
+    hasher.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shared_pause_never_waits_and_never_gives_up() {
+        let mut pause = NoSharedPause;
+        assert!(pause.by_ref().take(1000).all(|wait| wait.is_zero()));
+        pause.reset();
+        assert_eq!(pause.next(), Some(Duration::ZERO));
+    }
+}
