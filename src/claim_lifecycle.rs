@@ -253,28 +253,10 @@ fn waiting(
     node: &Node,
     now: Timestamp,
 ) -> Step {
-    let waited = claim
-        .created
-        .map(|created| elapsed(created, now))
-        .unwrap_or_default();
-    // The wait timeout is for a first grant; a claim granted once waits to get it back.
-    let limit = spec
-        .wait_timeout_seconds
-        .map(Duration::from_secs)
-        .filter(|_| claim.granted_at.is_none());
-    if let Some(limit) = limit
-        && waited >= limit
-    {
-        let message = if limit.is_zero() {
-            "the lock is held and the claim asked not to wait (waitTimeoutSeconds: 0)".to_string()
-        } else {
-            format!(
-                "not granted within waitTimeoutSeconds ({}s)",
-                limit.as_secs()
-            )
-        };
-        return Step::end(ClaimPhase::Expired, "Expired", message, true);
-    }
+    let wait_left = match wait_left(spec, claim, now) {
+        Ok(left) => left,
+        Err(why) => return Step::end(ClaimPhase::Expired, "Expired", why, true),
+    };
     let in_line = |phase, reason, message| Outcome {
         phase,
         position: Some(position),
@@ -313,7 +295,40 @@ fn waiting(
             format!("{position} ahead in the queue"),
         )),
     };
-    step.then_look_again(limit.map(|limit| limit - waited))
+    step.then_look_again(wait_left)
+}
+
+/// How much longer a claim in line may wait (`None`: as long as it takes), or, once its
+/// wait timed out, why it expires. The wait timeout is for a first grant; a claim
+/// granted once waits to get it back.
+fn wait_left(
+    spec: &LockClaimSpec,
+    claim: &ClaimFacts,
+    now: Timestamp,
+) -> Result<Option<Duration>, String> {
+    let Some(limit) = spec
+        .wait_timeout_seconds
+        .map(Duration::from_secs)
+        .filter(|_| claim.granted_at.is_none())
+    else {
+        return Ok(None);
+    };
+    let waited = claim
+        .created
+        .map(|created| elapsed(created, now))
+        .unwrap_or_default();
+    if waited < limit {
+        return Ok(Some(limit - waited));
+    }
+    let message = if limit.is_zero() {
+        "the lock is held and the claim asked not to wait (waitTimeoutSeconds: 0)".to_string()
+    } else {
+        format!(
+            "not granted within waitTimeoutSeconds ({}s)",
+            limit.as_secs()
+        )
+    };
+    Err(message)
 }
 
 /// A claim that holds the lock, unless it has held it longer than the lock allows.

@@ -48,28 +48,7 @@ pub fn lock_status(
         }
         Ok(queue) => *queue,
     };
-    let mut holders = Vec::new();
-    let mut external = 0;
-    for entry in queue.holders() {
-        let Some(claim) = entry
-            .owner
-            .as_ref()
-            .and_then(|owner| facts.claims.get(owner))
-        else {
-            external += 1;
-            continue;
-        };
-        let status = claim.status.clone().unwrap_or_default();
-        holders.push(LockHolder {
-            claim: claim.metadata.name.clone().unwrap_or_default(),
-            holder: claim.spec.holder.clone(),
-            mode: claim.spec.mode,
-            fencing_token: entry.fencing_token.map(|t| t.0).unwrap_or_default(),
-            granted_at: status
-                .granted_at
-                .filter(|_| status.phase == ClaimPhase::Granted),
-        });
-    }
+    let (holders, external) = holders(queue, facts.claims);
     let held_by = (!holders.is_empty()).then(|| {
         let names: Vec<&str> = holders.iter().map(|h| h.claim.as_str()).collect();
         names.join(",")
@@ -84,6 +63,29 @@ pub fn lock_status(
         observed_generation: facts.generation,
         served_by: Some(here.clone()),
     }
+}
+
+/// The queue's holders that are claims, and how many are clients outside Kubernetes.
+fn holders(queue: &LockQueue, claims: &HashMap<String, &LockClaim>) -> (Vec<LockHolder>, u32) {
+    let mut holders = Vec::new();
+    let mut external = 0;
+    for entry in queue.holders() {
+        let Some(claim) = entry.owner.as_ref().and_then(|owner| claims.get(owner)) else {
+            external += 1;
+            continue;
+        };
+        let status = claim.status.clone().unwrap_or_default();
+        holders.push(LockHolder {
+            claim: claim.metadata.name.clone().unwrap_or_default(),
+            holder: claim.spec.holder.clone(),
+            mode: claim.spec.mode,
+            fencing_token: entry.fencing_token.map(|t| t.0).unwrap_or_default(),
+            granted_at: status
+                .granted_at
+                .filter(|_| status.phase == ClaimPhase::Granted),
+        });
+    }
+    (holders, external)
 }
 
 #[cfg(test)]

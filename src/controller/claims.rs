@@ -15,6 +15,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use super::context::{Context, interval_left};
+use super::error::{During, Error, Step};
 use super::finalizer::{self, Patched};
 use super::holders;
 use super::installation::{self, Serving};
@@ -29,31 +30,39 @@ use crate::zookeeper::{ContenderState, EngineError};
 /// [`super::departures`]); the controller takes it off.
 pub const LEGACY_FINALIZER: &str = "lockkeeper.dev/release";
 
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("Kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
-    #[error("ZooKeeper: {0}")]
-    Engine(#[from] EngineError),
+pub async fn reconcile(claim: Arc<LockClaim>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _timing = ctx.metrics.reconcile_started(CONTROLLER);
+    let result = reconcile_claim(&claim, &ctx).await;
+    if result.is_ok() {
+        ctx.claim_retries
+            .succeeded(&ObjectRef::from_obj(claim.as_ref()));
+    }
+    result
 }
 
-pub async fn reconcile(claim: Arc<LockClaim>, ctx: Arc<Context>) -> Result<Action, Error> {
+/// The controller's name in metrics.
+const CONTROLLER: &str = "LockClaim";
+
+async fn reconcile_claim(claim: &Arc<LockClaim>, ctx: &Arc<Context>) -> Result<Action, Error> {
     // Decide on complete caches only (a holder missing from a cache still filling is not a
     // deleted holder), and after the earlier term's claims are queued again in order.
     ctx.term_resumed().await;
     let version = claim.resource_version();
-    if ctx.stale_claims.is_stale(&uid(&claim), version.as_deref()) {
+    if ctx.stale_claims.is_stale(&uid(claim), version.as_deref()) {
         // This controller wrote a newer version; its watch event reconciles the claim.
         return Ok(Action::await_change());
     }
     if claim.meta().deletion_timestamp.is_some() {
         // Held up by a finalizer: the claim leaves the queue now.
-        leave_for_good(&ctx, &uid(&claim), &claim.lock_ref()).await?;
+        leave_for_good(ctx, &uid(claim), &claim.lock_ref()).await?;
     }
     if claim.finalizers().iter().any(|f| f == LEGACY_FINALIZER) {
         let api: Api<LockClaim> = ctx.api_beside(claim.as_ref());
         return Ok(
-            match finalizer::remove(&api, claim.as_ref(), LEGACY_FINALIZER).await? {
+            match finalizer::remove(&api, claim.as_ref(), LEGACY_FINALIZER)
+                .await
+                .during(Step::RemoveFinalizer)?
+            {
                 // The change's watch event reconciles the claim again.
                 Patched::Applied => Action::await_change(),
                 Patched::Stale => Action::requeue(CONFLICT_RETRY),
@@ -63,13 +72,16 @@ pub async fn reconcile(claim: Arc<LockClaim>, ctx: Arc<Context>) -> Result<Actio
     if claim.meta().deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    apply(&claim, &ctx).await
+    apply(claim, ctx).await
 }
 
 pub fn error_policy(claim: Arc<LockClaim>, error: &Error, ctx: Arc<Context>) -> Action {
-    tracing::warn!(claim = %claim.name_any(), %error, "reconcile failed; retrying");
-    ctx.metrics.reconcile_error("LockClaim");
-    Action::requeue(Duration::from_secs(1))
+    let retry = ctx
+        .claim_retries
+        .after_failure(ObjectRef::from_obj(claim.as_ref()));
+    tracing::warn!(claim = %claim.name_any(), %error, ?retry, "reconcile failed; retrying");
+    ctx.metrics.reconcile_failed(CONTROLLER, error.step);
+    Action::requeue(retry)
 }
 
 fn uid(claim: &LockClaim) -> String {
@@ -142,11 +154,17 @@ async fn read_holder(ctx: &Context, claim: &LockClaim) -> Result<HolderState, Er
     Ok(match claim.spec.holder.kind {
         HolderKind::Pod => {
             let pods: Api<Pod> = ctx.api_beside(claim);
-            holders::pod_state(name, pods.get_opt(name).await?.as_ref())
+            holders::pod_state(
+                name,
+                pods.get_opt(name).await.during(Step::ReadHolder)?.as_ref(),
+            )
         }
         HolderKind::Job => {
             let jobs: Api<Job> = ctx.api_beside(claim);
-            holders::job_state(name, jobs.get_opt(name).await?.as_ref())
+            holders::job_state(
+                name,
+                jobs.get_opt(name).await.during(Step::ReadHolder)?.as_ref(),
+            )
         }
         HolderKind::Lease => HolderState::Running,
     })
@@ -162,79 +180,157 @@ fn facts(claim: &LockClaim) -> ClaimFacts {
     }
 }
 
+/// What a claim's decision reads besides its queue state: its lock, its holder, itself.
+struct Observed {
+    lock: Option<Arc<DistributedLock>>,
+    lock_facts: Option<LockFacts>,
+    holder: HolderState,
+    /// When a lease holder's state is to be looked at again.
+    holder_check: Option<Duration>,
+    facts: ClaimFacts,
+    now: Timestamp,
+}
+
+impl Observed {
+    fn decide(&self, claim: &LockClaim, queue: &QueueState) -> claim_lifecycle::Step {
+        claim_lifecycle::decide(
+            &claim.spec,
+            &self.facts,
+            self.lock_facts.as_ref(),
+            &self.holder,
+            queue,
+            self.now,
+        )
+    }
+}
+
+/// observe → decide → act: the step [`claim_lifecycle::decide`] picks is carried out on the
+/// queue (which may answer with a new state to decide on once more), then on the holder and
+/// the claim's status.
 async fn apply(claim: &LockClaim, ctx: &Arc<Context>) -> Result<Action, Error> {
-    let now = Timestamp::now();
     let lock = ctx.locks.get(&claim.lock_ref());
-    if let Some(lock) = lock.as_deref() {
-        match installation::serving(&ctx.installation, lock) {
-            Serving::Here => {}
-            // The lock reconciler takes the lock first; its watch event brings the claim back.
-            Serving::Unclaimed => return Ok(Action::await_change()),
-            // Another installation serves it: what this one had queued leaves.
-            Serving::Elsewhere(_) => {
-                let tracked = ctx
-                    .contenders
-                    .lock()
-                    .expect("contenders lock")
-                    .contains_key(&uid(claim));
-                if tracked {
-                    leave_queue(ctx, &uid(claim), Some(lock)).await?;
-                }
-                return Ok(Action::await_change());
+    if let Some(lock) = lock.as_deref()
+        && let Some(action) = unless_served_here(ctx, claim, lock).await?
+    {
+        return Ok(action);
+    }
+    let observed = observe(ctx, claim, lock).await?;
+    let step = observed.decide(claim, &queue_state(ctx, claim));
+    match act_on_queue(ctx, claim, &observed, step).await? {
+        Queued::GoOn(step) => act(ctx, claim, &step, &observed).await,
+        Queued::Instead(action) => Ok(action),
+    }
+}
+
+/// What to do with a claim of a lock this installation does not serve: wait while the lock
+/// is unclaimed (the lock reconciler takes it first, and its watch event brings the claim
+/// back); leave the queue when another installation serves it.
+async fn unless_served_here(
+    ctx: &Context,
+    claim: &LockClaim,
+    lock: &DistributedLock,
+) -> Result<Option<Action>, Error> {
+    match installation::serving(&ctx.installation, lock) {
+        Serving::Here => Ok(None),
+        Serving::Unclaimed => Ok(Some(Action::await_change())),
+        Serving::Elsewhere(_) => {
+            let tracked = ctx
+                .contenders
+                .lock()
+                .expect("contenders lock")
+                .contains_key(&uid(claim));
+            if tracked {
+                leave_queue(ctx, &uid(claim), Some(lock)).await?;
             }
+            Ok(Some(Action::await_change()))
         }
     }
+}
+
+async fn observe(
+    ctx: &Context,
+    claim: &LockClaim,
+    lock: Option<Arc<DistributedLock>>,
+) -> Result<Observed, Error> {
+    let now = Timestamp::now();
     let lock_facts = lock.as_ref().map(|lock| LockFacts {
         lock_type: lock.spec.lock_type.clone(),
         max_hold: lock.spec.max_hold_seconds.map(Duration::from_secs),
         evict_on_loss: lock.spec.evict_on_loss,
     });
     let (mut holder, holder_check) = holder_state(ctx, claim, now);
-    let claim_facts = facts(claim);
-    if holder == HolderState::Missing && !claim_facts.phase.is_final() {
+    let facts = facts(claim);
+    if holder == HolderState::Missing && !facts.phase.is_final() {
         // The pod or job cache may lag behind a holder made just before its claim (and a
         // claim may already be queued by then): ask the API before reporting the holder
         // missing or releasing its claim.
         holder = read_holder(ctx, claim).await?;
     }
-    let decide = |queue: &QueueState| {
-        claim_lifecycle::decide(
-            &claim.spec,
-            &claim_facts,
-            lock_facts.as_ref(),
-            &holder,
-            queue,
-            now,
-        )
-    };
-    let mut step = decide(&queue_state(ctx, claim));
+    Ok(Observed {
+        lock,
+        lock_facts,
+        holder,
+        holder_check,
+        facts,
+        now,
+    })
+}
+
+/// After the queue action: the step to go on with, or, when the claim is not to be queued yet
+/// (its lock fenced, an older claim due first, the claim deleted meanwhile), what to do
+/// instead.
+enum Queued {
+    GoOn(claim_lifecycle::Step),
+    Instead(Action),
+}
+
+/// Carries out the step's queue action.
+async fn act_on_queue(
+    ctx: &Context,
+    claim: &LockClaim,
+    observed: &Observed,
+    step: claim_lifecycle::Step,
+) -> Result<Queued, Error> {
+    let lock = observed.lock.as_deref();
     match step.queue {
-        QueueAction::Keep => {}
+        QueueAction::Keep => Ok(Queued::GoOn(step)),
+        QueueAction::Dequeue => {
+            leave_queue(ctx, &uid(claim), lock).await?;
+            Ok(Queued::GoOn(step))
+        }
         QueueAction::Enqueue => {
-            let lock = lock.as_ref().expect("a valid claim has its lock");
+            let lock = lock.expect("a valid claim has its lock");
             if let Some(wait) = ctx.fenced_for(&claim.lock_ref()) {
-                return Ok(Action::requeue(wait));
+                return Ok(Queued::Instead(Action::requeue(wait)));
             }
-            if older_claim_due(ctx, claim, lock_facts.as_ref(), now) {
-                return Ok(Action::requeue(ORDER_RETRY));
+            if older_claim_due(ctx, claim, observed.lock_facts.as_ref(), observed.now) {
+                return Ok(Queued::Instead(Action::requeue(ORDER_RETRY)));
             }
             let queue = enqueue(ctx, claim, lock).await?;
             if !still_cached(ctx, claim) {
                 // Deleted while it was being queued: its departure may have found nothing
                 // queued yet.
                 leave_for_good(ctx, &uid(claim), &claim.lock_ref()).await?;
-                return Ok(Action::await_change());
+                return Ok(Queued::Instead(Action::await_change()));
             }
             // The engine answers with the queue already read: decide again on it.
-            step = decide(&queue);
+            let step = observed.decide(claim, &queue);
             if step.queue == QueueAction::Dequeue {
                 leave_queue(ctx, &uid(claim), Some(lock)).await?;
             }
-        }
-        QueueAction::Dequeue => {
-            leave_queue(ctx, &uid(claim), lock.as_deref()).await?;
+            Ok(Queued::GoOn(step))
         }
     }
+}
+
+/// Carries out the rest of the step: the holder Job resumed or the holder evicted, the
+/// status written; and when to look at the claim again.
+async fn act(
+    ctx: &Context,
+    claim: &LockClaim,
+    step: &claim_lifecycle::Step,
+    observed: &Observed,
+) -> Result<Action, Error> {
     if step.resume_job {
         resume_job(ctx, claim).await?;
     }
@@ -245,11 +341,11 @@ async fn apply(claim: &LockClaim, ctx: &Arc<Context>) -> Result<Action, Error> {
     if let Some(outcome) = &step.outcome {
         if let Some(wait) = place_write_delay(ctx, claim, outcome) {
             retry_write = Some(wait);
-        } else if write_status(ctx, claim, outcome, now).await? == Written::Conflict {
+        } else if write_status(ctx, claim, outcome, observed.now).await? == Written::Conflict {
             retry_write = Some(CONFLICT_RETRY);
         }
     }
-    let next = [step.requeue_after, holder_check, retry_write]
+    let next = [step.requeue_after, observed.holder_check, retry_write]
         .into_iter()
         .flatten()
         .min();
@@ -308,7 +404,8 @@ async fn enqueue(
     claim: &LockClaim,
     lock: &DistributedLock,
 ) -> Result<QueueState, Error> {
-    ctx.queue_claim(&ctx.lock_spec(lock)?, claim).await?;
+    let spec = ctx.lock_spec(lock).during(Step::Enqueue)?;
+    ctx.queue_claim(&spec, claim).await.during(Step::Enqueue)?;
     Ok(queue_state(ctx, claim))
 }
 
@@ -338,10 +435,12 @@ async fn leave_queue(
             _ => return Ok(false),
         },
     };
-    let id = ContenderId::new(uid.to_string()).map_err(EngineError::from)?;
+    let id = ContenderId::new(uid.to_string())
+        .map_err(EngineError::from)
+        .during(Step::Dequeue)?;
     match ctx.engine.dequeue(&spec, &id).await {
         Ok(()) | Err(EngineError::NotQueued { .. }) => Ok(held),
-        Err(err) => Err(err.into()),
+        Err(err) => Err(err).during(Step::Dequeue),
     }
 }
 
@@ -353,7 +452,8 @@ async fn resume_job(ctx: &Context, claim: &LockClaim) -> Result<(), Error> {
         &PatchParams::default(),
         &Patch::Merge(json!({"spec": {"suspend": false}})),
     )
-    .await?;
+    .await
+    .during(Step::ResumeJob)?;
     Ok(())
 }
 
@@ -418,7 +518,7 @@ async fn write_status(
             .stale_claims
             .replaced(&uid(claim), claim.meta().resource_version.as_deref()),
         Err(kube::Error::Api(status)) if status.code == 409 => return Ok(Written::Conflict),
-        Err(err) => return Err(err.into()),
+        Err(err) => return Err(err).during(Step::WriteClaimStatus),
     }
     let created = claim.meta().creation_timestamp.as_ref().map(|t| t.0);
     let transition = claim_lifecycle::transition(&current, outcome, created, Timestamp::now());

@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use super::claim_index::ClaimIndex;
+use super::retries::Retries;
 use super::stale_copies::StaleCopies;
 use super::telemetry::Metrics;
 use crate::claim_lifecycle::Node;
@@ -73,6 +74,8 @@ pub struct Context {
     pub fences: Mutex<HashMap<ObjectRef<DistributedLock>, Instant>>,
     /// Cached claim versions this term's writes replaced (see [`StaleCopies`]).
     pub stale_claims: StaleCopies,
+    /// How soon each claim whose reconcile failed is tried again.
+    pub claim_retries: Retries<ObjectRef<LockClaim>>,
     /// Asks the lock controller to refresh a lock's status.
     pub lock_changed: mpsc::UnboundedSender<ObjectRef<DistributedLock>>,
     pub metrics: Arc<Metrics>,

@@ -6,6 +6,9 @@
 //! the object changed since that copy, so its watch event is on the way and reconciles it
 //! again. That is not an error to log, and nothing is written from the old copy (such as a
 //! finalizer list without another controller's entry).
+//!
+//! Not `kube::runtime::finalizer`: that helper adds a finalizer and runs a cleanup behind it;
+//! here a finalizer only comes off, and claims get none.
 
 use kube::api::{Api, Patch, PatchParams};
 use kube::{Resource, ResourceExt};

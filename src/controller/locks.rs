@@ -14,19 +14,12 @@ use tokio::time::Instant;
 
 use super::claim_index::ClaimIndex;
 use super::context::{Context, interval_left};
+use super::error::{During, Error, Step};
 use super::installation::{self, Serving};
+use super::retries::Retries;
 use super::status;
 use crate::lock_status::{LockFacts, lock_status};
 use crate::resources::{DistributedLock, Installation, LockClaim};
-use crate::zookeeper::EngineError;
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("Kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
-    #[error("ZooKeeper: {0}")]
-    Engine(#[from] EngineError),
-}
 
 pub struct LockContext {
     pub shared: Arc<Context>,
@@ -36,6 +29,8 @@ pub struct LockContext {
     pub refreshed: Mutex<HashMap<ObjectRef<DistributedLock>, Instant>>,
     /// Locks served by another installation that this term has warned about.
     pub left_alone: Mutex<HashSet<ObjectRef<DistributedLock>>>,
+    /// How soon each lock whose refresh failed is tried again.
+    pub retries: Retries<ObjectRef<DistributedLock>>,
 }
 
 /// A lock's status is refreshed at most this often: on a busy lock every grant, release and
@@ -104,30 +99,50 @@ const TAKE_RETRY: Duration = Duration::from_millis(250);
 const FORGET_ABOVE: usize = 1024;
 
 pub async fn reconcile(lock: Arc<DistributedLock>, ctx: Arc<LockContext>) -> Result<Action, Error> {
+    let _timing = ctx.shared.metrics.reconcile_started(CONTROLLER);
+    let result = refresh(&lock, &ctx).await;
+    if result.is_ok() {
+        ctx.retries.succeeded(&ObjectRef::from_obj(lock.as_ref()));
+    }
+    result
+}
+
+/// The controller's name in metrics.
+const CONTROLLER: &str = "DistributedLock";
+
+/// observe → decide → act: the lock's status from its ZooKeeper queue and cached claims.
+async fn refresh(lock: &Arc<DistributedLock>, ctx: &LockContext) -> Result<Action, Error> {
     // Before, the engine knows only part of the queues.
     ctx.shared.term_resumed().await;
     if lock.meta().deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
     let here = &ctx.shared.installation;
-    let unclaimed = match installation::serving(here, &lock) {
+    let unclaimed = match installation::serving(here, lock) {
         Serving::Here => false,
         Serving::Unclaimed => true,
         Serving::Elsewhere(other) => {
-            ctx.leave_alone(&lock, other).await;
+            ctx.leave_alone(lock, other).await;
             return Ok(Action::await_change());
         }
     };
-    if let Some(wait) = ctx.refresh_delay(&lock) {
+    if let Some(wait) = ctx.refresh_delay(lock) {
         return Ok(Action::requeue(wait));
     }
     // Observe: the lock's queue in ZooKeeper, and the cached claims that name its holders.
     let current = lock.status.clone().unwrap_or_default();
-    let queue = match ctx.shared.lock_spec(&lock) {
-        Ok(spec) => Ok((spec.dir(), ctx.shared.engine.queue(&spec).await?)),
+    let queue = match ctx.shared.lock_spec(lock) {
+        Ok(spec) => Ok((
+            spec.dir(),
+            ctx.shared
+                .engine
+                .queue(&spec)
+                .await
+                .during(Step::ReadQueue)?,
+        )),
         Err(err) => Err(err.to_string()),
     };
-    let claims = ctx.claims_of(&lock);
+    let claims = ctx.claims_of(lock);
     let by_uid: HashMap<String, &LockClaim> = claims
         .iter()
         .filter_map(|claim| Some((claim.uid()?, claim.as_ref())))
@@ -157,14 +172,17 @@ pub async fn reconcile(lock: Arc<DistributedLock>, ctx: Arc<LockContext>) -> Res
             Err(kube::Error::Api(status)) if unclaimed && status.code == 409 => {
                 return Ok(Action::requeue(TAKE_RETRY));
             }
-            written => written?,
+            written => written.during(Step::WriteLockStatus)?,
         }
     }
     Ok(Action::await_change())
 }
 
 pub fn error_policy(lock: Arc<DistributedLock>, error: &Error, ctx: Arc<LockContext>) -> Action {
-    tracing::warn!(lock = %lock.name_any(), %error, "lock status refresh failed; retrying");
-    ctx.shared.metrics.reconcile_error("DistributedLock");
-    Action::requeue(Duration::from_secs(1))
+    let retry = ctx
+        .retries
+        .after_failure(ObjectRef::from_obj(lock.as_ref()));
+    tracing::warn!(lock = %lock.name_any(), %error, ?retry, "lock status refresh failed; retrying");
+    ctx.shared.metrics.reconcile_failed(CONTROLLER, error.step);
+    Action::requeue(retry)
 }

@@ -15,18 +15,34 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Metric, Registry};
 
+use super::error::Step;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LockLabel {
     lock: String,
 }
 
+/// A controller: `LockClaim` or `DistributedLock`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct KindLabel {
-    kind: String,
+struct ControllerLabel {
+    controller: String,
+}
+
+/// A controller, and the step of its reconcile that failed.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FailureLabel {
+    controller: String,
+    step: String,
 }
 
 fn seconds_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.005, 4.0, 12))
+}
+
+type Seconds<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn seconds<L: Clone + std::hash::Hash + Eq>() -> Seconds<L> {
+    Family::new_with_constructor(seconds_histogram as fn() -> Histogram)
 }
 
 /// Registers `metric` (a cheap handle onto shared values) and returns it.
@@ -35,16 +51,100 @@ fn registered<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str
     metric
 }
 
-pub struct Metrics {
-    registry: Registry,
+/// What happens to claims, per lock.
+struct LockMetrics {
     grants: Family<LockLabel, Counter>,
     releases: Family<LockLabel, Counter>,
     expiries: Family<LockLabel, Counter>,
     losses: Family<LockLabel, Counter>,
-    wait_seconds: Family<LockLabel, Histogram, fn() -> Histogram>,
-    hold_seconds: Family<LockLabel, Histogram, fn() -> Histogram>,
+    wait_seconds: Seconds<LockLabel>,
+    hold_seconds: Seconds<LockLabel>,
     queue_length: Family<LockLabel, Gauge>,
-    reconcile_errors: Family<KindLabel, Counter>,
+}
+
+impl LockMetrics {
+    fn register(r: &mut Registry) -> Self {
+        let family = Family::default;
+        LockMetrics {
+            grants: registered(r, "grants", "Claims granted", family()),
+            releases: registered(
+                r,
+                "releases",
+                "Grants released by their holder's end or the claim's deletion",
+                family(),
+            ),
+            expiries: registered(
+                r,
+                "expiries",
+                "Claims expired (wait timeout or maxHoldSeconds)",
+                family(),
+            ),
+            losses: registered(r, "losses", "Grants lost to a backend failure", family()),
+            wait_seconds: registered(
+                r,
+                "wait_seconds",
+                "Time from claim creation to grant",
+                seconds(),
+            ),
+            hold_seconds: registered(r, "hold_seconds", "Time from grant to release", seconds()),
+            queue_length: registered(
+                r,
+                "queue_length",
+                "Contenders waiting on a lock",
+                Family::default(),
+            ),
+        }
+    }
+}
+
+/// How each controller's reconciles go.
+struct ReconcileMetrics {
+    runs: Family<ControllerLabel, Counter>,
+    seconds: Seconds<ControllerLabel>,
+    failures: Family<FailureLabel, Counter>,
+}
+
+impl ReconcileMetrics {
+    fn register(r: &mut Registry) -> Self {
+        ReconcileMetrics {
+            runs: registered(
+                r,
+                "reconciles",
+                "Reconciles run, per controller",
+                Family::default(),
+            ),
+            seconds: registered(
+                r,
+                "reconcile_duration_seconds",
+                "How long reconciles take, per controller",
+                seconds(),
+            ),
+            failures: registered(
+                r,
+                "reconcile_errors",
+                "Failed reconciles, per controller and failing step",
+                Family::default(),
+            ),
+        }
+    }
+}
+
+/// Counts a reconcile and, when dropped, how long it took.
+pub struct ReconcileTiming {
+    seconds: Histogram,
+    started: std::time::Instant,
+}
+
+impl Drop for ReconcileTiming {
+    fn drop(&mut self) {
+        self.seconds.observe(self.started.elapsed().as_secs_f64());
+    }
+}
+
+pub struct Metrics {
+    registry: Registry,
+    locks: LockMetrics,
+    reconciles: ReconcileMetrics,
     /// 1 while the ZooKeeper session is connected.
     session_connected: Gauge,
     /// 1 while this replica is the leader.
@@ -63,49 +163,8 @@ impl Metrics {
         let mut registry = Registry::with_prefix("lockkeeper");
         let r = &mut registry;
         Metrics {
-            grants: registered(r, "grants", "Claims granted", Family::default()),
-            releases: registered(
-                r,
-                "releases",
-                "Grants released by their holder's end or the claim's deletion",
-                Family::default(),
-            ),
-            expiries: registered(
-                r,
-                "expiries",
-                "Claims expired (wait timeout or maxHoldSeconds)",
-                Family::default(),
-            ),
-            losses: registered(
-                r,
-                "losses",
-                "Grants lost to a backend failure",
-                Family::default(),
-            ),
-            wait_seconds: registered(
-                r,
-                "wait_seconds",
-                "Time from claim creation to grant",
-                Family::new_with_constructor(seconds_histogram as fn() -> Histogram),
-            ),
-            hold_seconds: registered(
-                r,
-                "hold_seconds",
-                "Time from grant to release",
-                Family::new_with_constructor(seconds_histogram as fn() -> Histogram),
-            ),
-            queue_length: registered(
-                r,
-                "queue_length",
-                "Contenders waiting on a lock",
-                Family::default(),
-            ),
-            reconcile_errors: registered(
-                r,
-                "reconcile_errors",
-                "Failed reconciles by resource kind",
-                Family::default(),
-            ),
+            locks: LockMetrics::register(r),
+            reconciles: ReconcileMetrics::register(r),
             session_connected: registered(
                 r,
                 "zookeeper_session_connected",
@@ -130,38 +189,52 @@ impl Metrics {
     }
 
     pub fn granted(&self, lock: &str) {
-        self.grants.get_or_create(&Self::lock(lock)).inc();
+        self.locks.grants.get_or_create(&Self::lock(lock)).inc();
     }
     pub fn released(&self, lock: &str) {
-        self.releases.get_or_create(&Self::lock(lock)).inc();
+        self.locks.releases.get_or_create(&Self::lock(lock)).inc();
     }
     pub fn expired(&self, lock: &str) {
-        self.expiries.get_or_create(&Self::lock(lock)).inc();
+        self.locks.expiries.get_or_create(&Self::lock(lock)).inc();
     }
     pub fn lost(&self, lock: &str) {
-        self.losses.get_or_create(&Self::lock(lock)).inc();
+        self.locks.losses.get_or_create(&Self::lock(lock)).inc();
     }
     pub fn waited(&self, lock: &str, waited: Duration) {
-        self.wait_seconds
+        self.locks
+            .wait_seconds
             .get_or_create(&Self::lock(lock))
             .observe(waited.as_secs_f64());
     }
     pub fn held(&self, lock: &str, held: Duration) {
-        self.hold_seconds
+        self.locks
+            .hold_seconds
             .get_or_create(&Self::lock(lock))
             .observe(held.as_secs_f64());
     }
     pub fn queue_length(&self, lock: &str, waiting: u32) {
-        self.queue_length
+        self.locks
+            .queue_length
             .get_or_create(&Self::lock(lock))
             .set(waiting.into());
     }
-    pub fn reconcile_error(&self, kind: &str) {
-        self.reconcile_errors
-            .get_or_create(&KindLabel {
-                kind: kind.to_string(),
-            })
-            .inc();
+    /// A reconcile of `controller` starts: counted now, timed until the guard drops.
+    pub fn reconcile_started(&self, controller: &str) -> ReconcileTiming {
+        let label = ControllerLabel {
+            controller: controller.to_string(),
+        };
+        self.reconciles.runs.get_or_create(&label).inc();
+        ReconcileTiming {
+            seconds: self.reconciles.seconds.get_or_create(&label).clone(),
+            started: std::time::Instant::now(),
+        }
+    }
+    pub fn reconcile_failed(&self, controller: &str, step: Step) {
+        let label = FailureLabel {
+            controller: controller.to_string(),
+            step: step.label().to_string(),
+        };
+        self.reconciles.failures.get_or_create(&label).inc();
     }
     pub fn session_connected(&self, connected: bool) {
         self.session_connected.set(connected.into());
@@ -219,4 +292,27 @@ pub async fn serve(address: SocketAddr, metrics: Arc<Metrics>) -> std::io::Resul
         }
     });
     Ok(bound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconciles_are_counted_and_timed_per_controller_and_failures_name_their_step() {
+        let metrics = Metrics::new();
+        drop(metrics.reconcile_started("LockClaim"));
+        drop(metrics.reconcile_started("LockClaim"));
+        drop(metrics.reconcile_started("DistributedLock"));
+        metrics.reconcile_failed("LockClaim", Step::WriteClaimStatus);
+        let text = metrics.render();
+        for line in [
+            r#"lockkeeper_reconciles_total{controller="LockClaim"} 2"#,
+            r#"lockkeeper_reconciles_total{controller="DistributedLock"} 1"#,
+            r#"lockkeeper_reconcile_duration_seconds_count{controller="LockClaim"} 2"#,
+            r#"lockkeeper_reconcile_errors_total{controller="LockClaim",step="write_claim_status"} 1"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+    }
 }

@@ -1,0 +1,230 @@
+//! One term of leadership, wired: the watches fill the caches, the earlier leader's claims
+//! are queued again, and the LockClaim and DistributedLock controllers run on kube-runtime,
+//! the claims one driven also by the lock engine's events and by the claims that go.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::controller::{self, Controller};
+use kube::runtime::events::Reporter;
+use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
+use kube::{Client, ResourceExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_util::sync::CancellationToken;
+
+use super::claim_index::ClaimIndex;
+use super::context::Context;
+use super::telemetry::Metrics;
+use super::{Config, api, claims, departures, locks, resume, watches};
+use crate::resources::{DistributedLock, HolderKind, Installation, LockClaim};
+use crate::zookeeper::{ContenderEvent, LockEngine};
+
+/// The watch caches' writers and the lock-refresh queue of one term, consumed by [`lead`].
+pub struct TermInputs {
+    locks: Writer<DistributedLock>,
+    pods: Writer<Pod>,
+    jobs: Writer<Job>,
+    claims: Writer<LockClaim>,
+    lock_changes: mpsc::UnboundedReceiver<ObjectRef<DistributedLock>>,
+}
+
+/// A new term's context, with empty caches, and the inputs that fill them.
+pub fn begin(
+    client: &Client,
+    engine: &LockEngine,
+    installation: &Installation,
+    config: &Config,
+    metrics: Arc<Metrics>,
+) -> (Arc<Context>, TermInputs) {
+    let (lock_changed, lock_changes) = mpsc::unbounded_channel();
+    let (locks, locks_writer) = reflector::store();
+    let (pods, pods_writer) = reflector::store();
+    let (jobs, jobs_writer) = reflector::store();
+    let (claims, claims_writer) = reflector::store();
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        engine: engine.clone(),
+        root: config.root.clone(),
+        installation: installation.clone(),
+        reporter: Reporter {
+            controller: "lockkeeper".into(),
+            instance: Some(config.identity.clone()),
+        },
+        locks,
+        pods,
+        jobs,
+        claims,
+        index: ClaimIndex::default(),
+        contenders: Mutex::new(HashMap::new()),
+        fences: Mutex::new(HashMap::new()),
+        stale_claims: Default::default(),
+        claim_retries: Default::default(),
+        lock_changed,
+        metrics,
+        resumed: tokio::sync::watch::channel(false).0,
+    });
+    let inputs = TermInputs {
+        locks: locks_writer,
+        pods: pods_writer,
+        jobs: jobs_writer,
+        claims: claims_writer,
+        lock_changes,
+    };
+    (ctx, inputs)
+}
+
+/// Runs the term: both controllers, whose reconciles wait until the previous leader's claims
+/// are queued again in order; until the term is ended from outside, or `stopping` is
+/// cancelled and the reconciles under way have finished.
+pub async fn lead(
+    ctx: Arc<Context>,
+    inputs: TermInputs,
+    events: &mut mpsc::UnboundedReceiver<ContenderEvent>,
+    config: &Config,
+    fenced: HashMap<ObjectRef<DistributedLock>, Duration>,
+    stopping: CancellationToken,
+) {
+    let runner = controller::Config::default().concurrency(config.concurrent_reconciles);
+    let namespace = config.namespace.as_deref();
+    let (claim_triggers, triggered) = mpsc::unbounded_channel();
+    let (departed, departures) = mpsc::unbounded_channel();
+    let claims_run = claims_controller(
+        &ctx,
+        ClaimInputs {
+            claims: inputs.claims,
+            departed,
+            locks: inputs.locks,
+            pods: inputs.pods,
+            jobs: inputs.jobs,
+            triggered,
+        },
+        namespace,
+        runner.clone(),
+        &stopping,
+    );
+    let locks_run = locks_controller(&ctx, inputs.lock_changes, namespace, runner, &stopping);
+    let departures_run = departures::follow(ctx.clone(), departures, stopping.clone());
+    let resumed = resume_term(&ctx, fenced, &stopping);
+    tokio::select! {
+        _ = futures::future::join4(claims_run, locks_run, resumed, departures_run) => {}
+        () = forward_engine_events(&ctx, events, claim_triggers) => {
+            tracing::error!("the lock engine's event stream ended")
+        }
+    }
+}
+
+/// Engine events (grants, losses) reconcile the claim they concern.
+async fn forward_engine_events(
+    ctx: &Context,
+    events: &mut mpsc::UnboundedReceiver<ContenderEvent>,
+    claim_triggers: mpsc::UnboundedSender<ObjectRef<LockClaim>>,
+) {
+    while let Some(event) = events.recv().await {
+        let claim = ctx
+            .contenders
+            .lock()
+            .expect("contenders lock")
+            .get(event.id.as_str())
+            .map(|tracked| tracked.claim.clone());
+        if let Some(claim) = claim {
+            let _ = claim_triggers.send(claim);
+        }
+    }
+}
+
+/// Queues the earlier term's claims again; meanwhile the watches fill the caches, and
+/// reconciles wait until both are done.
+async fn resume_term(
+    ctx: &Arc<Context>,
+    fenced: HashMap<ObjectRef<DistributedLock>, Duration>,
+    stopping: &CancellationToken,
+) {
+    tokio::select! {
+        queued = resume::resume(ctx, &ctx.claims, fenced) => if let Some(queued) = queued {
+            tracing::info!(queued, "claims of the previous leader queued again in order");
+            ctx.resumed.send_replace(true);
+        },
+        _ = stopping.cancelled() => {}
+    }
+}
+
+/// What reconciles claims: their own watch (which tells of claims that go), their locks,
+/// their holders, and the engine's events.
+struct ClaimInputs {
+    claims: Writer<LockClaim>,
+    departed: mpsc::UnboundedSender<departures::Departure>,
+    locks: Writer<DistributedLock>,
+    pods: Writer<Pod>,
+    jobs: Writer<Job>,
+    triggered: mpsc::UnboundedReceiver<ObjectRef<LockClaim>>,
+}
+
+fn claims_controller(
+    ctx: &Arc<Context>,
+    inputs: ClaimInputs,
+    namespace: Option<&str>,
+    runner: controller::Config,
+    stopping: &CancellationToken,
+) -> impl Future<Output = ()> + use<> {
+    let client = &ctx.client;
+    let claim_watch = watches::claims(
+        api(client, namespace),
+        inputs.claims,
+        ctx.index.clone(),
+        inputs.departed,
+    );
+    let lock_watch = watches::locks(api(client, namespace), inputs.locks, ctx.locks.clone());
+    let pod_watch = watches::pods(api(client, namespace), inputs.pods);
+    let job_watch = watches::jobs(api(client, namespace), inputs.jobs);
+    let (by_lock, by_pod, by_job) = (ctx.index.clone(), ctx.index.clone(), ctx.index.clone());
+    Controller::for_stream(claim_watch, ctx.claims.clone())
+        .with_config(runner)
+        .trigger_backoff(watches::NoSharedPause)
+        .graceful_shutdown_on(stopping.clone().cancelled_owned())
+        .watches_stream(lock_watch, move |lock: DistributedLock| {
+            by_lock.of_lock(&lock.namespace().unwrap_or_default(), &lock.name_any())
+        })
+        .watches_stream(pod_watch, move |pod: Pod| {
+            let namespace = pod.namespace().unwrap_or_default();
+            by_pod.of_holder(&namespace, HolderKind::Pod, &pod.name_any())
+        })
+        .watches_stream(job_watch, move |job: Job| {
+            let namespace = job.namespace().unwrap_or_default();
+            by_job.of_holder(&namespace, HolderKind::Job, &job.name_any())
+        })
+        .reconcile_on(UnboundedReceiverStream::new(inputs.triggered))
+        .run(claims::reconcile, claims::error_policy, ctx.clone())
+        .for_each(watches::report_errors)
+}
+
+fn locks_controller(
+    ctx: &Arc<Context>,
+    lock_changes: mpsc::UnboundedReceiver<ObjectRef<DistributedLock>>,
+    namespace: Option<&str>,
+    runner: controller::Config,
+    stopping: &CancellationToken,
+) -> impl Future<Output = ()> + use<> {
+    let lock_ctx = Arc::new(locks::LockContext {
+        shared: ctx.clone(),
+        claims: ctx.claims.clone(),
+        index: ctx.index.clone(),
+        refreshed: Default::default(),
+        left_alone: Default::default(),
+        retries: Default::default(),
+    });
+    let (cached, cache): (Store<DistributedLock>, _) = reflector::store();
+    let lock_watch = watches::locks_to_refresh(api(&ctx.client, namespace), cache);
+    Controller::for_stream(lock_watch, cached)
+        .with_config(runner)
+        .trigger_backoff(watches::NoSharedPause)
+        .graceful_shutdown_on(stopping.clone().cancelled_owned())
+        .reconcile_on(UnboundedReceiverStream::new(lock_changes))
+        .run(locks::reconcile, locks::error_policy, lock_ctx)
+        .for_each(watches::report_errors)
+}
