@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::claim_client::ClaimError;
+use crate::client::claim_client::ClaimError;
 use crate::lock_rules::{LockKind, Verdict, WaitTarget};
 use crate::resources::ClaimMode;
 use crate::zookeeper::{EngineConfig, EngineError, LockEngine, LockQueue, LockSpec};
@@ -248,20 +248,20 @@ fn exit(result: Result<u8, ClaimError>) -> ExitCode {
 }
 
 async fn gate(args: GateArgs) -> Result<i64, ClaimError> {
-    let pod = crate::gate::PodIdentity::from_env()?;
+    let pod = crate::client::gate::PodIdentity::from_env()?;
     let client = kube::Client::try_default().await?;
-    let request = crate::gate::GateRequest {
+    let request = crate::client::gate::GateRequest {
         lock: args.lock,
         mode: args.mode.into(),
         timeout: args.timeout,
         token_file: args.token_file,
     };
-    crate::gate::gate(client, pod, request).await
+    crate::client::gate::gate(client, pod, request).await
 }
 
 async fn run(args: RunArgs) -> Result<u8, ClaimError> {
     let client = kube::Client::try_default().await?;
-    let request = crate::run::RunRequest {
+    let request = crate::client::run::RunRequest {
         lock: args.lock,
         namespace: args
             .namespace
@@ -271,7 +271,7 @@ async fn run(args: RunArgs) -> Result<u8, ClaimError> {
         timeout: args.timeout,
         command: args.command,
     };
-    crate::run::run(client, request).await
+    crate::client::run::run(client, request).await
 }
 
 fn write_crds(args: CrdArgs) -> std::io::Result<()> {

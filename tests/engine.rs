@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use common::*;
 use lockkeeper::lock_rules::{LockKind, Mode};
-use lockkeeper::znode_name::ContenderId;
+use lockkeeper::zookeeper::znode_name::ContenderId;
 use lockkeeper::zookeeper::{
     ContenderState, Credentials, EngineConfig, EngineError, LockEngine, LockSpec, LossReason,
     SessionStatus,
@@ -624,7 +624,7 @@ async fn connection_losses_during_enqueue_never_duplicate_a_node() {
     let mut owners = std::collections::HashMap::new();
     for lock in &locks {
         for child in direct.list_children(lock.path.as_str()).await.unwrap() {
-            let owner = lockkeeper::znode_name::ContenderNode::parse(&child)
+            let owner = lockkeeper::zookeeper::znode_name::ContenderNode::parse(&child)
                 .unwrap()
                 .owner
                 .unwrap();

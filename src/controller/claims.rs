@@ -17,13 +17,13 @@ use serde_json::json;
 use super::context::{Context, interval_left};
 use super::error::{During, Error, Step};
 use super::finalizer::{self, Patched};
-use super::holders;
 use super::installation::{self, Serving};
 use super::losses;
 use super::status;
+use crate::claim_lifecycle::holders;
 use crate::claim_lifecycle::{self, ClaimFacts, HolderState, LockFacts, QueueAction, QueueState};
 use crate::resources::{ClaimPhase, DistributedLock, HolderKind, LockClaim};
-use crate::znode_name::ContenderId;
+use crate::zookeeper::znode_name::ContenderId;
 use crate::zookeeper::{ContenderState, EngineError};
 
 /// The finalizer claims made by lockkeeper 0.1 carry. Claims need none now (see

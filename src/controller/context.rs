@@ -21,7 +21,7 @@ use super::telemetry::Metrics;
 use crate::claim_lifecycle::Node;
 use crate::lock_rules::{LockKind, Mode};
 use crate::resources::{ClaimMode, DistributedLock, Installation, LockClaim, LockType};
-use crate::znode_name::{ContenderId, ContenderNode};
+use crate::zookeeper::znode_name::{ContenderId, ContenderNode};
 use crate::zookeeper::{Contender, ContenderState, EngineError, LockEngine, LockSpec};
 
 /// A claim's contender as queued by this controller.

@@ -5,7 +5,7 @@
 //! (its holder may keep a ZooKeeper session, and nodes, after its Lease has passed on).
 
 use crate::lock_rules::{LockKind, Mode};
-use crate::znode_name::ContenderId;
+use crate::zookeeper::znode_name::ContenderId;
 use crate::zookeeper::{Contender, ContenderState, EngineError, LockEngine, LockSpec};
 
 const RETRY: std::time::Duration = std::time::Duration::from_secs(1);

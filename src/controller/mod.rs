@@ -15,7 +15,6 @@ pub mod context;
 pub mod departures;
 pub mod error;
 pub mod finalizer;
-pub mod holders;
 pub mod installation;
 pub mod leader;
 pub mod locks;
@@ -41,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 use self::leader::Leadership;
 use self::telemetry::Metrics;
 use crate::resources::Installation;
-use crate::znode_name::ContenderId;
+use crate::zookeeper::znode_name::ContenderId;
 use crate::zookeeper::{EngineConfig, EngineError, LockEngine, SessionStatus};
 
 /// How the controller is set up (from `lockkeeper controller`'s flags).

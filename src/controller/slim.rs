@@ -67,7 +67,7 @@ mod tests {
         .unwrap();
         job(&mut j);
         assert_eq!(
-            crate::controller::holders::job_state("j", Some(&j)),
+            crate::claim_lifecycle::holders::job_state("j", Some(&j)),
             crate::claim_lifecycle::HolderState::Ended("Job j Complete".into())
         );
         assert_eq!(j.spec.as_ref().unwrap().suspend, Some(true));

@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::error::{EngineError, LossReason};
 use crate::lock_rules::Mode;
-use crate::znode_name::ContenderId;
+use crate::zookeeper::znode_name::ContenderId;
 
 /// The creation zxid (czxid) of a contender's znode. ZooKeeper's zxids only grow, across
 /// sessions, restarts and re-created lock directories, so each exclusive grant of a lock

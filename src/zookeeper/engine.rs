@@ -27,7 +27,7 @@ use super::error::{EngineError, LossReason};
 use super::lock_watch::{Command, LockHandle, LockWatch, Registry};
 use super::session::{self, AclPolicy, EngineConfig, RetryError, retry_on_connection_loss};
 use crate::lock_rules::{LockKind, Mode, Verdict, decide};
-use crate::znode_name::{ContenderId, LockPath, contender_dir, queue_order};
+use crate::zookeeper::znode_name::{ContenderId, LockPath, contender_dir, queue_order};
 
 /// A lock as the engine needs it: where it lives and what rules apply.
 #[derive(Clone, Debug, PartialEq, Eq)]

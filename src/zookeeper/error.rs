@@ -4,7 +4,7 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::lock_rules::{LockKind, RuleError};
-use crate::znode_name::NameError;
+use crate::zookeeper::znode_name::NameError;
 
 /// Why a queued or granted contender is gone from ZooKeeper without having been dequeued.
 /// Whoever holds a grant that was lost must stop using the protected resource.

@@ -22,7 +22,7 @@ use super::session::{
     AclPolicy, RetryError, is_connection_loss, retry_on_connection_loss, wait_connected,
 };
 use crate::lock_rules::{LockKind, Mode, Verdict, WaitTarget, decide};
-use crate::znode_name::{ContenderId, ContenderNode, contender_prefix, queue_order};
+use crate::zookeeper::znode_name::{ContenderId, ContenderNode, contender_prefix, queue_order};
 
 /// Lock watch tasks by contender directory.
 pub(crate) type Registry = Arc<Mutex<HashMap<String, LockHandle>>>;

@@ -7,6 +7,7 @@ mod engine;
 mod error;
 mod lock_watch;
 mod session;
+pub mod znode_name;
 
 pub use contender::{Contender, ContenderEvent, ContenderState, FencingToken};
 pub use engine::{LockEngine, LockQueue, LockSpec, QueueEntry, SessionStatus};

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use lockkeeper::lock_rules::{LockKind, Mode};
-use lockkeeper::znode_name::ContenderId;
+use lockkeeper::zookeeper::znode_name::ContenderId;
 use lockkeeper::zookeeper::{Contender, ContenderState, EngineConfig, LockEngine, LockSpec};
 use lockkeeper_testkit::ZooKeeperServer;
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, ensure};
 use futures::StreamExt;
 use lockkeeper::lock_rules::{LockKind, Mode};
-use lockkeeper::znode_name::ContenderId;
+use lockkeeper::zookeeper::znode_name::ContenderId;
 use lockkeeper::zookeeper::{ContenderState, EngineConfig, LockEngine, LockSpec};
 use lockkeeper_testkit::peer::spawn_loop;
 use lockkeeper_testkit::{HoldLog, PeerKind, PeerLibrary, PeerSpec, ZooKeeperServer};

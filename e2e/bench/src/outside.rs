@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 use futures::StreamExt;
 use lockkeeper::lock_rules::Mode;
-use lockkeeper::znode_name::ContenderId;
+use lockkeeper::zookeeper::znode_name::ContenderId;
 use lockkeeper::zookeeper::{EngineConfig, LockEngine, LockSpec, SessionStatus};
 use lockkeeper_testkit::ZooKeeperServer;
 

@@ -13,7 +13,7 @@ use kube::{Client, Resource, ResourceExt};
 use nix::sys::signal::Signal;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::claim_client::{self, ClaimError, ClaimUpdate, ClaimWatch, Decision};
+use crate::client::claim_client::{self, ClaimError, ClaimUpdate, ClaimWatch, Decision};
 use crate::resources::{ClaimMode, ClaimPhase, HolderKind, HolderRef, LockClaim, LockClaimSpec};
 
 #[derive(Clone, Debug)]

@@ -2,6 +2,8 @@
 //! place in the ZooKeeper queue. Pure: the claim controller gathers the inputs, calls
 //! [`decide`], and carries out the [`Step`] (queue, status, Job resume, eviction, event).
 
+pub mod holders;
+
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;

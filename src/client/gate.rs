@@ -10,7 +10,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, ObjectMeta};
 use kube::{Client, Resource, ResourceExt};
 
-use crate::claim_client::{self, Adoption, ClaimError, ClaimWatch, Decision};
+use crate::client::claim_client::{self, Adoption, ClaimError, ClaimWatch, Decision};
 use crate::resources::{ClaimMode, HolderKind, HolderRef, LockClaim, LockClaimSpec};
 
 /// The pod the gate runs in, from the downward API.

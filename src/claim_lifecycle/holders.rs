@@ -7,7 +7,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 
-use crate::claim_lifecycle::HolderState;
+use super::HolderState;
 use crate::resources::LockClaimSpec;
 
 pub fn pod_state(name: &str, pod: Option<&Pod>) -> HolderState {
