@@ -6,8 +6,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::client::claim_client::ClaimError;
-use crate::lock_rules::{LockKind, Verdict, WaitTarget};
-use crate::resources::ClaimMode;
+use crate::lock_rules::{Verdict, WaitTarget};
+use crate::resources::{ClaimMode, LockType};
 use crate::zookeeper::{EngineConfig, EngineError, LockEngine, LockQueue, LockSpec};
 
 #[derive(Debug, Parser)]
@@ -51,6 +51,15 @@ pub struct ZooKeeperArgs {
     pub session_timeout: Duration,
 }
 
+impl ZooKeeperArgs {
+    /// The lock engine's settings these arguments give.
+    pub fn engine_config(&self) -> EngineConfig {
+        let mut config = EngineConfig::new(&self.connect);
+        config.session_timeout = self.session_timeout;
+        config
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Show who holds a ZooKeeper lock path and who waits, whichever client queued them
@@ -67,30 +76,13 @@ pub enum Command {
     Run(RunArgs),
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum ModeArg {
-    #[value(name = "Exclusive")]
-    Exclusive,
-    #[value(name = "Shared")]
-    Shared,
-}
-
-impl From<ModeArg> for ClaimMode {
-    fn from(mode: ModeArg) -> Self {
-        match mode {
-            ModeArg::Exclusive => ClaimMode::Exclusive,
-            ModeArg::Shared => ClaimMode::Shared,
-        }
-    }
-}
-
 #[derive(Debug, Args)]
 pub struct GateArgs {
     /// The DistributedLock, in the pod's namespace.
     #[arg(long)]
     pub lock: String,
-    #[arg(long, value_enum, ignore_case = true, default_value_t = ModeArg::Exclusive)]
-    pub mode: ModeArg,
+    #[arg(long, value_enum, ignore_case = true, default_value_t = ClaimMode::Exclusive)]
+    pub mode: ClaimMode,
     /// Give up after waiting this long (exit 75); the claim expires too. Default: wait.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub timeout: Option<Duration>,
@@ -107,8 +99,8 @@ pub struct RunArgs {
     /// The lock's namespace (default: the kubeconfig context's).
     #[arg(long, short = 'n')]
     pub namespace: Option<String>,
-    #[arg(long, value_enum, ignore_case = true, default_value_t = ModeArg::Exclusive)]
-    pub mode: ModeArg,
+    #[arg(long, value_enum, ignore_case = true, default_value_t = ClaimMode::Exclusive)]
+    pub mode: ClaimMode,
     /// If this process dies without releasing, the lock is released this long after its
     /// last renewal.
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
@@ -158,8 +150,7 @@ pub struct ControllerArgs {
 
 impl ControllerArgs {
     pub fn config(self) -> crate::controller::Config {
-        let mut engine = EngineConfig::new(&self.zookeeper.connect);
-        engine.session_timeout = self.zookeeper.session_timeout;
+        let mut engine = self.zookeeper.engine_config();
         if let (Some(user), Some(password)) = (self.zookeeper_user, self.zookeeper_password) {
             engine.credentials = Some(crate::zookeeper::Credentials { user, password });
         }
@@ -190,29 +181,16 @@ pub struct QueueArgs {
     /// The lock's ZooKeeper path, e.g. /lockkeeper/default/migrations.
     #[arg(long)]
     pub path: String,
-    #[arg(long = "type", value_enum, default_value_t = KindArg::Mutex)]
-    pub kind: KindArg,
+    #[arg(long = "type", value_enum, default_value_t = LockType::Mutex)]
+    pub kind: LockType,
     /// Semaphore permits.
     #[arg(long, required_if_eq("kind", "semaphore"))]
     pub permits: Option<u32>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum KindArg {
-    Mutex,
-    #[value(name = "readwrite", alias = "read-write")]
-    ReadWrite,
-    Semaphore,
-}
-
 impl QueueArgs {
     fn lock(&self) -> Result<LockSpec, EngineError> {
-        let kind = match self.kind {
-            KindArg::Mutex => LockKind::Mutex,
-            KindArg::ReadWrite => LockKind::ReadWrite,
-            KindArg::Semaphore => LockKind::semaphore(self.permits.unwrap_or(0))?,
-        };
-        LockSpec::new(&self.path, kind)
+        LockSpec::new(&self.path, self.kind.lock_kind(self.permits)?)
     }
 }
 
@@ -252,7 +230,7 @@ async fn gate(args: GateArgs) -> Result<i64, ClaimError> {
     let client = kube::Client::try_default().await?;
     let request = crate::client::gate::GateRequest {
         lock: args.lock,
-        mode: args.mode.into(),
+        mode: args.mode,
         timeout: args.timeout,
         token_file: args.token_file,
     };
@@ -266,7 +244,7 @@ async fn run(args: RunArgs) -> Result<u8, ClaimError> {
         namespace: args
             .namespace
             .unwrap_or_else(|| client.default_namespace().to_string()),
-        mode: args.mode.into(),
+        mode: args.mode,
         lease_duration: args.lease_duration,
         timeout: args.timeout,
         command: args.command,
@@ -287,11 +265,16 @@ fn write_crds(args: CrdArgs) -> std::io::Result<()> {
     Ok(())
 }
 
+/// What is logged: `LOCKKEEPER_LOG` (an `EnvFilter` directive), else warnings (and only
+/// errors of the ZooKeeper client, whose reconnects lockkeeper reports itself).
+pub fn log_filter() -> tracing_subscriber::EnvFilter {
+    tracing_subscriber::EnvFilter::try_from_env("LOCKKEEPER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,zookeeper_client=error"))
+}
+
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("LOCKKEEPER_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,zookeeper_client=error"));
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_env_filter(log_filter())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -301,9 +284,7 @@ fn init_logging(format: LogFormat) {
 
 async fn show_queue(args: QueueArgs) -> Result<(), EngineError> {
     let lock = args.lock()?;
-    let mut config = EngineConfig::new(&args.zookeeper.connect);
-    config.session_timeout = args.zookeeper.session_timeout;
-    let engine = LockEngine::connect(config).await?;
+    let engine = LockEngine::connect(args.zookeeper.engine_config()).await?;
     let queue = engine.queue(&lock).await?;
     print!("{}", render_queue(&queue));
     engine.close().await;

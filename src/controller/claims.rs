@@ -254,7 +254,7 @@ async fn observe(
 ) -> Result<Observed, Error> {
     let now = Timestamp::now();
     let lock_facts = lock.as_ref().map(|lock| LockFacts {
-        lock_type: lock.spec.lock_type.clone(),
+        lock_type: lock.spec.lock_type,
         max_hold: lock.spec.max_hold_seconds.map(Duration::from_secs),
         evict_on_loss: lock.spec.evict_on_loss,
     });
@@ -404,7 +404,7 @@ async fn enqueue(
     claim: &LockClaim,
     lock: &DistributedLock,
 ) -> Result<QueueState, Error> {
-    let spec = ctx.lock_spec(lock).during(Step::Enqueue)?;
+    let spec = lock.lock_spec(&ctx.root).during(Step::Enqueue)?;
     ctx.queue_claim(&spec, claim).await.during(Step::Enqueue)?;
     Ok(queue_state(ctx, claim))
 }
@@ -430,7 +430,7 @@ async fn leave_queue(
         .is_some_and(|tracked| matches!(*tracked.state.borrow(), ContenderState::Granted { .. }));
     let spec = match tracked {
         Some(tracked) => tracked.lock,
-        None => match lock.map(|lock| ctx.lock_spec(lock)) {
+        None => match lock.map(|lock| lock.lock_spec(&ctx.root)) {
             Some(Ok(spec)) => spec,
             _ => return Ok(false),
         },

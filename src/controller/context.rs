@@ -19,8 +19,8 @@ use super::retries::Retries;
 use super::stale_copies::StaleCopies;
 use super::telemetry::Metrics;
 use crate::claim_lifecycle::Node;
-use crate::lock_rules::{LockKind, Mode};
-use crate::resources::{ClaimMode, DistributedLock, Installation, LockClaim, LockType};
+use crate::lock_rules::Mode;
+use crate::resources::{DistributedLock, Installation, LockClaim};
 use crate::zookeeper::znode_name::{ContenderId, ContenderNode};
 use crate::zookeeper::{Contender, ContenderState, EngineError, LockEngine, LockSpec};
 
@@ -105,25 +105,6 @@ impl Context {
         Recorder::new(self.client.clone(), self.reporter.clone())
     }
 
-    /// The engine's view of a lock: its ZooKeeper path and grant rules.
-    pub fn lock_spec(&self, lock: &DistributedLock) -> Result<LockSpec, EngineError> {
-        let path = match &lock.spec.zookeeper {
-            Some(location) => location.path.clone(),
-            None => format!(
-                "{}/{}/{}",
-                self.root.trim_end_matches('/'),
-                lock.namespace().unwrap_or_default(),
-                lock.name_any()
-            ),
-        };
-        let kind = match lock.spec.lock_type {
-            LockType::Mutex => LockKind::Mutex,
-            LockType::ReadWrite => LockKind::ReadWrite,
-            LockType::Semaphore => LockKind::semaphore(lock.spec.permits.unwrap_or(0))?,
-        };
-        LockSpec::new(&path, kind)
-    }
-
     /// How long to wait before granting anyone this lock, if it is fenced. A fence lasts
     /// until the lock's lock-delay has passed and its claims were queued again in order.
     pub fn fenced_for(&self, lock: &ObjectRef<DistributedLock>) -> Option<Duration> {
@@ -198,10 +179,7 @@ impl Context {
 /// of the path can read whose node it is).
 fn contender_request(claim: &LockClaim) -> Result<(ContenderId, Mode, Vec<u8>), EngineError> {
     let id = ContenderId::new(claim.uid().unwrap_or_default())?;
-    let mode = match claim.spec.mode {
-        ClaimMode::Exclusive => Mode::Exclusive,
-        ClaimMode::Shared => Mode::Shared,
-    };
+    let mode = Mode::from(claim.spec.mode);
     let data = serde_json::json!({
         "namespace": claim.namespace(), "claim": claim.name_any(),
         "holder": {"kind": claim.spec.holder.kind, "name": claim.spec.holder.name},

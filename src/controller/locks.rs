@@ -131,7 +131,7 @@ async fn refresh(lock: &Arc<DistributedLock>, ctx: &LockContext) -> Result<Actio
     }
     // Observe: the lock's queue in ZooKeeper, and the cached claims that name its holders.
     let current = lock.status.clone().unwrap_or_default();
-    let queue = match ctx.shared.lock_spec(lock) {
+    let queue = match lock.lock_spec(&ctx.shared.root) {
         Ok(spec) => Ok((
             spec.dir(),
             ctx.shared

@@ -116,7 +116,7 @@ async fn caches_filled(ctx: &Context, claims: &Store<LockClaim>) -> bool {
 const RESUME_CONCURRENCY: usize = 256;
 
 async fn requeue_in_order(ctx: &Context, lock: &DistributedLock, claims: &[Arc<LockClaim>]) {
-    let spec = match ctx.lock_spec(lock) {
+    let spec = match lock.lock_spec(&ctx.root) {
         Ok(spec) => spec,
         Err(err) => {
             tracing::warn!(lock = %lock.name_any(), %err, "cannot queue this lock's claims");

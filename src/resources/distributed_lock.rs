@@ -1,12 +1,15 @@
 //! `DistributedLock`: a named lock in a namespace, its rules (type, permits, hold limit,
 //! lock-delay) and, in status, who holds it and how many wait.
 
+use clap::ValueEnum;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::{CustomResource, KubeSchema};
+use kube::{CustomResource, KubeSchema, ResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::lock_claim::{ClaimMode, HolderRef};
+use crate::lock_rules::{LockKind, RuleError};
+use crate::zookeeper::{EngineError, LockSpec};
 
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
@@ -64,12 +67,47 @@ pub struct DistributedLockSpec {
     pub zookeeper: Option<ZooKeeperLocation>,
 }
 
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+// What kind of lock: `spec.type`; also `--type` of `lockkeeper queue` (a plain comment: a doc
+// comment would enter the CRD schema).
+#[derive(
+    JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, ValueEnum,
+)]
 pub enum LockType {
     #[default]
+    #[value(name = "mutex")]
     Mutex,
+    #[value(name = "readwrite", alias = "read-write")]
     ReadWrite,
+    #[value(name = "semaphore")]
     Semaphore,
+}
+
+impl LockType {
+    /// The grant rules of a lock of this type (`permits` counts for a semaphore only).
+    pub fn lock_kind(self, permits: Option<u32>) -> Result<LockKind, RuleError> {
+        match self {
+            LockType::Mutex => Ok(LockKind::Mutex),
+            LockType::ReadWrite => Ok(LockKind::ReadWrite),
+            LockType::Semaphore => LockKind::semaphore(permits.unwrap_or(0)),
+        }
+    }
+}
+
+impl DistributedLock {
+    /// The engine's view of the lock: its ZooKeeper path (`spec.zookeeper.path`, else
+    /// `<root>/<namespace>/<name>`) and grant rules.
+    pub fn lock_spec(&self, root: &str) -> Result<LockSpec, EngineError> {
+        let path = match &self.spec.zookeeper {
+            Some(location) => location.path.clone(),
+            None => format!(
+                "{}/{}/{}",
+                root.trim_end_matches('/'),
+                self.namespace().unwrap_or_default(),
+                self.name_any()
+            ),
+        };
+        LockSpec::new(&path, self.spec.lock_type.lock_kind(self.spec.permits)?)
+    }
 }
 
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]

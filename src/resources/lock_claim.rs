@@ -1,11 +1,14 @@
 //! `LockClaim`: one holder's request for a lock — which lock, in which mode, for which Pod,
 //! Job or Lease — and, in status, where it stands in line and the fencing token of its grant.
 
+use clap::ValueEnum;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime, Time};
 use kube::runtime::reflector::ObjectRef;
 use kube::{CustomResource, KubeSchema, ResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+use crate::lock_rules::Mode;
 
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
@@ -64,11 +67,26 @@ impl LockClaim {
     }
 }
 
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+// How a claim wants its lock; also `--mode` of `lockkeeper gate` and `run` (a plain comment:
+// a doc comment would enter the CRD schema).
+#[derive(
+    JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, ValueEnum,
+)]
 pub enum ClaimMode {
     #[default]
+    #[value(name = "Exclusive")]
     Exclusive,
+    #[value(name = "Shared")]
     Shared,
+}
+
+impl From<ClaimMode> for Mode {
+    fn from(mode: ClaimMode) -> Self {
+        match mode {
+            ClaimMode::Exclusive => Mode::Exclusive,
+            ClaimMode::Shared => Mode::Shared,
+        }
+    }
 }
 
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]

@@ -107,10 +107,8 @@ impl Cluster {
     }
 
     async fn start_on(kubeconfig: std::ffi::OsString) -> Self {
-        let filter = tracing_subscriber::EnvFilter::try_from_env("LOCKKEEPER_LOG")
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,zookeeper_client=error"));
         let _ = tracing_subscriber::fmt()
-            .with_env_filter(filter)
+            .with_env_filter(lockkeeper::cli::log_filter())
             .with_test_writer()
             .try_init();
         let zk = ZooKeeperServer::start().expect("ZooKeeper starts (make deps installs it)");
