@@ -14,7 +14,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
-use super::context::{Context, interval_left};
+use super::context::Context;
 use super::error::{During, Error, Step};
 use super::finalizer::{self, Patched};
 use super::installation::{self, Serving};
@@ -425,6 +425,7 @@ async fn leave_queue(
     lock: Option<&DistributedLock>,
 ) -> Result<bool, Error> {
     let tracked = ctx.contenders.lock().expect("contenders lock").remove(uid);
+    ctx.place_writes.forget(&uid.to_string());
     let held = tracked
         .as_ref()
         .is_some_and(|tracked| matches!(*tracked.state.borrow(), ContenderState::Granted { .. }));
@@ -489,14 +490,7 @@ fn place_write_delay(
     if !place_only {
         return None;
     }
-    let mut contenders = ctx.contenders.lock().expect("contenders lock");
-    let tracked = contenders.get_mut(&uid(claim))?;
-    let now = tokio::time::Instant::now();
-    let wait = interval_left(POSITION_REFRESH, tracked.place_written, now);
-    if wait.is_none() {
-        tracked.place_written = Some(now);
-    }
-    wait
+    ctx.place_writes.wait(&uid(claim))
 }
 
 /// Writes the claim's status with server-side apply (one field manager, forced, on the

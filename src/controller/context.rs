@@ -18,6 +18,7 @@ use super::claim_index::ClaimIndex;
 use super::retries::Retries;
 use super::stale_copies::StaleCopies;
 use super::telemetry::Metrics;
+use super::throttle::Throttle;
 use crate::claim_lifecycle::Node;
 use crate::lock_rules::Mode;
 use crate::resources::{DistributedLock, Installation, LockClaim};
@@ -34,16 +35,6 @@ pub struct Tracked {
     pub claim: ObjectRef<LockClaim>,
     /// The claim's lock (for a claim that is gone, whose spec is gone with it).
     pub lock_ref: ObjectRef<DistributedLock>,
-    /// When the claim's place in line (position, sequence) was last written to its status,
-    /// as far as this term knows.
-    pub place_written: Option<Instant>,
-}
-
-/// What is left of `interval` since `last` (a write throttled to one per interval); `None`
-/// once it has passed, or when nothing was written yet.
-pub fn interval_left(interval: Duration, last: Option<Instant>, now: Instant) -> Option<Duration> {
-    let since = now.duration_since(last?);
-    (since < interval).then(|| interval - since)
 }
 
 /// Whether the claim's status shows it waiting at a place in line.
@@ -74,6 +65,9 @@ pub struct Context {
     pub fences: Mutex<HashMap<ObjectRef<DistributedLock>, Instant>>,
     /// Cached claim versions this term's writes replaced (see [`StaleCopies`]).
     pub stale_claims: StaleCopies,
+    /// Writes of a waiting claim's place in line, by claim UID (see
+    /// [`super::claims::POSITION_REFRESH`]).
+    pub place_writes: Throttle<String>,
     /// How soon each claim whose reconcile failed is tried again.
     pub claim_retries: Retries<ObjectRef<LockClaim>>,
     /// Asks the lock controller to refresh a lock's status.
@@ -160,16 +154,21 @@ impl Context {
                 .unwrap_or_default(),
             path: format!("{}/{}", lock.dir(), contender.node),
         };
+        let uid = claim.uid().unwrap_or_default();
+        // A claim queued again (a new term) already shows its place from before.
+        if shows_place(claim) {
+            self.place_writes.written(uid.clone());
+        } else {
+            self.place_writes.forget(&uid);
+        }
         self.contenders.lock().expect("contenders lock").insert(
-            claim.uid().unwrap_or_default(),
+            uid,
             Tracked {
                 lock: lock.clone(),
                 node,
                 state: contender.watch_state(),
                 claim: ObjectRef::from_obj(claim),
                 lock_ref: claim.lock_ref(),
-                // A claim queued again (a new term) already shows its place from before.
-                place_written: shows_place(claim).then(Instant::now),
             },
         );
     }

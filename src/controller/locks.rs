@@ -10,14 +10,14 @@ use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
-use tokio::time::Instant;
 
 use super::claim_index::ClaimIndex;
-use super::context::{Context, interval_left};
+use super::context::Context;
 use super::error::{During, Error, Step};
 use super::installation::{self, Serving};
 use super::retries::Retries;
 use super::status;
+use super::throttle::Throttle;
 use crate::lock_status::{LockFacts, lock_status};
 use crate::resources::{DistributedLock, Installation, LockClaim};
 
@@ -25,8 +25,8 @@ pub struct LockContext {
     pub shared: Arc<Context>,
     pub claims: Store<LockClaim>,
     pub index: ClaimIndex,
-    /// When each lock's status was last refreshed.
-    pub refreshed: Mutex<HashMap<ObjectRef<DistributedLock>, Instant>>,
+    /// Each lock's status refreshes, held to one per [`REFRESH_INTERVAL`].
+    pub refreshes: Throttle<ObjectRef<DistributedLock>>,
     /// Locks served by another installation that this term has warned about.
     pub left_alone: Mutex<HashSet<ObjectRef<DistributedLock>>>,
     /// How soon each lock whose refresh failed is tried again.
@@ -36,27 +36,6 @@ pub struct LockContext {
 /// A lock's status is refreshed at most this often: on a busy lock every grant, release and
 /// new waiter changes it, and the changes of one moment are written together.
 pub const REFRESH_INTERVAL: Duration = Duration::from_millis(200);
-
-impl LockContext {
-    /// How long until `lock` may be refreshed again; `None` (and the refresh recorded) when
-    /// it may be now.
-    fn refresh_delay(&self, lock: &DistributedLock) -> Option<Duration> {
-        let mut refreshed = self.refreshed.lock().expect("refreshed lock");
-        let now = Instant::now();
-        let lock_ref = ObjectRef::from_obj(lock);
-        if let Some(wait) = interval_left(REFRESH_INTERVAL, refreshed.get(&lock_ref).copied(), now)
-        {
-            return Some(wait);
-        }
-        refreshed.insert(lock_ref, now);
-        // An entry older than the interval holds nothing back: drop those (deleted locks
-        // among them) once the map has grown.
-        if refreshed.len() > FORGET_ABOVE {
-            refreshed.retain(|_, at| now.duration_since(*at) < REFRESH_INTERVAL);
-        }
-        None
-    }
-}
 
 impl LockContext {
     /// The cached claims of `lock`.
@@ -95,9 +74,6 @@ impl LockContext {
 /// usually comes first).
 const TAKE_RETRY: Duration = Duration::from_millis(250);
 
-/// Refresh times kept before the ones past their interval are dropped.
-const FORGET_ABOVE: usize = 1024;
-
 pub async fn reconcile(lock: Arc<DistributedLock>, ctx: Arc<LockContext>) -> Result<Action, Error> {
     let _timing = ctx.shared.metrics.reconcile_started(CONTROLLER);
     let result = refresh(&lock, &ctx).await;
@@ -126,7 +102,7 @@ async fn refresh(lock: &Arc<DistributedLock>, ctx: &LockContext) -> Result<Actio
             return Ok(Action::await_change());
         }
     };
-    if let Some(wait) = ctx.refresh_delay(lock) {
+    if let Some(wait) = ctx.refreshes.wait(&ObjectRef::from_obj(lock.as_ref())) {
         return Ok(Action::requeue(wait));
     }
     // Observe: the lock's queue in ZooKeeper, and the cached claims that name its holders.

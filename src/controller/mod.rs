@@ -26,6 +26,7 @@ pub mod stale_copies;
 pub mod status;
 pub mod telemetry;
 pub mod term;
+pub mod throttle;
 pub mod watches;
 
 use std::collections::HashMap;

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use super::claim_index::ClaimIndex;
 use super::context::Context;
 use super::telemetry::Metrics;
+use super::throttle::Throttle;
 use super::{Config, api, claims, departures, locks, resume, watches};
 use crate::resources::{DistributedLock, HolderKind, Installation, LockClaim};
 use crate::zookeeper::{ContenderEvent, LockEngine};
@@ -64,6 +65,7 @@ pub fn begin(
         contenders: Mutex::new(HashMap::new()),
         fences: Mutex::new(HashMap::new()),
         stale_claims: Default::default(),
+        place_writes: Throttle::new(claims::POSITION_REFRESH),
         claim_retries: Default::default(),
         lock_changed,
         metrics,
@@ -214,7 +216,7 @@ fn locks_controller(
         shared: ctx.clone(),
         claims: ctx.claims.clone(),
         index: ctx.index.clone(),
-        refreshed: Default::default(),
+        refreshes: Throttle::new(locks::REFRESH_INTERVAL),
         left_alone: Default::default(),
         retries: Default::default(),
     });
