@@ -8,7 +8,29 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 
 use super::HolderState;
-use crate::resources::LockClaimSpec;
+use crate::resources::{HolderKind, LockClaim, LockClaimSpec};
+
+/// The state of `claim`'s holder, from its Pod or Job as found (`None`: not found; the one
+/// of the other kind is ignored), or from the claim itself for a Lease holder; and when to
+/// look again (a Lease's expiry).
+pub fn holder_state(
+    claim: &LockClaim,
+    pod: Option<&Pod>,
+    job: Option<&Job>,
+    now: Timestamp,
+) -> (HolderState, Option<Duration>) {
+    let name = &claim.spec.holder.name;
+    match claim.spec.holder.kind {
+        HolderKind::Pod => (pod_state(name, pod), None),
+        HolderKind::Job => (job_state(name, job), None),
+        HolderKind::Lease => lease_state(
+            name,
+            &claim.spec,
+            claim.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            now,
+        ),
+    }
+}
 
 pub fn pod_state(name: &str, pod: Option<&Pod>) -> HolderState {
     let Some(pod) = pod else {

@@ -2,6 +2,8 @@
 //! place in the ZooKeeper queue. Pure: the claim controller gathers the inputs, calls
 //! [`decide`], and carries out the [`Step`] (queue, status, Job resume, eviction, event).
 
+#[cfg(test)]
+mod fixture_tests;
 pub mod holders;
 
 use std::time::Duration;
@@ -11,7 +13,8 @@ use k8s_openapi::jiff::Timestamp;
 
 use crate::resources::conditions;
 use crate::resources::{
-    ClaimMode, ClaimPhase, HolderKind, LockClaimSpec, LockClaimStatus, LockType,
+    ClaimMode, ClaimPhase, DistributedLock, HolderKind, LockClaim, LockClaimSpec, LockClaimStatus,
+    LockType,
 };
 
 /// The lock as the claim needs it; `None` when it does not exist.
@@ -21,6 +24,17 @@ pub struct LockFacts {
     pub max_hold: Option<Duration>,
     /// Delete the holder when its grant is lost.
     pub evict_on_loss: bool,
+}
+
+impl LockFacts {
+    /// What `lock`'s spec says.
+    pub fn of(lock: &DistributedLock) -> Self {
+        LockFacts {
+            lock_type: lock.spec.lock_type,
+            max_hold: lock.spec.max_hold_seconds.map(Duration::from_secs),
+            evict_on_loss: lock.spec.evict_on_loss,
+        }
+    }
 }
 
 /// The holder, as observed in Kubernetes.
@@ -69,6 +83,19 @@ pub struct ClaimFacts {
     pub granted_at: Option<Timestamp>,
     /// `status.message`: a lost claim keeps saying why while it waits to be granted again.
     pub message: Option<String>,
+}
+
+impl ClaimFacts {
+    /// What `claim`'s metadata and status say.
+    pub fn of(claim: &LockClaim) -> Self {
+        let status = claim.status.clone().unwrap_or_default();
+        ClaimFacts {
+            phase: status.phase,
+            created: claim.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            granted_at: status.granted_at.map(|t| t.0),
+            message: status.message,
+        }
+    }
 }
 
 /// Changes to the ZooKeeper queue.

@@ -130,22 +130,12 @@ fn holder_state(
 ) -> (HolderState, Option<Duration>) {
     let namespace = claim.namespace().unwrap_or_default();
     let name = &claim.spec.holder.name;
-    match claim.spec.holder.kind {
-        HolderKind::Pod => {
-            let pod = ctx.pods.get(&ObjectRef::new(name).within(&namespace));
-            (holders::pod_state(name, pod.as_deref()), None)
-        }
-        HolderKind::Job => {
-            let job = ctx.jobs.get(&ObjectRef::new(name).within(&namespace));
-            (holders::job_state(name, job.as_deref()), None)
-        }
-        HolderKind::Lease => holders::lease_state(
-            name,
-            &claim.spec,
-            claim.meta().creation_timestamp.as_ref().map(|t| t.0),
-            now,
-        ),
-    }
+    let (pod, job) = match claim.spec.holder.kind {
+        HolderKind::Pod => (ctx.pods.get(&ObjectRef::new(name).within(&namespace)), None),
+        HolderKind::Job => (None, ctx.jobs.get(&ObjectRef::new(name).within(&namespace))),
+        HolderKind::Lease => (None, None),
+    };
+    holders::holder_state(claim, pod.as_deref(), job.as_deref(), now)
 }
 
 /// The holder as the API server has it now (Pods and Jobs; a Lease holder is the claim).
@@ -168,16 +158,6 @@ async fn read_holder(ctx: &Context, claim: &LockClaim) -> Result<HolderState, Er
         }
         HolderKind::Lease => HolderState::Running,
     })
-}
-
-fn facts(claim: &LockClaim) -> ClaimFacts {
-    let status = claim.status.clone().unwrap_or_default();
-    ClaimFacts {
-        phase: status.phase,
-        created: claim.meta().creation_timestamp.as_ref().map(|t| t.0),
-        granted_at: status.granted_at.map(|t| t.0),
-        message: status.message,
-    }
 }
 
 /// What a claim's decision reads besides its queue state: its lock, its holder, itself.
@@ -253,13 +233,9 @@ async fn observe(
     lock: Option<Arc<DistributedLock>>,
 ) -> Result<Observed, Error> {
     let now = Timestamp::now();
-    let lock_facts = lock.as_ref().map(|lock| LockFacts {
-        lock_type: lock.spec.lock_type,
-        max_hold: lock.spec.max_hold_seconds.map(Duration::from_secs),
-        evict_on_loss: lock.spec.evict_on_loss,
-    });
+    let lock_facts = lock.as_deref().map(LockFacts::of);
     let (mut holder, holder_check) = holder_state(ctx, claim, now);
-    let facts = facts(claim);
+    let facts = ClaimFacts::of(claim);
     if holder == HolderState::Missing && !facts.phase.is_final() {
         // The pod or job cache may lag behind a holder made just before its claim (and a
         // claim may already be queued by then): ask the API before reporting the holder
@@ -393,8 +369,14 @@ fn older_claim_due(
                 return false;
             }
             let (holder, _) = holder_state(ctx, &other, now);
-            let step =
-                claim_lifecycle::decide(&other.spec, &facts(&other), lock, &holder, &queue, now);
+            let step = claim_lifecycle::decide(
+                &other.spec,
+                &ClaimFacts::of(&other),
+                lock,
+                &holder,
+                &queue,
+                now,
+            );
             step.queue == QueueAction::Enqueue
         })
 }
