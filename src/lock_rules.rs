@@ -101,9 +101,9 @@ impl Verdict {
     }
 }
 
-/// Decides every contender of one lock. `queue` gives each contender's mode in sequence
+/// The verdict on every contender of one lock. `queue` gives each contender's mode in sequence
 /// order (lowest sequence first), whichever client created it.
-pub fn decide(kind: LockKind, queue: &[Mode]) -> Vec<Verdict> {
+pub fn judge(kind: LockKind, queue: &[Mode]) -> Vec<Verdict> {
     match kind {
         LockKind::Semaphore { permits } => decide_semaphore(permits.get() as usize, queue.len()),
         LockKind::Mutex | LockKind::ReadWrite => decide_read_write(queue),
@@ -170,12 +170,12 @@ mod tests {
 
     #[test]
     fn empty_queue_has_no_verdicts() {
-        assert!(decide(LockKind::Mutex, &[]).is_empty());
+        assert!(judge(LockKind::Mutex, &[]).is_empty());
     }
 
     #[test]
     fn mutex_grants_the_head_and_each_waiter_watches_its_predecessor() {
-        let verdicts = decide(LockKind::Mutex, &[X, X, X]);
+        let verdicts = judge(LockKind::Mutex, &[X, X, X]);
         assert_eq!(
             verdicts,
             vec![
@@ -194,7 +194,7 @@ mod tests {
 
     #[test]
     fn readers_share_until_a_writer_and_later_readers_wait_for_that_writer() {
-        let verdicts = decide(LockKind::ReadWrite, &[S, S, X, S, S, X, S]);
+        let verdicts = judge(LockKind::ReadWrite, &[S, S, X, S, S, X, S]);
         assert_eq!(holders(&verdicts), vec![0, 1]);
         let waits = |position, on| Verdict::Waits {
             position,
@@ -215,13 +215,13 @@ mod tests {
 
     #[test]
     fn a_writer_at_the_head_excludes_every_reader() {
-        assert_eq!(holders(&decide(LockKind::ReadWrite, &[X, S, S])), vec![0]);
+        assert_eq!(holders(&judge(LockKind::ReadWrite, &[X, S, S])), vec![0]);
     }
 
     #[test]
     fn semaphore_grants_the_first_permits_whatever_their_mode() {
         let kind = LockKind::semaphore(2).unwrap();
-        let verdicts = decide(kind, &[X, X, X, X]);
+        let verdicts = judge(kind, &[X, X, X, X]);
         assert_eq!(holders(&verdicts), vec![0, 1]);
         assert_eq!(
             verdicts[3],
@@ -305,7 +305,7 @@ mod tests {
         #[test]
         fn no_queue_breaks_exclusion(kind in any_kind(), queue in prop::collection::vec(any_mode(), 0..40)) {
             let queue: Vec<Mode> = if kind == LockKind::Mutex { vec![X; queue.len()] } else { queue };
-            check_safety(kind, &queue, &decide(kind, &queue))?;
+            check_safety(kind, &queue, &judge(kind, &queue))?;
         }
 
         /// Releasing holders in any order, then adding newcomers, never breaks the rules and
@@ -328,7 +328,7 @@ mod tests {
             let mut step = 0;
             while !queue.is_empty() {
                 let modes: Vec<Mode> = queue.iter().map(|(_, m)| *m).collect();
-                let verdicts = decide(kind, &modes);
+                let verdicts = judge(kind, &modes);
                 check_safety(kind, &modes, &verdicts)?;
                 for (i, v) in verdicts.iter().enumerate() {
                     if v.holds() {

@@ -72,7 +72,7 @@ async fn reconcile_claim(claim: &Arc<LockClaim>, ctx: &Arc<Context>) -> Result<A
     if claim.meta().deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    apply(claim, ctx).await
+    advance(claim, ctx).await
 }
 
 pub fn error_policy(claim: Arc<LockClaim>, error: &Error, ctx: Arc<Context>) -> Action {
@@ -187,7 +187,7 @@ impl Observed {
 /// observe → decide → act: the step [`claim_lifecycle::decide`] picks is carried out on the
 /// queue (which may answer with a new state to decide on once more), then on the holder and
 /// the claim's status.
-async fn apply(claim: &LockClaim, ctx: &Arc<Context>) -> Result<Action, Error> {
+async fn advance(claim: &LockClaim, ctx: &Arc<Context>) -> Result<Action, Error> {
     let lock = ctx.locks.get(&claim.lock_ref());
     if let Some(lock) = lock.as_deref()
         && let Some(action) = unless_served_here(ctx, claim, lock).await?

@@ -35,7 +35,7 @@ pub fn job(job: &mut Job) {
 }
 
 /// A lock or claim: everything but its managed fields (their spec and status are read).
-pub fn own<K: kube::Resource>(object: &mut K) {
+pub fn without_managed_fields<K: kube::Resource>(object: &mut K) {
     object.meta_mut().managed_fields = None;
 }
 

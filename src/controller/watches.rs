@@ -42,7 +42,7 @@ pub fn locks(
 ) -> impl Stream<Item = Changes<DistributedLock>> + Send + 'static {
     reflector(
         cache,
-        watcher(api, config()).modify(slim::own::<DistributedLock>),
+        watcher(api, config()).modify(slim::without_managed_fields::<DistributedLock>),
     )
     .default_backoff()
     .touched_objects()
@@ -73,7 +73,7 @@ pub fn locks_to_refresh(
 ) -> impl Stream<Item = Changes<DistributedLock>> + Send + 'static {
     reflector(
         cache,
-        watcher(api, config()).modify(slim::own::<DistributedLock>),
+        watcher(api, config()).modify(slim::without_managed_fields::<DistributedLock>),
     )
     .default_backoff()
     .applied_objects()
@@ -108,7 +108,7 @@ pub fn claims(
     departed: mpsc::UnboundedSender<Departure>,
 ) -> impl Stream<Item = Changes<LockClaim>> + Send + 'static {
     watcher(api, config())
-        .modify(slim::own::<LockClaim>)
+        .modify(slim::without_managed_fields::<LockClaim>)
         .default_backoff()
         .reflect(cache)
         .inspect_ok(move |event| {

@@ -26,7 +26,7 @@ use super::contender::{Contender, ContenderEvent, EventSink, FencingToken};
 use super::error::{EngineError, LossReason};
 use super::lock_watch::{Command, LockHandle, LockWatch, Registry};
 use super::session::{self, AclPolicy, EngineConfig, RetryError, retry_on_connection_loss};
-use crate::lock_rules::{LockKind, Mode, Verdict, decide};
+use crate::lock_rules::{LockKind, Mode, Verdict, judge};
 use crate::zookeeper::znode_name::{ContenderId, LockPath, contender_dir, queue_order};
 
 /// A lock as the engine needs it: where it lives and what rules apply.
@@ -316,7 +316,7 @@ impl LockEngine {
             Err(err) => return Err(err.into_engine_error("list", &dir, patience)),
         };
         let nodes = queue_order(&children);
-        let verdicts = decide(
+        let verdicts = judge(
             lock.kind,
             &nodes.iter().map(|node| node.mode).collect::<Vec<_>>(),
         );

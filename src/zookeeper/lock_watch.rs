@@ -21,7 +21,7 @@ use super::error::{EngineError, LossReason};
 use super::session::{
     AclPolicy, RetryError, is_connection_loss, retry_on_connection_loss, wait_connected,
 };
-use crate::lock_rules::{LockKind, Mode, Verdict, WaitTarget, decide};
+use crate::lock_rules::{LockKind, Mode, Verdict, WaitTarget, judge};
 use crate::zookeeper::znode_name::{ContenderId, ContenderNode, contender_prefix, queue_order};
 
 /// Lock watch tasks by contender directory.
@@ -53,7 +53,7 @@ pub(crate) enum Command {
 /// container nodes) before the enqueue gives up.
 const MAX_DIRECTORY_RACES: usize = 5;
 
-struct Tracked {
+struct OwnContender {
     node: String,
     mode: Mode,
     token: FencingToken,
@@ -68,7 +68,7 @@ pub(crate) struct LockWatch {
     acls: Arc<AclPolicy>,
     /// How long an operation waits for a lost connection to come back: the session timeout.
     patience: Duration,
-    contenders: HashMap<ContenderId, Tracked>,
+    contenders: HashMap<ContenderId, OwnContender>,
     last_children: Vec<String>,
     events: EventSink,
     registry: Registry,
@@ -272,7 +272,7 @@ impl LockWatch {
         let queue = queue_order(&children);
         self.last_children = children;
         let modes: Vec<Mode> = queue.iter().map(|node| node.mode).collect();
-        let verdicts = decide(self.kind, &modes);
+        let verdicts = judge(self.kind, &modes);
         let index_of: HashMap<&str, usize> = queue
             .iter()
             .enumerate()
@@ -381,7 +381,7 @@ impl LockWatch {
         }
     }
 
-    fn publish(&self, id: &ContenderId, tracked: &Tracked, state: ContenderState) {
+    fn publish(&self, id: &ContenderId, tracked: &OwnContender, state: ContenderState) {
         if *tracked.state.borrow() == state {
             return;
         }
@@ -418,7 +418,7 @@ impl LockWatch {
         let (state, _) = watch::channel(ContenderState::Queued);
         self.contenders.insert(
             id.clone(),
-            Tracked {
+            OwnContender {
                 node,
                 mode,
                 token: FencingToken(czxid),
