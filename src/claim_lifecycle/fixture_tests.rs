@@ -165,6 +165,10 @@ fn check(case: &Case) {
     };
     let current = claim.status.clone().unwrap_or_default();
     let status = status_after(&current, outcome, claim.metadata.generation, case.now);
+    check_status(name, &status, wanted);
+}
+
+fn check_status(name: &str, status: &LockClaimStatus, wanted: &ExpectedStatus) {
     assert_eq!(status.phase, wanted.phase, "{name}: phase");
     let optional_fields = [
         (

@@ -19,7 +19,8 @@ use super::retries::Retries;
 use super::status;
 use super::throttle::Throttle;
 use crate::lock_status::{LockFacts, lock_status};
-use crate::resources::{DistributedLock, Installation, LockClaim};
+use crate::resources::{DistributedLock, DistributedLockStatus, Installation, LockClaim};
+use crate::zookeeper::LockQueue;
 
 pub struct LockContext {
     pub shared: Arc<Context>,
@@ -107,17 +108,7 @@ async fn refresh(lock: &Arc<DistributedLock>, ctx: &LockContext) -> Result<Actio
     }
     // Observe: the lock's queue in ZooKeeper, and the cached claims that name its holders.
     let current = lock.status.clone().unwrap_or_default();
-    let queue = match lock.lock_spec(&ctx.shared.root) {
-        Ok(spec) => Ok((
-            spec.dir(),
-            ctx.shared
-                .engine
-                .queue(&spec)
-                .await
-                .during(Step::ReadQueue)?,
-        )),
-        Err(err) => Err(err.to_string()),
-    };
+    let queue = read_queue(lock, ctx).await?;
     let claims = ctx.claims_of(lock);
     let by_uid: HashMap<String, &LockClaim> = claims
         .iter()
@@ -140,18 +131,48 @@ async fn refresh(lock: &Arc<DistributedLock>, ctx: &LockContext) -> Result<Actio
             .metrics
             .queue_length(&lock.name_any(), queue.waiting() as u32);
     }
-    if wanted != current {
-        let api: Api<DistributedLock> = ctx.shared.api_beside(lock.as_ref());
-        // Taking an unclaimed lock is guarded by the resourceVersion read: of two
-        // installations one wins, and the other's 409 brings it the winner's record.
-        match status::apply(&api, lock.as_ref(), &wanted, unclaimed).await {
-            Err(kube::Error::Api(status)) if unclaimed && status.code == 409 => {
-                return Ok(Action::requeue(TAKE_RETRY));
-            }
-            written => written.during(Step::WriteLockStatus)?,
+    if wanted == current {
+        return Ok(Action::await_change());
+    }
+    write_status(lock, ctx, &wanted, unclaimed).await
+}
+
+/// The lock's ZooKeeper directory and queue; or why its spec cannot be served.
+async fn read_queue(
+    lock: &DistributedLock,
+    ctx: &LockContext,
+) -> Result<Result<(String, LockQueue), String>, Error> {
+    Ok(match lock.lock_spec(&ctx.shared.root) {
+        Ok(spec) => Ok((
+            spec.dir(),
+            ctx.shared
+                .engine
+                .queue(&spec)
+                .await
+                .during(Step::ReadQueue)?,
+        )),
+        Err(err) => Err(err.to_string()),
+    })
+}
+
+/// Writes the lock's status. Taking an unclaimed lock is guarded by the resourceVersion
+/// read: of two installations one wins, and the other's 409 brings it the winner's record.
+async fn write_status(
+    lock: &DistributedLock,
+    ctx: &LockContext,
+    wanted: &DistributedLockStatus,
+    unclaimed: bool,
+) -> Result<Action, Error> {
+    let api: Api<DistributedLock> = ctx.shared.api_beside(lock);
+    match status::apply(&api, lock, wanted, unclaimed).await {
+        Err(kube::Error::Api(status)) if unclaimed && status.code == 409 => {
+            Ok(Action::requeue(TAKE_RETRY))
+        }
+        written => {
+            written.during(Step::WriteLockStatus)?;
+            Ok(Action::await_change())
         }
     }
-    Ok(Action::await_change())
 }
 
 pub fn error_policy(lock: Arc<DistributedLock>, error: &Error, ctx: Arc<LockContext>) -> Action {
