@@ -31,10 +31,11 @@ use crate::zookeeper::{ContenderState, EngineError};
 pub const LEGACY_FINALIZER: &str = "lockkeeper.dev/release";
 
 pub async fn reconcile(claim: Arc<LockClaim>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let _timing = ctx.metrics.reconcile_started(CONTROLLER);
+    let _timing = ctx.process.metrics.reconcile_started(CONTROLLER);
     let result = reconcile_claim(&claim, &ctx).await;
     if result.is_ok() {
-        ctx.claim_retries
+        ctx.term
+            .claim_retries
             .succeeded(&ObjectRef::from_obj(claim.as_ref()));
     }
     result
@@ -48,7 +49,11 @@ async fn reconcile_claim(claim: &Arc<LockClaim>, ctx: &Arc<Context>) -> Result<A
     // deleted holder), and after the earlier term's claims are queued again in order.
     ctx.term_resumed().await;
     let version = claim.resource_version();
-    if ctx.stale_claims.is_stale(&uid(claim), version.as_deref()) {
+    if ctx
+        .term
+        .stale_claims
+        .is_stale(&uid(claim), version.as_deref())
+    {
         // This controller wrote a newer version; its watch event reconciles the claim.
         return Ok(Action::await_change());
     }
@@ -77,10 +82,11 @@ async fn reconcile_claim(claim: &Arc<LockClaim>, ctx: &Arc<Context>) -> Result<A
 
 pub fn error_policy(claim: Arc<LockClaim>, error: &Error, ctx: Arc<Context>) -> Action {
     let retry = ctx
+        .term
         .claim_retries
         .after_failure(ObjectRef::from_obj(claim.as_ref()));
     tracing::warn!(claim = %claim.name_any(), %error, ?retry, "reconcile failed; retrying");
-    ctx.metrics.reconcile_failed(CONTROLLER, error.step);
+    ctx.process.metrics.reconcile_failed(CONTROLLER, error.step);
     Action::requeue(retry)
 }
 
@@ -95,16 +101,16 @@ pub async fn leave_for_good(
     uid: &str,
     lock: &ObjectRef<DistributedLock>,
 ) -> Result<(), Error> {
-    if leave_queue(ctx, uid, ctx.locks.get(lock).as_deref()).await? {
-        ctx.metrics.released(&lock.name);
+    if leave_queue(ctx, uid, ctx.caches.locks.get(lock).as_deref()).await? {
+        ctx.process.metrics.released(&lock.name);
     }
-    ctx.stale_claims.forget(uid);
-    let _ = ctx.lock_changed.send(lock.clone());
+    ctx.term.stale_claims.forget(uid);
+    let _ = ctx.term.lock_changed.send(lock.clone());
     Ok(())
 }
 
 fn queue_state(ctx: &Context, claim: &LockClaim) -> QueueState {
-    let contenders = ctx.contenders.lock().expect("contenders lock");
+    let contenders = ctx.term.contenders.lock().expect("contenders lock");
     let Some(tracked) = contenders.get(&uid(claim)) else {
         return QueueState::NotQueued;
     };
@@ -131,8 +137,18 @@ fn holder_state(
     let namespace = claim.namespace().unwrap_or_default();
     let name = &claim.spec.holder.name;
     let (pod, job) = match claim.spec.holder.kind {
-        HolderKind::Pod => (ctx.pods.get(&ObjectRef::new(name).within(&namespace)), None),
-        HolderKind::Job => (None, ctx.jobs.get(&ObjectRef::new(name).within(&namespace))),
+        HolderKind::Pod => (
+            ctx.caches
+                .pods
+                .get(&ObjectRef::new(name).within(&namespace)),
+            None,
+        ),
+        HolderKind::Job => (
+            None,
+            ctx.caches
+                .jobs
+                .get(&ObjectRef::new(name).within(&namespace)),
+        ),
         HolderKind::Lease => (None, None),
     };
     holders::holder_state(claim, pod.as_deref(), job.as_deref(), now)
@@ -188,7 +204,7 @@ impl Observed {
 /// queue (which may answer with a new state to decide on once more), then on the holder and
 /// the claim's status.
 async fn advance(claim: &LockClaim, ctx: &Arc<Context>) -> Result<Action, Error> {
-    let lock = ctx.locks.get(&claim.lock_ref());
+    let lock = ctx.caches.locks.get(&claim.lock_ref());
     if let Some(lock) = lock.as_deref()
         && let Some(action) = unless_served_here(ctx, claim, lock).await?
     {
@@ -210,11 +226,12 @@ async fn unless_served_here(
     claim: &LockClaim,
     lock: &DistributedLock,
 ) -> Result<Option<Action>, Error> {
-    match installation::serving(&ctx.installation, lock) {
+    match installation::serving(&ctx.process.installation, lock) {
         Serving::Here => Ok(None),
         Serving::Unclaimed => Ok(Some(Action::await_change())),
         Serving::Elsewhere(_) => {
             let tracked = ctx
+                .term
                 .contenders
                 .lock()
                 .expect("contenders lock")
@@ -357,10 +374,11 @@ fn older_claim_due(
 ) -> bool {
     let order = creation_order(claim);
     let namespace = claim.namespace().unwrap_or_default();
-    ctx.index
+    ctx.caches
+        .index
         .of_lock(&namespace, &claim.spec.lock)
         .iter()
-        .filter_map(|other| ctx.claims.get(other))
+        .filter_map(|other| ctx.caches.claims.get(other))
         .filter(|other| other.meta().deletion_timestamp.is_none())
         .filter(|other| creation_order(other) < order)
         .any(|other| {
@@ -386,14 +404,15 @@ async fn enqueue(
     claim: &LockClaim,
     lock: &DistributedLock,
 ) -> Result<QueueState, Error> {
-    let spec = lock.lock_spec(&ctx.root).during(Step::Enqueue)?;
+    let spec = lock.lock_spec(&ctx.process.root).during(Step::Enqueue)?;
     ctx.queue_claim(&spec, claim).await.during(Step::Enqueue)?;
     Ok(queue_state(ctx, claim))
 }
 
 /// Whether the claim cache still holds this claim (not deleted, nor made again by that name).
 fn still_cached(ctx: &Context, claim: &LockClaim) -> bool {
-    ctx.claims
+    ctx.caches
+        .claims
         .get(&ObjectRef::from_obj(claim))
         .is_some_and(|cached| cached.uid() == claim.uid())
 }
@@ -406,14 +425,19 @@ async fn leave_queue(
     uid: &str,
     lock: Option<&DistributedLock>,
 ) -> Result<bool, Error> {
-    let tracked = ctx.contenders.lock().expect("contenders lock").remove(uid);
-    ctx.place_writes.forget(&uid.to_string());
+    let tracked = ctx
+        .term
+        .contenders
+        .lock()
+        .expect("contenders lock")
+        .remove(uid);
+    ctx.term.place_writes.forget(&uid.to_string());
     let held = tracked
         .as_ref()
         .is_some_and(|tracked| matches!(*tracked.state.borrow(), ContenderState::Granted { .. }));
     let spec = match tracked {
         Some(tracked) => tracked.lock,
-        None => match lock.map(|lock| lock.lock_spec(&ctx.root)) {
+        None => match lock.map(|lock| lock.lock_spec(&ctx.process.root)) {
             Some(Ok(spec)) => spec,
             _ => return Ok(false),
         },
@@ -421,7 +445,7 @@ async fn leave_queue(
     let id = ContenderId::new(uid.to_string())
         .map_err(EngineError::from)
         .during(Step::Dequeue)?;
-    match ctx.engine.dequeue(&spec, &id).await {
+    match ctx.process.engine.dequeue(&spec, &id).await {
         Ok(()) | Err(EngineError::NotQueued { .. }) => Ok(held),
         Err(err) => Err(err).during(Step::Dequeue),
     }
@@ -472,7 +496,7 @@ fn place_write_delay(
     if !place_only {
         return None;
     }
-    ctx.place_writes.wait(&uid(claim))
+    ctx.term.place_writes.wait(&uid(claim))
 }
 
 /// Writes the claim's status with server-side apply (one field manager, forced, on the
@@ -491,6 +515,7 @@ async fn write_status(
     let api: Api<LockClaim> = ctx.api_beside(claim);
     match status::apply(&api, claim, &wanted, true).await {
         Ok(()) => ctx
+            .term
             .stale_claims
             .replaced(&uid(claim), claim.meta().resource_version.as_deref()),
         Err(kube::Error::Api(status)) if status.code == 409 => return Ok(Written::Conflict),
@@ -499,6 +524,6 @@ async fn write_status(
     let created = claim.meta().creation_timestamp.as_ref().map(|t| t.0);
     let transition = claim_lifecycle::transition(&current, outcome, created, Timestamp::now());
     status::record_transition(ctx, claim, transition).await;
-    let _ = ctx.lock_changed.send(claim.lock_ref());
+    let _ = ctx.term.lock_changed.send(claim.lock_ref());
     Ok(Written::Yes)
 }

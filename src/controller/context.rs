@@ -1,5 +1,6 @@
-//! What every reconcile shares: the Kubernetes client, the lock engine, watch caches, the
-//! contenders this controller queued, fences after lost grants, events and metrics.
+//! What every reconcile works with, kept by lifetime: the process's connections (Kubernetes,
+//! the lock engine, metrics), the term's watch caches, and what the term keeps of its own work
+//! (the contenders it queued, fences after lost grants, its throttles and retries).
 
 use std::borrow::Borrow;
 use std::collections::HashMap;
@@ -45,7 +46,16 @@ fn shows_place(claim: &LockClaim) -> bool {
         .is_some_and(|s| s.phase == crate::resources::ClaimPhase::Waiting && s.sequence.is_some())
 }
 
+/// What a reconcile works with, by lifetime: the process's connections, the term's watch
+/// caches, and what the term keeps of its own work.
 pub struct Context {
+    pub process: Arc<Process>,
+    pub caches: Caches,
+    pub term: Term,
+}
+
+/// What lives as long as the process.
+pub struct Process {
     pub client: Client,
     pub engine: LockEngine,
     /// ZooKeeper root of default lock paths: `<root>/<namespace>/<name>`.
@@ -53,16 +63,26 @@ pub struct Context {
     /// This installation, as locks record the one that serves them.
     pub installation: Installation,
     pub reporter: Reporter,
+    pub metrics: Arc<Metrics>,
+}
+
+/// What the term's watches keep; filled anew each term.
+pub struct Caches {
     pub locks: Store<DistributedLock>,
     pub pods: Store<Pod>,
     pub jobs: Store<Job>,
     pub claims: Store<LockClaim>,
     /// The cached claims by lock and by holder.
     pub index: ClaimIndex,
+}
+
+/// What one term keeps of its own work; it goes with the term (the ZooKeeper session its
+/// contenders lived in is gone then).
+pub struct Term {
     /// Claim UID → its contender.
     pub contenders: Mutex<HashMap<String, Tracked>>,
     /// Locks whose grants were lost abnormally: nobody is granted them before the instant.
-    pub fences: Mutex<HashMap<ObjectRef<DistributedLock>, Instant>>,
+    pub fences: Mutex<Fences>,
     /// Cached claim versions this term's writes replaced (see [`StaleCopies`]).
     pub stale_claims: StaleCopies,
     /// Writes of a waiting claim's place in line, by claim UID (see
@@ -72,12 +92,15 @@ pub struct Context {
     pub claim_retries: Retries<ObjectRef<LockClaim>>,
     /// Asks the lock controller to refresh a lock's status.
     pub lock_changed: mpsc::UnboundedSender<ObjectRef<DistributedLock>>,
-    pub metrics: Arc<Metrics>,
     /// True once the watch caches are filled and the claims an earlier term had queued are
     /// queued again (see [`super::resume`]); reconciles wait for it, so that they decide on
     /// complete caches and keep the old order.
     pub resumed: watch::Sender<bool>,
 }
+
+/// Locks nobody is granted before an instant: their grants were lost abnormally, and the
+/// old holders get the locks' lock-delay to notice.
+pub type Fences = HashMap<ObjectRef<DistributedLock>, Instant>;
 
 impl Context {
     /// The API of kind `K` in the namespace of `object` (a claim's holder, its lock, itself).
@@ -86,23 +109,31 @@ impl Context {
         K: kube::Resource<Scope = kube::core::NamespaceResourceScope>,
         K::DynamicType: Default,
     {
-        kube::Api::namespaced(self.client.clone(), &object.namespace().unwrap_or_default())
+        kube::Api::namespaced(
+            self.process.client.clone(),
+            &object.namespace().unwrap_or_default(),
+        )
     }
 
     /// Waits until the claims of the earlier term are queued again.
     pub async fn term_resumed(&self) {
         // The sender lives in this context, so the channel cannot close while waiting.
-        let _ = self.resumed.subscribe().wait_for(|resumed| *resumed).await;
+        let _ = self
+            .term
+            .resumed
+            .subscribe()
+            .wait_for(|resumed| *resumed)
+            .await;
     }
 
     pub fn recorder(&self) -> Recorder {
-        Recorder::new(self.client.clone(), self.reporter.clone())
+        Recorder::new(self.process.client.clone(), self.process.reporter.clone())
     }
 
     /// How long to wait before granting anyone this lock, if it is fenced. A fence lasts
     /// until the lock's lock-delay has passed and its claims were queued again in order.
     pub fn fenced_for(&self, lock: &ObjectRef<DistributedLock>) -> Option<Duration> {
-        let fences = self.fences.lock().expect("fences lock");
+        let fences = self.term.fences.lock().expect("fences lock");
         fences.get(lock).map(|until| {
             until
                 .saturating_duration_since(Instant::now())
@@ -131,6 +162,7 @@ impl Context {
             .collect();
         let valid = requests.iter().filter_map(|request| request.as_ref().ok());
         let mut queued = self
+            .process
             .engine
             .enqueue_in_order(lock, valid.cloned())
             .await
@@ -157,20 +189,24 @@ impl Context {
         let uid = claim.uid().unwrap_or_default();
         // A claim queued again (a new term) already shows its place from before.
         if shows_place(claim) {
-            self.place_writes.written(uid.clone());
+            self.term.place_writes.written(uid.clone());
         } else {
-            self.place_writes.forget(&uid);
+            self.term.place_writes.forget(&uid);
         }
-        self.contenders.lock().expect("contenders lock").insert(
-            uid,
-            Tracked {
-                lock: lock.clone(),
-                node,
-                state: contender.watch_state(),
-                claim: ObjectRef::from_obj(claim),
-                lock_ref: claim.lock_ref(),
-            },
-        );
+        self.term
+            .contenders
+            .lock()
+            .expect("contenders lock")
+            .insert(
+                uid,
+                Tracked {
+                    lock: lock.clone(),
+                    node,
+                    state: contender.watch_state(),
+                    claim: ObjectRef::from_obj(claim),
+                    lock_ref: claim.lock_ref(),
+                },
+            );
     }
 }
 

@@ -84,9 +84,15 @@ async fn leave(ctx: &Context, uid: &str, lock: &ObjectRef<DistributedLock>) {
 
 /// Every tracked contender whose claim the cache no longer holds leaves the queue.
 async fn leave_unlisted(ctx: &Context) {
-    let listed: HashSet<String> = ctx.claims.state().iter().filter_map(|c| c.uid()).collect();
+    let listed: HashSet<String> = ctx
+        .caches
+        .claims
+        .state()
+        .iter()
+        .filter_map(|c| c.uid())
+        .collect();
     let unlisted = {
-        let contenders = ctx.contenders.lock().expect("contenders lock");
+        let contenders = ctx.term.contenders.lock().expect("contenders lock");
         unlisted(
             contenders
                 .iter()

@@ -8,10 +8,9 @@ use std::time::Duration;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
 use kube::runtime::controller::Action;
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 
-use super::claim_index::ClaimIndex;
 use super::context::Context;
 use super::error::{During, Error, Step};
 use super::installation::{self, Serving};
@@ -22,10 +21,10 @@ use crate::lock_status::{LockFacts, lock_status};
 use crate::resources::{DistributedLock, DistributedLockStatus, Installation, LockClaim};
 use crate::zookeeper::LockQueue;
 
+/// The lock controller's context: the claim controller's, and what only the lock controller
+/// keeps for the term.
 pub struct LockContext {
     pub shared: Arc<Context>,
-    pub claims: Store<LockClaim>,
-    pub index: ClaimIndex,
     /// Each lock's status refreshes, held to one per [`REFRESH_INTERVAL`].
     pub refreshes: Throttle<ObjectRef<DistributedLock>>,
     /// Locks served by another installation that this term has warned about.
@@ -41,10 +40,12 @@ pub const REFRESH_INTERVAL: Duration = Duration::from_millis(200);
 impl LockContext {
     /// The cached claims of `lock`.
     fn claims_of(&self, lock: &DistributedLock) -> Vec<Arc<LockClaim>> {
-        self.index
+        self.shared
+            .caches
+            .index
             .of_lock(&lock.namespace().unwrap_or_default(), &lock.name_any())
             .iter()
-            .filter_map(|claim_ref| self.claims.get(claim_ref))
+            .filter_map(|claim_ref| self.shared.caches.claims.get(claim_ref))
             .collect()
     }
 
@@ -56,7 +57,7 @@ impl LockContext {
             .expect("left-alone lock")
             .insert(ObjectRef::from_obj(lock));
         if first {
-            let note = installation::elsewhere_note(&self.shared.installation, other);
+            let note = installation::elsewhere_note(&self.shared.process.installation, other);
             tracing::warn!(lock = %lock.name_any(), "{note}");
             status::publish(
                 &self.shared,
@@ -76,7 +77,7 @@ impl LockContext {
 const TAKE_RETRY: Duration = Duration::from_millis(250);
 
 pub async fn reconcile(lock: Arc<DistributedLock>, ctx: Arc<LockContext>) -> Result<Action, Error> {
-    let _timing = ctx.shared.metrics.reconcile_started(CONTROLLER);
+    let _timing = ctx.shared.process.metrics.reconcile_started(CONTROLLER);
     let result = refresh(&lock, &ctx).await;
     if result.is_ok() {
         ctx.retries.succeeded(&ObjectRef::from_obj(lock.as_ref()));
@@ -94,7 +95,7 @@ async fn refresh(lock: &Arc<DistributedLock>, ctx: &LockContext) -> Result<Actio
     if lock.meta().deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    let here = &ctx.shared.installation;
+    let here = &ctx.shared.process.installation;
     let unclaimed = match installation::serving(here, lock) {
         Serving::Here => false,
         Serving::Unclaimed => true,
@@ -128,6 +129,7 @@ async fn refresh(lock: &Arc<DistributedLock>, ctx: &LockContext) -> Result<Actio
     // Act.
     if let Ok((_, queue)) = &queue {
         ctx.shared
+            .process
             .metrics
             .queue_length(&lock.name_any(), queue.waiting() as u32);
     }
@@ -142,10 +144,11 @@ async fn read_queue(
     lock: &DistributedLock,
     ctx: &LockContext,
 ) -> Result<Result<(String, LockQueue), String>, Error> {
-    Ok(match lock.lock_spec(&ctx.shared.root) {
+    Ok(match lock.lock_spec(&ctx.shared.process.root) {
         Ok(spec) => Ok((
             spec.dir(),
             ctx.shared
+                .process
                 .engine
                 .queue(&spec)
                 .await
@@ -180,6 +183,9 @@ pub fn error_policy(lock: Arc<DistributedLock>, error: &Error, ctx: Arc<LockCont
         .retries
         .after_failure(ObjectRef::from_obj(lock.as_ref()));
     tracing::warn!(lock = %lock.name_any(), %error, ?retry, "lock status refresh failed; retrying");
-    ctx.shared.metrics.reconcile_failed(CONTROLLER, error.step);
+    ctx.shared
+        .process
+        .metrics
+        .reconcile_failed(CONTROLLER, error.step);
     Action::requeue(retry)
 }

@@ -4,7 +4,6 @@
 //! evicted where the lock asks for it, and its lock is fenced for the lock's lock-delay before
 //! anyone is granted it again.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,22 +12,22 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
+use tokio::time::Instant;
 
-use super::context::Context;
+use super::context::{Context, Fences};
 use super::status;
 use crate::claim_lifecycle::{self, Outcome};
-use crate::resources::{ClaimPhase, DistributedLock, HolderKind, LockClaim};
+use crate::resources::{ClaimPhase, HolderKind, LockClaim};
 use crate::zookeeper::ContenderState;
 
 /// Marks the term's lost grants `Lost` (with an event), evicts their holders where their
-/// lock asks for it; answers the locks to fence, with their lock-delay.
-pub async fn fence_lost_grants(
-    ctx: &Arc<Context>,
-) -> HashMap<ObjectRef<DistributedLock>, Duration> {
-    let mut fenced = HashMap::new();
+/// lock asks for it; answers the locks to fence, each until its lock-delay has passed since
+/// its holder was told.
+pub async fn fence_lost_grants(ctx: &Arc<Context>) -> Fences {
+    let mut fenced = Fences::new();
     for (claim_ref, reason) in lost_contenders(ctx) {
         let claims: Api<LockClaim> = Api::namespaced(
-            ctx.client.clone(),
+            ctx.process.client.clone(),
             claim_ref.namespace.as_deref().unwrap_or_default(),
         );
         // The status as the API server has it now: the term's cache may be behind.
@@ -40,7 +39,7 @@ pub async fn fence_lost_grants(
             continue;
         }
         // The term's lock cache still holds what the locks said when the term ended.
-        let lock = ctx.locks.get(&claim.lock_ref());
+        let lock = ctx.caches.locks.get(&claim.lock_ref());
         let outcome = Outcome {
             phase: ClaimPhase::Lost,
             position: None,
@@ -67,7 +66,9 @@ pub async fn fence_lost_grants(
             .and_then(|l| l.spec.lock_delay_seconds)
             .map(Duration::from_secs)
             .unwrap_or_default();
-        fenced.insert(claim.lock_ref(), delay);
+        let until = Instant::now() + delay;
+        let fence = fenced.entry(claim.lock_ref()).or_insert(until);
+        *fence = (*fence).max(until);
     }
     fenced
 }
@@ -75,7 +76,8 @@ pub async fn fence_lost_grants(
 /// The claims of the term's contenders, with why each was lost. The session is gone with the
 /// leadership, so every contender of the term is lost, even one the engine has not told yet.
 fn lost_contenders(ctx: &Context) -> Vec<(ObjectRef<LockClaim>, String)> {
-    ctx.contenders
+    ctx.term
+        .contenders
         .lock()
         .expect("contenders lock")
         .values()

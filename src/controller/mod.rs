@@ -29,15 +29,16 @@ pub mod term;
 pub mod throttle;
 pub mod watches;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use kube::Client;
 use kube::api::Api;
+use kube::runtime::events::Reporter;
 use tokio_util::sync::CancellationToken;
 
+use self::context::{Fences, Process};
 use self::leader::Leadership;
 use self::telemetry::Metrics;
 use crate::resources::Installation;
@@ -118,13 +119,23 @@ pub async fn run_with(
     serve_metrics(&config, metrics.clone()).await?;
     let engine = LockEngine::connect(config.engine.clone()).await?;
     follow_session(&engine, metrics.clone());
-    let installation = this_installation(&engine, &config).await?;
+    let process = Arc::new(Process {
+        client,
+        engine: engine.clone(),
+        root: config.root.clone(),
+        installation: this_installation(&engine, &config).await?,
+        reporter: Reporter {
+            controller: "lockkeeper".into(),
+            instance: Some(config.identity.clone()),
+        },
+        metrics: metrics.clone(),
+    });
     // One stream of contender events for the engine's life, read by each term in turn.
     let mut events = engine
         .events()
         .expect("the engine's events are read here only");
     let election_id = ContenderId::random();
-    let mut fenced = HashMap::new();
+    let mut fenced = Fences::new();
     tokio::pin!(shutdown);
     loop {
         metrics.set_ready(true);
@@ -134,7 +145,7 @@ pub async fn run_with(
         };
         tracing::info!(identity = %config.identity, "leading");
         metrics.leader(true);
-        let (ctx, inputs) = term::begin(&client, &engine, &installation, &config, metrics.clone());
+        let (ctx, inputs) = term::begin(process.clone());
         let stopping = CancellationToken::new();
         let term = term::lead(
             ctx.clone(),

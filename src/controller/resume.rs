@@ -6,14 +6,13 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::StreamExt;
 use kube::ResourceExt;
 use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::time::Instant;
 
-use super::context::Context;
+use super::context::{Context, Fences};
 use super::installation::{self, Serving};
 use crate::resources::{ClaimPhase, DistributedLock, LockClaim};
 
@@ -49,12 +48,13 @@ fn was_queued(claim: &LockClaim) -> bool {
 pub async fn resume(
     ctx: &Arc<Context>,
     claims: &Store<LockClaim>,
-    fenced: HashMap<ObjectRef<DistributedLock>, Duration>,
+    fenced: Fences,
 ) -> Option<usize> {
     if !caches_filled(ctx, claims).await {
         return None;
     }
     let all_locks: HashMap<ObjectRef<DistributedLock>, Arc<DistributedLock>> = ctx
+        .caches
         .locks
         .state()
         .into_iter()
@@ -72,23 +72,30 @@ pub async fn resume(
         let Some(lock) = all_locks.get(&lock_ref) else {
             continue; // the claim reconciler reports the missing lock
         };
-        if let Serving::Elsewhere(_) = installation::serving(&ctx.installation, lock) {
+        if let Serving::Elsewhere(_) = installation::serving(&ctx.process.installation, lock) {
             continue;
         }
         lock_claims.sort_by_key(|claim| resume_order(claim));
         queued += lock_claims.len();
-        match fenced.get(&lock_ref) {
-            Some(delay) => {
-                ctx.fences
+        match fenced
+            .get(&lock_ref)
+            .filter(|until| **until > Instant::now())
+        {
+            Some(&until) => {
+                ctx.term
+                    .fences
                     .lock()
                     .expect("fences lock")
-                    .insert(lock_ref.clone(), Instant::now() + *delay);
+                    .insert(lock_ref.clone(), until);
                 let (ctx, lock) = (ctx.clone(), lock.clone());
-                let delay = *delay;
                 tokio::spawn(async move {
-                    tokio::time::sleep(delay).await;
+                    tokio::time::sleep_until(until).await;
                     requeue_in_order(&ctx, &lock, &lock_claims).await;
-                    ctx.fences.lock().expect("fences lock").remove(&lock_ref);
+                    ctx.term
+                        .fences
+                        .lock()
+                        .expect("fences lock")
+                        .remove(&lock_ref);
                 });
             }
             None => now.push((lock, lock_claims)),
@@ -107,16 +114,16 @@ pub async fn resume(
 /// waiter: kube-runtime's `DelayedInit` wakes only the last poller of a store.
 async fn caches_filled(ctx: &Context, claims: &Store<LockClaim>) -> bool {
     claims.wait_until_ready().await.is_ok()
-        && ctx.locks.wait_until_ready().await.is_ok()
-        && ctx.pods.wait_until_ready().await.is_ok()
-        && ctx.jobs.wait_until_ready().await.is_ok()
+        && ctx.caches.locks.wait_until_ready().await.is_ok()
+        && ctx.caches.pods.wait_until_ready().await.is_ok()
+        && ctx.caches.jobs.wait_until_ready().await.is_ok()
 }
 
 /// Locks whose claims are queued again at the same time when a term starts.
 const RESUME_CONCURRENCY: usize = 256;
 
 async fn requeue_in_order(ctx: &Context, lock: &DistributedLock, claims: &[Arc<LockClaim>]) {
-    let spec = match lock.lock_spec(&ctx.root) {
+    let spec = match lock.lock_spec(&ctx.process.root) {
         Ok(spec) => spec,
         Err(err) => {
             tracing::warn!(lock = %lock.name_any(), %err, "cannot queue this lock's claims");

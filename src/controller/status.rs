@@ -83,12 +83,12 @@ pub async fn record_transition(
     let lock = &claim.spec.lock;
     for tally in tallies {
         match tally {
-            Tally::Granted => ctx.metrics.granted(lock),
-            Tally::Waited(waited) => ctx.metrics.waited(lock, waited),
-            Tally::Released => ctx.metrics.released(lock),
-            Tally::Expired => ctx.metrics.expired(lock),
-            Tally::Lost => ctx.metrics.lost(lock),
-            Tally::Held(held) => ctx.metrics.held(lock, held),
+            Tally::Granted => ctx.process.metrics.granted(lock),
+            Tally::Waited(waited) => ctx.process.metrics.waited(lock, waited),
+            Tally::Released => ctx.process.metrics.released(lock),
+            Tally::Expired => ctx.process.metrics.expired(lock),
+            Tally::Lost => ctx.process.metrics.lost(lock),
+            Tally::Held(held) => ctx.process.metrics.held(lock, held),
         }
     }
     if let Some(notice) = notice {

@@ -5,26 +5,23 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
 use kube::runtime::controller::{self, Controller};
-use kube::runtime::events::Reporter;
 use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
-use kube::{Client, ResourceExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::sync::CancellationToken;
 
 use super::claim_index::ClaimIndex;
-use super::context::Context;
-use super::telemetry::Metrics;
+use super::context::{Caches, Context, Fences, Process, Term};
 use super::throttle::Throttle;
 use super::{Config, api, claims, departures, locks, resume, watches};
-use crate::resources::{DistributedLock, HolderKind, Installation, LockClaim};
-use crate::zookeeper::{ContenderEvent, LockEngine};
+use crate::resources::{DistributedLock, HolderKind, LockClaim};
+use crate::zookeeper::ContenderEvent;
 
 /// The watch caches' writers and the lock-refresh queue of one term, consumed by [`lead`].
 pub struct TermInputs {
@@ -36,40 +33,30 @@ pub struct TermInputs {
 }
 
 /// A new term's context, with empty caches, and the inputs that fill them.
-pub fn begin(
-    client: &Client,
-    engine: &LockEngine,
-    installation: &Installation,
-    config: &Config,
-    metrics: Arc<Metrics>,
-) -> (Arc<Context>, TermInputs) {
+pub fn begin(process: Arc<Process>) -> (Arc<Context>, TermInputs) {
     let (lock_changed, lock_changes) = mpsc::unbounded_channel();
     let (locks, locks_writer) = reflector::store();
     let (pods, pods_writer) = reflector::store();
     let (jobs, jobs_writer) = reflector::store();
     let (claims, claims_writer) = reflector::store();
     let ctx = Arc::new(Context {
-        client: client.clone(),
-        engine: engine.clone(),
-        root: config.root.clone(),
-        installation: installation.clone(),
-        reporter: Reporter {
-            controller: "lockkeeper".into(),
-            instance: Some(config.identity.clone()),
+        process,
+        caches: Caches {
+            locks,
+            pods,
+            jobs,
+            claims,
+            index: ClaimIndex::default(),
         },
-        locks,
-        pods,
-        jobs,
-        claims,
-        index: ClaimIndex::default(),
-        contenders: Mutex::new(HashMap::new()),
-        fences: Mutex::new(HashMap::new()),
-        stale_claims: Default::default(),
-        place_writes: Throttle::new(claims::POSITION_REFRESH),
-        claim_retries: Default::default(),
-        lock_changed,
-        metrics,
-        resumed: tokio::sync::watch::channel(false).0,
+        term: Term {
+            contenders: Mutex::new(HashMap::new()),
+            fences: Mutex::new(HashMap::new()),
+            stale_claims: Default::default(),
+            place_writes: Throttle::new(claims::POSITION_REFRESH),
+            claim_retries: Default::default(),
+            lock_changed,
+            resumed: tokio::sync::watch::channel(false).0,
+        },
     });
     let inputs = TermInputs {
         locks: locks_writer,
@@ -89,7 +76,7 @@ pub async fn lead(
     inputs: TermInputs,
     events: &mut mpsc::UnboundedReceiver<ContenderEvent>,
     config: &Config,
-    fenced: HashMap<ObjectRef<DistributedLock>, Duration>,
+    fenced: Fences,
     stopping: CancellationToken,
 ) {
     let runner = controller::Config::default().concurrency(config.concurrent_reconciles);
@@ -129,6 +116,7 @@ async fn forward_engine_events(
 ) {
     while let Some(event) = events.recv().await {
         let claim = ctx
+            .term
             .contenders
             .lock()
             .expect("contenders lock")
@@ -142,15 +130,11 @@ async fn forward_engine_events(
 
 /// Queues the earlier term's claims again; meanwhile the watches fill the caches, and
 /// reconciles wait until both are done.
-async fn resume_term(
-    ctx: &Arc<Context>,
-    fenced: HashMap<ObjectRef<DistributedLock>, Duration>,
-    stopping: &CancellationToken,
-) {
+async fn resume_term(ctx: &Arc<Context>, fenced: Fences, stopping: &CancellationToken) {
     tokio::select! {
-        queued = resume::resume(ctx, &ctx.claims, fenced) => if let Some(queued) = queued {
+        queued = resume::resume(ctx, &ctx.caches.claims, fenced) => if let Some(queued) = queued {
             tracing::info!(queued, "claims of the previous leader queued again in order");
-            ctx.resumed.send_replace(true);
+            ctx.term.resumed.send_replace(true);
         },
         _ = stopping.cancelled() => {}
     }
@@ -174,18 +158,26 @@ fn claims_controller(
     runner: controller::Config,
     stopping: &CancellationToken,
 ) -> impl Future<Output = ()> + use<> {
-    let client = &ctx.client;
+    let client = &ctx.process.client;
     let claim_watch = watches::claims(
         api(client, namespace),
         inputs.claims,
-        ctx.index.clone(),
+        ctx.caches.index.clone(),
         inputs.departed,
     );
-    let lock_watch = watches::locks(api(client, namespace), inputs.locks, ctx.locks.clone());
+    let lock_watch = watches::locks(
+        api(client, namespace),
+        inputs.locks,
+        ctx.caches.locks.clone(),
+    );
     let pod_watch = watches::pods(api(client, namespace), inputs.pods);
     let job_watch = watches::jobs(api(client, namespace), inputs.jobs);
-    let (by_lock, by_pod, by_job) = (ctx.index.clone(), ctx.index.clone(), ctx.index.clone());
-    Controller::for_stream(claim_watch, ctx.claims.clone())
+    let (by_lock, by_pod, by_job) = (
+        ctx.caches.index.clone(),
+        ctx.caches.index.clone(),
+        ctx.caches.index.clone(),
+    );
+    Controller::for_stream(claim_watch, ctx.caches.claims.clone())
         .with_config(runner)
         .trigger_backoff(watches::NoSharedPause)
         .graceful_shutdown_on(stopping.clone().cancelled_owned())
@@ -214,14 +206,12 @@ fn locks_controller(
 ) -> impl Future<Output = ()> + use<> {
     let lock_ctx = Arc::new(locks::LockContext {
         shared: ctx.clone(),
-        claims: ctx.claims.clone(),
-        index: ctx.index.clone(),
         refreshes: Throttle::new(locks::REFRESH_INTERVAL),
         left_alone: Default::default(),
         retries: Default::default(),
     });
     let (cached, cache): (Store<DistributedLock>, _) = reflector::store();
-    let lock_watch = watches::locks_to_refresh(api(&ctx.client, namespace), cache);
+    let lock_watch = watches::locks_to_refresh(api(&ctx.process.client, namespace), cache);
     Controller::for_stream(lock_watch, cached)
         .with_config(runner)
         .trigger_backoff(watches::NoSharedPause)
