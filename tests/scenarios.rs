@@ -711,6 +711,66 @@ async fn a_lost_zookeeper_session_marks_grants_lost_then_grants_again_in_order()
     cluster.stop().await;
 }
 
+/// When the controller's ZooKeeper session is lost, the holder is told `Lost`, and its lock is
+/// granted again only once the lock's `lockDelaySeconds` have passed since then, whichever
+/// path marked the claim (the claim's own reconcile sees its contender lost too). A claim
+/// that was only waiting had no grant to lose: it never shows `Lost`, and keeps its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_lost_with_the_session_waits_out_the_lock_delay_and_waiters_lose_nothing() {
+    const LOCK_DELAY: i64 = 8;
+    let mut cluster = Cluster::start().await;
+    cluster
+        .lock("db", json!({"lockDelaySeconds": LOCK_DELAY}))
+        .await;
+    cluster.pod_with_claim("holder", "db").await;
+    cluster.wait_phase("holder", ClaimPhase::Granted).await;
+    cluster.pod_with_claim("waiter", "db").await;
+    cluster.wait_phase("waiter", ClaimPhase::Waiting).await;
+    let waiter_phases = Arc::new(Mutex::new(Vec::new()));
+    let watch = {
+        let phases = waiter_phases.clone();
+        let config = watcher::Config::default().fields("metadata.name=waiter");
+        let stream = watcher(cluster.api::<LockClaim>(), config).applied_objects();
+        tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            while let Some(Ok(claim)) = stream.next().await {
+                if let Some(status) = claim.status {
+                    phases.lock().unwrap().push(status.phase);
+                }
+            }
+        })
+    };
+
+    // ZooKeeper away for longer than the session timeout (4 s).
+    cluster.zk.stop().expect("ZooKeeper stops");
+    cluster.wait_phase("holder", ClaimPhase::Lost).await;
+    let lost = cluster.claim_status("holder").await;
+    let lost_at = lost.released_at.expect("the loss is recorded").0;
+    cluster.zk.restart().expect("ZooKeeper restarts");
+    cluster.wait_phase("holder", ClaimPhase::Granted).await;
+    let granted_at = cluster
+        .claim_status("holder")
+        .await
+        .granted_at
+        .expect("granted again")
+        .0;
+    // Whole seconds on both sides: a true gap of LOCK_DELAY never shows as less.
+    let gap = granted_at.as_second() - lost_at.as_second();
+    assert!(
+        gap >= LOCK_DELAY,
+        "granted again {gap} s after the holder was told Lost, before the lock-delay of \
+         {LOCK_DELAY} s"
+    );
+    assert_eq!(cluster.claim_status("waiter").await.position, Some(1));
+    watch.abort();
+    let phases = waiter_phases.lock().unwrap().clone();
+    assert!(
+        !phases.contains(&ClaimPhase::Lost),
+        "the waiter had no grant to lose, yet showed Lost: {phases:?}"
+    );
+    cluster.stop().await;
+}
+
 /// What a watcher saw: each claim's phases in order (repeats folded), and the grants in
 /// order as (lock, sequence).
 #[derive(Default)]

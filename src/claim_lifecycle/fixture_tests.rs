@@ -40,6 +40,7 @@ enum Queue {
         sequence: i64,
     },
     Lost(String),
+    SessionEnded,
 }
 
 #[derive(Deserialize)]
@@ -106,6 +107,7 @@ fn queue_state(queue: &Queue, lock: &str) -> QueueState {
             node: node(*sequence),
         },
         Queue::Lost(why) => QueueState::Lost(why.clone()),
+        Queue::SessionEnded => QueueState::SessionEnded,
     }
 }
 

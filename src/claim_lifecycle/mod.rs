@@ -62,8 +62,13 @@ pub enum QueueState {
         fencing_token: i64,
         node: Node,
     },
-    /// The node went without a dequeue (session expiry, deleted by someone else).
+    /// The node went without a dequeue, on its own (deleted by someone else, or with its
+    /// lock's directory).
     Lost(String),
+    /// The node went with the controller's ZooKeeper session. The term ends with it: its end
+    /// marks the lost grants and fences their locks, and the next term queues the claims
+    /// again. A claim that only waited loses nothing.
+    SessionEnded,
 }
 
 /// The claim's znode.
@@ -253,6 +258,7 @@ pub fn decide(
             let lock = lock.expect("validated");
             return match queue {
                 QueueState::NotQueued => Step::nothing(QueueAction::Enqueue),
+                QueueState::SessionEnded => Step::nothing(QueueAction::Keep),
                 QueueState::Lost(why) => Step::end(
                     ClaimPhase::Lost,
                     "Lost",

@@ -125,6 +125,7 @@ fn queue_state(ctx: &Context, claim: &LockClaim) -> QueueState {
             fencing_token: fencing_token.0,
             node,
         },
+        ContenderState::Lost(reason) if reason.ends_session() => QueueState::SessionEnded,
         ContenderState::Lost(reason) => QueueState::Lost(reason.to_string()),
     }
 }

@@ -25,6 +25,19 @@ pub enum LossReason {
     EngineClosed,
 }
 
+impl LossReason {
+    /// Whether the engine's whole session went (every contender of it is lost at once),
+    /// rather than this one contender.
+    pub fn ends_session(&self) -> bool {
+        matches!(
+            self,
+            LossReason::SessionExpired
+                | LossReason::SessionPresumedExpired(_)
+                | LossReason::EngineClosed
+        )
+    }
+}
+
 impl fmt::Display for LossReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
