@@ -84,46 +84,26 @@ pub enum ClaimUpdate {
     Deleted,
 }
 
-/// One claim, followed through a watch on its name. Dropped watches, API errors and relists
-/// are handled here (with kube-runtime's backoff); a claim that disappeared while the watch
-/// was down is reported as deleted.
+/// One claim, followed through kube-runtime's `watch_object` on its name, which reports a
+/// claim that disappeared while the watch was down as deleted. Dropped watches, API errors
+/// and relists are retried with kube-runtime's backoff.
 pub struct ClaimWatch {
-    stream: BoxStream<'static, Result<watcher::Event<LockClaim>, watcher::Error>>,
-    relisting: bool,
-    seen_in_relist: bool,
+    stream: BoxStream<'static, Result<Option<LockClaim>, watcher::Error>>,
 }
 
 impl ClaimWatch {
     pub fn new(api: Api<LockClaim>, name: &str) -> Self {
-        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
         ClaimWatch {
-            stream: watcher(api, config).default_backoff().boxed(),
-            relisting: false,
-            seen_in_relist: false,
+            stream: watcher::watch_object(api, name).default_backoff().boxed(),
         }
     }
 
     pub async fn next(&mut self) -> ClaimUpdate {
         loop {
             match self.stream.next().await {
-                Some(Ok(watcher::Event::Apply(claim) | watcher::Event::InitApply(claim))) => {
-                    self.seen_in_relist = true;
-                    return ClaimUpdate::Changed(Box::new(claim));
-                }
-                Some(Ok(watcher::Event::Delete(_))) => return ClaimUpdate::Deleted,
-                Some(Ok(watcher::Event::Init)) => {
-                    self.relisting = true;
-                    self.seen_in_relist = false;
-                }
-                Some(Ok(watcher::Event::InitDone)) => {
-                    let gone = self.relisting && !self.seen_in_relist;
-                    self.relisting = false;
-                    if gone {
-                        return ClaimUpdate::Deleted;
-                    }
-                }
+                Some(Ok(Some(claim))) => return ClaimUpdate::Changed(Box::new(claim)),
+                Some(Ok(None)) | None => return ClaimUpdate::Deleted,
                 Some(Err(err)) => tracing::warn!(error = %err, "watching the claim; retrying"),
-                None => return ClaimUpdate::Deleted,
             }
         }
     }
