@@ -4,11 +4,23 @@
 //! once: two replicas can never both drive a lock, which a Kubernetes Lease cannot promise
 //! (its holder may keep a ZooKeeper session, and nodes, after its Lease has passed on).
 
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+
 use crate::lock_rules::{LockKind, Mode};
 use crate::zookeeper::znode_name::ContenderId;
 use crate::zookeeper::{Contender, ContenderState, EngineError, LockEngine, LockSpec};
 
-const RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+/// How a campaign that cannot queue yet (ZooKeeper away, a new session being opened) tries
+/// again: from 200 ms, exponentially later, at most 5 s apart.
+fn campaign_retries() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(5))
+        .with_jitter()
+        .without_max_times()
+}
 
 pub struct Leadership {
     contender: Contender,
@@ -24,19 +36,14 @@ impl Leadership {
     ) -> Result<Self, EngineError> {
         let lock = election_lock(root)?;
         loop {
-            let mut contender = match engine
-                .enqueue(&lock, id, Mode::Exclusive, identity.as_bytes())
-                .await
-            {
-                Ok(contender) => contender,
-                // ZooKeeper away, or a new session being opened: keep trying.
-                Err(err) if err.is_transient() => {
-                    tracing::warn!(%err, "cannot campaign yet; retrying");
-                    tokio::time::sleep(RETRY).await;
-                    continue;
-                }
-                Err(err) => return Err(err),
-            };
+            let mut contender =
+                (|| engine.enqueue(&lock, id, Mode::Exclusive, identity.as_bytes()))
+                    .retry(campaign_retries())
+                    .when(EngineError::is_transient)
+                    .notify(
+                        |err, wait| tracing::warn!(%err, ?wait, "cannot campaign yet; retrying"),
+                    )
+                    .await?;
             loop {
                 match contender.state() {
                     ContenderState::Granted { .. } => return Ok(Leadership { contender }),

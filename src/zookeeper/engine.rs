@@ -25,6 +25,8 @@ use zookeeper_client::{Acls, Client, CreateMode, SessionInfo, SessionState};
 use super::contender::{Contender, ContenderEvent, EventSink, FencingToken};
 use super::error::{EngineError, LossReason};
 use super::lock_watch::{Command, LockHandle, LockWatch, Registry};
+use backon::{ExponentialBuilder, Retryable};
+
 use super::session::{self, AclPolicy, EngineConfig, RetryError, retry_on_connection_loss};
 use crate::lock_rules::{LockKind, Mode, Verdict, judge};
 use crate::zookeeper::znode_name::{ContenderId, LockPath, contender_dir, queue_order};
@@ -504,19 +506,19 @@ async fn watch_until_lost(inner: &std::sync::Weak<Inner>, client: &Client) -> Op
     }
 }
 
-/// Opens a new session, retrying with backoff until it succeeds.
+/// Opens a new session, retrying exponentially later (from 100 ms, at most 5 s apart, with
+/// jitter) until it succeeds.
 async fn reopen(config: &EngineConfig) -> Client {
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        match session::open(config, None).await {
-            Ok(client) => return client,
-            Err(err) => {
-                tracing::warn!(%err, ?backoff, "cannot open a new ZooKeeper session yet");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
+    let retries = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(5))
+        .with_jitter()
+        .without_max_times();
+    (|| session::open(config, None))
+        .retry(retries)
+        .notify(|err, wait| tracing::warn!(%err, ?wait, "cannot open a new ZooKeeper session yet"))
+        .await
+        .expect("retried until it succeeds")
 }
 
 /// The answer of a lock's task; a task that ended without answering went with its session.
