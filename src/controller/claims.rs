@@ -23,8 +23,8 @@ use super::status;
 use crate::claim_lifecycle::holders;
 use crate::claim_lifecycle::{self, ClaimFacts, HolderState, LockFacts, QueueAction, QueueState};
 use crate::resources::{ClaimPhase, DistributedLock, HolderKind, LockClaim};
+use crate::zookeeper::EngineError;
 use crate::zookeeper::znode_name::ContenderId;
-use crate::zookeeper::{ContenderState, EngineError};
 
 /// The finalizer claims made by lockkeeper 0.1 carry. Claims need none now (see
 /// [`super::departures`]); the controller takes it off.
@@ -110,24 +110,7 @@ pub async fn leave_for_good(
 }
 
 fn queue_state(ctx: &Context, claim: &LockClaim) -> QueueState {
-    let contenders = ctx.term.contenders.lock().expect("contenders lock");
-    let Some(tracked) = contenders.get(&uid(claim)) else {
-        return QueueState::NotQueued;
-    };
-    let node = tracked.node.clone();
-    match &*tracked.state.borrow() {
-        ContenderState::Queued | ContenderState::Released => QueueState::NotQueued,
-        ContenderState::Waiting { position, .. } => QueueState::Waiting {
-            position: *position as u32,
-            node,
-        },
-        ContenderState::Granted { fencing_token } => QueueState::Granted {
-            fencing_token: fencing_token.0,
-            node,
-        },
-        ContenderState::Lost(reason) if reason.ends_session() => QueueState::SessionEnded,
-        ContenderState::Lost(reason) => QueueState::Lost(reason.to_string()),
-    }
+    ctx.term.contenders.queue_state(&uid(claim))
 }
 
 fn holder_state(
@@ -231,13 +214,7 @@ async fn unless_served_here(
         Serving::Here => Ok(None),
         Serving::Unclaimed => Ok(Some(Action::await_change())),
         Serving::Elsewhere(_) => {
-            let tracked = ctx
-                .term
-                .contenders
-                .lock()
-                .expect("contenders lock")
-                .contains_key(&uid(claim));
-            if tracked {
+            if ctx.term.contenders.is_tracked(&uid(claim)) {
                 leave_queue(ctx, &uid(claim), Some(lock)).await?;
             }
             Ok(Some(Action::await_change()))
@@ -426,20 +403,12 @@ async fn leave_queue(
     uid: &str,
     lock: Option<&DistributedLock>,
 ) -> Result<bool, Error> {
-    let tracked = ctx
-        .term
-        .contenders
-        .lock()
-        .expect("contenders lock")
-        .remove(uid);
+    let tracked = ctx.term.contenders.untrack(uid);
     ctx.term.place_writes.forget(&uid.to_string());
-    let held = tracked
-        .as_ref()
-        .is_some_and(|tracked| matches!(*tracked.state.borrow(), ContenderState::Granted { .. }));
-    let spec = match tracked {
-        Some(tracked) => tracked.lock,
+    let (spec, held) = match tracked {
+        Some(tracked) => tracked,
         None => match lock.map(|lock| lock.lock_spec(&ctx.process.root)) {
-            Some(Ok(spec)) => spec,
+            Some(Ok(spec)) => (spec, false),
             _ => return Ok(false),
         },
     };

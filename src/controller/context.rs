@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use super::claim_index::ClaimIndex;
+use super::contenders::{Contenders, Tracked};
 use super::retries::Retries;
 use super::stale_copies::StaleCopies;
 use super::telemetry::Metrics;
@@ -24,19 +25,7 @@ use crate::claim_lifecycle::Node;
 use crate::lock_rules::Mode;
 use crate::resources::{DistributedLock, Installation, LockClaim};
 use crate::zookeeper::znode_name::{ContenderId, ContenderNode};
-use crate::zookeeper::{Contender, ContenderState, EngineError, LockEngine, LockSpec};
-
-/// A claim's contender as queued by this controller.
-pub struct Tracked {
-    pub lock: LockSpec,
-    /// The contender's znode.
-    pub node: Node,
-    pub state: watch::Receiver<ContenderState>,
-    /// The claim this contender belongs to (to map engine events back to it).
-    pub claim: ObjectRef<LockClaim>,
-    /// The claim's lock (for a claim that is gone, whose spec is gone with it).
-    pub lock_ref: ObjectRef<DistributedLock>,
-}
+use crate::zookeeper::{Contender, EngineError, LockEngine, LockSpec};
 
 /// Whether the claim's status shows it waiting at a place in line.
 fn shows_place(claim: &LockClaim) -> bool {
@@ -79,8 +68,8 @@ pub struct Caches {
 /// What one term keeps of its own work; it goes with the term (the ZooKeeper session its
 /// contenders lived in is gone then).
 pub struct Term {
-    /// Claim UID → its contender.
-    pub contenders: Mutex<HashMap<String, Tracked>>,
+    /// The contenders this term queued, by claim UID.
+    pub contenders: Contenders,
     /// Locks whose grants were lost abnormally: nobody is granted them before the instant.
     pub fences: Mutex<Fences>,
     /// Cached claim versions this term's writes replaced (see [`StaleCopies`]).
@@ -193,20 +182,16 @@ impl Context {
         } else {
             self.term.place_writes.forget(&uid);
         }
-        self.term
-            .contenders
-            .lock()
-            .expect("contenders lock")
-            .insert(
-                uid,
-                Tracked {
-                    lock: lock.clone(),
-                    node,
-                    state: contender.watch_state(),
-                    claim: ObjectRef::from_obj(claim),
-                    lock_ref: claim.lock_ref(),
-                },
-            );
+        self.term.contenders.track(
+            uid,
+            Tracked {
+                lock: lock.clone(),
+                node,
+                state: contender.watch_state(),
+                claim: ObjectRef::from_obj(claim),
+                lock_ref: claim.lock_ref(),
+            },
+        );
     }
 }
 

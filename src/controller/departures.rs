@@ -91,28 +91,19 @@ async fn leave_unlisted(ctx: &Context) {
         .iter()
         .filter_map(|c| c.uid())
         .collect();
-    let unlisted = {
-        let contenders = ctx.term.contenders.lock().expect("contenders lock");
-        unlisted(
-            contenders
-                .iter()
-                .map(|(uid, tracked)| (uid.as_str(), &tracked.lock_ref)),
-            &listed,
-        )
-    };
-    for (uid, lock) in unlisted {
+    for (uid, lock) in unlisted(ctx.term.contenders.locks_by_uid(), &listed) {
         leave(ctx, &uid, &lock).await;
     }
 }
 
 /// The tracked contenders (claim UID, lock) whose claim is not listed.
-fn unlisted<'a>(
-    tracked: impl Iterator<Item = (&'a str, &'a ObjectRef<DistributedLock>)>,
+fn unlisted(
+    tracked: Vec<(String, ObjectRef<DistributedLock>)>,
     listed: &HashSet<String>,
 ) -> Vec<(String, ObjectRef<DistributedLock>)> {
     tracked
-        .filter(|(uid, _)| !listed.contains(*uid))
-        .map(|(uid, lock)| (uid.to_string(), lock.clone()))
+        .into_iter()
+        .filter(|(uid, _)| !listed.contains(uid))
         .collect()
 }
 
@@ -149,10 +140,12 @@ mod tests {
     fn contenders_of_claims_no_longer_listed_leave() {
         let db = ObjectRef::new("db").within("team");
         let cache = ObjectRef::new("cache").within("team");
-        let tracked = [("kept", &db), ("deleted", &cache), ("remade", &db)];
+        let tracked = [("kept", &db), ("deleted", &cache), ("remade", &db)]
+            .map(|(uid, lock)| (uid.to_string(), lock.clone()))
+            .to_vec();
         // "remade" was deleted and made again by its name: the new claim has a new UID.
         let listed: HashSet<String> = ["kept", "remade-2"].map(String::from).into();
-        let mut gone = unlisted(tracked.into_iter(), &listed);
+        let mut gone = unlisted(tracked, &listed);
         gone.sort_by(|a, b| a.0.cmp(&b.0));
         assert_eq!(
             gone,

@@ -10,7 +10,6 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams};
-use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use tokio::time::Instant;
 
@@ -18,14 +17,13 @@ use super::context::{Context, Fences};
 use super::status;
 use crate::claim_lifecycle::{self, Outcome};
 use crate::resources::{ClaimPhase, HolderKind, LockClaim};
-use crate::zookeeper::ContenderState;
 
 /// Marks the term's lost grants `Lost` (with an event), evicts their holders where their
 /// lock asks for it; answers the locks to fence, each until its lock-delay has passed since
 /// its holder was told.
 pub async fn fence_lost_grants(ctx: &Arc<Context>) -> Fences {
     let mut fenced = Fences::new();
-    for (claim_ref, reason) in lost_contenders(ctx) {
+    for (claim_ref, reason) in ctx.term.contenders.lost() {
         let claims: Api<LockClaim> = Api::namespaced(
             ctx.process.client.clone(),
             claim_ref.namespace.as_deref().unwrap_or_default(),
@@ -71,25 +69,6 @@ pub async fn fence_lost_grants(ctx: &Arc<Context>) -> Fences {
         *fence = (*fence).max(until);
     }
     fenced
-}
-
-/// The claims of the term's contenders, with why each was lost. The session is gone with the
-/// leadership, so every contender of the term is lost, even one the engine has not told yet.
-fn lost_contenders(ctx: &Context) -> Vec<(ObjectRef<LockClaim>, String)> {
-    ctx.term
-        .contenders
-        .lock()
-        .expect("contenders lock")
-        .values()
-        .filter_map(|tracked| match &*tracked.state.borrow() {
-            ContenderState::Released => None,
-            ContenderState::Lost(reason) => Some((tracked.claim.clone(), reason.to_string())),
-            _ => Some((
-                tracked.claim.clone(),
-                "the ZooKeeper session was lost".to_string(),
-            )),
-        })
-        .collect()
 }
 
 /// Deletes the holder Pod, or the holder Job's pods, so an old holder stops working.

@@ -11,6 +11,7 @@
 
 pub mod claim_index;
 pub mod claims;
+pub mod contenders;
 pub mod context;
 pub mod departures;
 pub mod error;

@@ -49,7 +49,7 @@ pub fn begin(process: Arc<Process>) -> (Arc<Context>, TermInputs) {
             index: ClaimIndex::default(),
         },
         term: Term {
-            contenders: Mutex::new(HashMap::new()),
+            contenders: Default::default(),
             fences: Mutex::new(HashMap::new()),
             stale_claims: Default::default(),
             place_writes: Throttle::new(claims::POSITION_REFRESH),
@@ -115,14 +115,7 @@ async fn forward_engine_events(
     claim_triggers: mpsc::UnboundedSender<ObjectRef<LockClaim>>,
 ) {
     while let Some(event) = events.recv().await {
-        let claim = ctx
-            .term
-            .contenders
-            .lock()
-            .expect("contenders lock")
-            .get(event.id.as_str())
-            .map(|tracked| tracked.claim.clone());
-        if let Some(claim) = claim {
+        if let Some(claim) = ctx.term.contenders.claim_of(event.id.as_str()) {
             let _ = claim_triggers.send(claim);
         }
     }

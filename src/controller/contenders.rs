@@ -1,0 +1,110 @@
+//! The contenders this term queued, by claim UID. The engine knows each contender's znode and
+//! state; only the controller knows which claim (and lock) it belongs to, and a term's
+//! contenders go with its session. Queueing adds an entry, leaving the queue takes it out;
+//! everything else reads through the methods here.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use kube::runtime::reflector::ObjectRef;
+use tokio::sync::watch;
+
+use crate::claim_lifecycle::{Node, QueueState};
+use crate::resources::{DistributedLock, LockClaim};
+use crate::zookeeper::{ContenderState, LockSpec};
+
+/// A claim's contender as queued by this controller.
+pub struct Tracked {
+    pub lock: LockSpec,
+    /// The contender's znode.
+    pub node: Node,
+    pub state: watch::Receiver<ContenderState>,
+    /// The claim this contender belongs to (to map engine events back to it).
+    pub claim: ObjectRef<LockClaim>,
+    /// The claim's lock (for a claim that is gone, whose spec is gone with it).
+    pub lock_ref: ObjectRef<DistributedLock>,
+}
+
+impl Tracked {
+    fn holds(&self) -> bool {
+        matches!(*self.state.borrow(), ContenderState::Granted { .. })
+    }
+}
+
+#[derive(Default)]
+pub struct Contenders {
+    by_uid: Mutex<HashMap<String, Tracked>>,
+}
+
+impl Contenders {
+    fn by_uid(&self) -> std::sync::MutexGuard<'_, HashMap<String, Tracked>> {
+        self.by_uid.lock().expect("contenders lock")
+    }
+
+    pub fn track(&self, uid: String, tracked: Tracked) {
+        self.by_uid().insert(uid, tracked);
+    }
+
+    /// Stops tracking the claim's contender: its lock, and whether it held the lock.
+    pub fn untrack(&self, uid: &str) -> Option<(LockSpec, bool)> {
+        let tracked = self.by_uid().remove(uid)?;
+        let held = tracked.holds();
+        Some((tracked.lock, held))
+    }
+
+    pub fn is_tracked(&self, uid: &str) -> bool {
+        self.by_uid().contains_key(uid)
+    }
+
+    /// The claim whose contender this is.
+    pub fn claim_of(&self, uid: &str) -> Option<ObjectRef<LockClaim>> {
+        self.by_uid().get(uid).map(|tracked| tracked.claim.clone())
+    }
+
+    /// The claim's place in its queue, as the decision reads it.
+    pub fn queue_state(&self, uid: &str) -> QueueState {
+        let by_uid = self.by_uid();
+        let Some(tracked) = by_uid.get(uid) else {
+            return QueueState::NotQueued;
+        };
+        let node = tracked.node.clone();
+        match &*tracked.state.borrow() {
+            ContenderState::Queued | ContenderState::Released => QueueState::NotQueued,
+            ContenderState::Waiting { position, .. } => QueueState::Waiting {
+                position: *position as u32,
+                node,
+            },
+            ContenderState::Granted { fencing_token } => QueueState::Granted {
+                fencing_token: fencing_token.0,
+                node,
+            },
+            ContenderState::Lost(reason) if reason.ends_session() => QueueState::SessionEnded,
+            ContenderState::Lost(reason) => QueueState::Lost(reason.to_string()),
+        }
+    }
+
+    /// Every tracked contender: its claim's UID and lock.
+    pub fn locks_by_uid(&self) -> Vec<(String, ObjectRef<DistributedLock>)> {
+        self.by_uid()
+            .iter()
+            .map(|(uid, tracked)| (uid.clone(), tracked.lock_ref.clone()))
+            .collect()
+    }
+
+    /// The claims of every contender not released, with why each is lost. Read when the
+    /// term's session is gone: every contender went with it, even one the engine has not
+    /// reported yet.
+    pub fn lost(&self) -> Vec<(ObjectRef<LockClaim>, String)> {
+        self.by_uid()
+            .values()
+            .filter_map(|tracked| match &*tracked.state.borrow() {
+                ContenderState::Released => None,
+                ContenderState::Lost(reason) => Some((tracked.claim.clone(), reason.to_string())),
+                _ => Some((
+                    tracked.claim.clone(),
+                    "the ZooKeeper session was lost".to_string(),
+                )),
+            })
+            .collect()
+    }
+}
