@@ -125,10 +125,7 @@ pub async fn run_with(
         engine: engine.clone(),
         root: config.root.clone(),
         installation: this_installation(&engine, &config).await?,
-        reporter: Reporter {
-            controller: "lockkeeper".into(),
-            instance: Some(config.identity.clone()),
-        },
+        reporter: reporter(&config),
         metrics: metrics.clone(),
     });
     // One stream of contender events for the engine's life, read by each term in turn.
@@ -182,6 +179,14 @@ async fn serve_metrics(config: &Config, metrics: Arc<Metrics>) -> Result<(), Err
         })?;
     tracing::info!(%address, "serving /metrics, /healthz and /readyz");
     Ok(())
+}
+
+/// Who posts the controller's events: lockkeeper, as this replica.
+fn reporter(config: &Config) -> Reporter {
+    Reporter {
+        controller: "lockkeeper".into(),
+        instance: Some(config.identity.clone()),
+    }
 }
 
 /// This installation: the id kept under the root, and where the root is.

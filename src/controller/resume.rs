@@ -81,23 +81,7 @@ pub async fn resume(
             .get(&lock_ref)
             .filter(|until| **until > Instant::now())
         {
-            Some(&until) => {
-                ctx.term
-                    .fences
-                    .lock()
-                    .expect("fences lock")
-                    .insert(lock_ref.clone(), until);
-                let (ctx, lock) = (ctx.clone(), lock.clone());
-                tokio::spawn(async move {
-                    tokio::time::sleep_until(until).await;
-                    requeue_in_order(&ctx, &lock, &lock_claims).await;
-                    ctx.term
-                        .fences
-                        .lock()
-                        .expect("fences lock")
-                        .remove(&lock_ref);
-                });
-            }
+            Some(&until) => requeue_after_fence(ctx, lock_ref, until, lock.clone(), lock_claims),
             None => now.push((lock, lock_claims)),
         }
     }
@@ -108,6 +92,31 @@ pub async fn resume(
         })
         .await;
     Some(queued)
+}
+
+/// Fences a lock until `until`, and queues its claims again then, in order.
+fn requeue_after_fence(
+    ctx: &Arc<Context>,
+    lock_ref: ObjectRef<DistributedLock>,
+    until: Instant,
+    lock: Arc<DistributedLock>,
+    claims: Vec<Arc<LockClaim>>,
+) {
+    ctx.term
+        .fences
+        .lock()
+        .expect("fences lock")
+        .insert(lock_ref.clone(), until);
+    let ctx = ctx.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep_until(until).await;
+        requeue_in_order(&ctx, &lock, &claims).await;
+        ctx.term
+            .fences
+            .lock()
+            .expect("fences lock")
+            .remove(&lock_ref);
+    });
 }
 
 /// Waits until the watch caches are filled; false if they are gone. This is their one
