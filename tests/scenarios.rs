@@ -586,6 +586,70 @@ async fn events_by_claim(cluster: &Cluster, reason: &str) -> BTreeMap<String, i3
     counts
 }
 
+/// The zombie leader: a controller paused past its ZooKeeper session (SIGSTOP) while a standby
+/// takes over and grants the claim anew must not, once resumed, mark the new leader's grant
+/// `Lost`. Only a grant it made itself went with its session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_resumed_after_a_pause_leaves_the_new_leaders_grants_alone() {
+    use nix::sys::signal::Signal;
+    let mut cluster = Cluster::start_without_controller().await;
+    cluster.start_controller_process();
+    cluster.lock("db", json!({"lockDelaySeconds": 1})).await;
+    cluster.pod_with_claim("holder", "db").await;
+    cluster.wait_phase("holder", ClaimPhase::Granted).await;
+    let first_grant = cluster.claim_status("holder").await;
+    let standby = cluster.spawn_controller(cluster.controller_config());
+
+    // The leader stops past its session (4 s); the standby leads and grants the claim again.
+    cluster.signal_controller_process(Signal::SIGSTOP);
+    let regranted = cluster
+        .poll(
+            cluster::PATIENCE,
+            "the new leader grants the claim again",
+            || cluster.claim_status("holder"),
+            |status| status.phase == ClaimPhase::Granted && status.znode != first_grant.znode,
+        )
+        .await;
+    let phases = Arc::new(Mutex::new(Vec::new()));
+    let watch = {
+        let phases = phases.clone();
+        let config = watcher::Config::default().fields("metadata.name=holder");
+        let stream = watcher(cluster.api::<LockClaim>(), config).applied_objects();
+        tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            while let Some(Ok(claim)) = stream.next().await {
+                if let Some(status) = claim.status {
+                    phases.lock().unwrap().push(status.phase);
+                }
+            }
+        })
+    };
+
+    // The old leader resumes, finds its session gone, and ends its term.
+    cluster.signal_controller_process(Signal::SIGCONT);
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    watch.abort();
+    let seen = phases.lock().unwrap().clone();
+    assert!(
+        !seen.contains(&ClaimPhase::Lost),
+        "the resumed old leader marked the new leader's grant Lost: {seen:?}"
+    );
+    let now = cluster.claim_status("holder").await;
+    assert_eq!(
+        (now.phase, now.fencing_token, now.znode),
+        (
+            ClaimPhase::Granted,
+            regranted.fencing_token,
+            regranted.znode
+        ),
+        "the new leader's grant stands"
+    );
+    assert_eq!(events_by_claim(&cluster, "Lost").await.get("holder"), None);
+    standby.stop().await;
+    cluster.kill_controller_process();
+    cluster.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_controller_restarts_without_granting_twice_or_losing_a_claim() {
     let mut cluster = Cluster::start().await;

@@ -31,6 +31,13 @@ impl Tracked {
     }
 }
 
+/// A contender that went with the term's session.
+pub struct Lost {
+    pub claim: ObjectRef<LockClaim>,
+    pub node: Node,
+    pub reason: String,
+}
+
 #[derive(Default)]
 pub struct Contenders {
     by_uid: Mutex<HashMap<String, Tracked>>,
@@ -91,19 +98,23 @@ impl Contenders {
             .collect()
     }
 
-    /// The claims of every contender not released, with why each is lost. Read when the
+    /// Every contender not released: its claim, its znode, and why it is lost. Read when the
     /// term's session is gone: every contender went with it, even one the engine has not
     /// reported yet.
-    pub fn lost(&self) -> Vec<(ObjectRef<LockClaim>, String)> {
+    pub fn lost(&self) -> Vec<Lost> {
         self.by_uid()
             .values()
-            .filter_map(|tracked| match &*tracked.state.borrow() {
-                ContenderState::Released => None,
-                ContenderState::Lost(reason) => Some((tracked.claim.clone(), reason.to_string())),
-                _ => Some((
-                    tracked.claim.clone(),
-                    "the ZooKeeper session was lost".to_string(),
-                )),
+            .filter_map(|tracked| {
+                let reason = match &*tracked.state.borrow() {
+                    ContenderState::Released => return None,
+                    ContenderState::Lost(reason) => reason.to_string(),
+                    _ => "the ZooKeeper session was lost".to_string(),
+                };
+                Some(Lost {
+                    claim: tracked.claim.clone(),
+                    node: tracked.node.clone(),
+                    reason,
+                })
             })
             .collect()
     }

@@ -13,17 +13,23 @@ use kube::api::{Api, DeleteParams, ListParams};
 use kube::{Resource, ResourceExt};
 use tokio::time::Instant;
 
+use super::contenders::Lost;
 use super::context::{Context, Fences};
 use super::status;
-use crate::claim_lifecycle::{self, Outcome};
-use crate::resources::{ClaimPhase, HolderKind, LockClaim};
+use crate::claim_lifecycle::{self, Node, Outcome};
+use crate::resources::{ClaimPhase, HolderKind, LockClaim, LockClaimStatus};
 
 /// Marks the term's lost grants `Lost` (with an event), evicts their holders where their
 /// lock asks for it; answers the locks to fence, each until its lock-delay has passed since
 /// its holder was told.
 pub async fn fence_lost_grants(ctx: &Arc<Context>) -> Fences {
     let mut fenced = Fences::new();
-    for (claim_ref, reason) in ctx.term.contenders.lost() {
+    for Lost {
+        claim: claim_ref,
+        node,
+        reason,
+    } in ctx.term.contenders.lost()
+    {
         let claims: Api<LockClaim> = Api::namespaced(
             ctx.process.client.clone(),
             claim_ref.namespace.as_deref().unwrap_or_default(),
@@ -33,7 +39,9 @@ pub async fn fence_lost_grants(ctx: &Arc<Context>) -> Fences {
             continue;
         };
         let current = claim.status.clone().unwrap_or_default();
-        if current.phase != ClaimPhase::Granted {
+        // Only a grant this term made went with its session. Another leader may have taken
+        // over while this one was away (paused, cut off) and granted the claim anew.
+        if current.phase != ClaimPhase::Granted || !shows_grant_of(&current, &node) {
             continue;
         }
         // The term's lock cache still holds what the locks said when the term ended.
@@ -71,6 +79,15 @@ pub async fn fence_lost_grants(ctx: &Arc<Context>) -> Fences {
     fenced
 }
 
+/// Whether the status shows the grant of the contender at `node`: its znode (or, on a status
+/// written before znodes were shown, its sequence).
+fn shows_grant_of(status: &LockClaimStatus, node: &Node) -> bool {
+    match &status.znode {
+        Some(znode) => *znode == node.path,
+        None => status.sequence == Some(node.sequence),
+    }
+}
+
 /// Deletes the holder Pod, or the holder Job's pods, so an old holder stops working.
 pub async fn evict_holder(ctx: &Context, claim: &LockClaim) {
     let pods: Api<Pod> = ctx.api_beside(claim);
@@ -90,5 +107,31 @@ pub async fn evict_holder(ctx: &Context, claim: &LockClaim) {
     };
     if let Err(err) = result {
         tracing::warn!(claim = %claim.name_any(), %err, "could not evict the old holder");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_grant_of_this_terms_node_is_taken_for_its_own() {
+        let node = Node {
+            sequence: 7,
+            path: "/lockkeeper/team/db/_c_u-lock-0000000007".into(),
+        };
+        let shown = |znode: Option<&str>, sequence: Option<i64>| LockClaimStatus {
+            phase: ClaimPhase::Granted,
+            znode: znode.map(String::from),
+            sequence,
+            ..Default::default()
+        };
+        assert!(shows_grant_of(&shown(Some(&node.path), Some(7)), &node));
+        // Another leader granted the claim anew, with a node of its own session.
+        let newer = "/lockkeeper/team/db/_c_u-lock-0000000009";
+        assert!(!shows_grant_of(&shown(Some(newer), Some(9)), &node));
+        // A status written before znodes were shown: the sequence tells.
+        assert!(shows_grant_of(&shown(None, Some(7)), &node));
+        assert!(!shows_grant_of(&shown(None, Some(9)), &node));
     }
 }

@@ -424,6 +424,16 @@ impl Cluster {
         }
     }
 
+    /// Sends `signal` to the controller process: SIGSTOP pauses it (its ZooKeeper session
+    /// expires if the pause lasts), SIGCONT resumes it.
+    pub fn signal_controller_process(&self, signal: nix::sys::signal::Signal) {
+        let Some(Controller::Process(child)) = &self.controller else {
+            panic!("only a controller process can be signalled");
+        };
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, signal).expect("signal the controller");
+    }
+
     /// SIGKILLs a controller process: no cleanup, its ZooKeeper session is left to expire.
     pub fn kill_controller_process(&mut self) {
         match self.controller.take() {
