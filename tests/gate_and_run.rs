@@ -316,3 +316,67 @@ async fn lockkeeper_run_holds_the_lock_while_its_command_runs_and_a_killed_run_l
     );
     cluster.stop().await;
 }
+
+/// A `lockkeeper run` paused past its lease (SIGSTOP, its command still inside) is released,
+/// but the lock is held back for its `lockDelaySeconds` before the next claim is granted: the
+/// old holder may still be working, and on a semaphore no fencing token could tell.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_paused_past_its_lease_holds_the_lock_back_for_the_lock_delay() {
+    use std::os::unix::process::CommandExt;
+    const LOCK_DELAY: i64 = 4;
+    let cluster = Cluster::start().await;
+    cluster
+        .lock(
+            "nightly",
+            json!({"type": "Semaphore", "permits": 1, "lockDelaySeconds": LOCK_DELAY}),
+        )
+        .await;
+    let mut paused = cluster
+        .lockkeeper()
+        .args(["run", "--lock", "nightly", "-n", &cluster.namespace])
+        .args(["--lease-duration", "2s", "--", "sleep", "600"])
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let group = nix::unistd::Pid::from_raw(paused.id() as i32);
+    cluster
+        .eventually("the run holds the lock", || async {
+            run_claims(&cluster).await.iter().any(|c| {
+                c.status
+                    .as_ref()
+                    .is_some_and(|s| s.phase == ClaimPhase::Granted)
+            })
+        })
+        .await;
+    cluster.pod_with_claim("next", "nightly").await;
+    cluster.wait_phase("next", ClaimPhase::Waiting).await;
+
+    nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    cluster.wait_phase("next", ClaimPhase::Granted).await;
+    let released = run_claims(&cluster).await[0].status.clone().unwrap();
+    assert_eq!(released.phase, ClaimPhase::Released);
+    assert!(
+        released
+            .message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("held back for its lockDelaySeconds"),
+        "{released:?}"
+    );
+    let released_at = released.released_at.expect("released").0.as_second();
+    let granted_at = cluster
+        .claim_status("next")
+        .await
+        .granted_at
+        .expect("granted")
+        .0
+        .as_second();
+    assert!(
+        granted_at - released_at >= LOCK_DELAY,
+        "the next claim was granted {} s after the lapse, before the lock-delay of {LOCK_DELAY} s",
+        granted_at - released_at
+    );
+    nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL).unwrap();
+    paused.wait().unwrap();
+    cluster.stop().await;
+}

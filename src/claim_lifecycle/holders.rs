@@ -80,7 +80,7 @@ pub fn lease_state(
     let age = crate::claim_lifecycle::elapsed(renewed, now);
     if age >= duration {
         (
-            HolderState::Ended(format!(
+            HolderState::Lapsed(format!(
                 "Lease holder {name} stopped renewing for {}s",
                 duration.as_secs()
             )),
@@ -153,7 +153,7 @@ mod tests {
         );
         assert!(matches!(
             lease_state("cli", &spec, None, at(10)).0,
-            HolderState::Ended(_)
+            HolderState::Lapsed(_)
         ));
     }
 }

@@ -24,6 +24,8 @@ pub struct LockFacts {
     pub max_hold: Option<Duration>,
     /// Delete the holder when its grant is lost.
     pub evict_on_loss: bool,
+    /// After an abnormal end (a lapsed lease), hold the lock this long before the next grant.
+    pub lock_delay: Option<Duration>,
 }
 
 impl LockFacts {
@@ -33,6 +35,7 @@ impl LockFacts {
             lock_type: lock.spec.lock_type,
             max_hold: lock.spec.max_hold_seconds.map(Duration::from_secs),
             evict_on_loss: lock.spec.evict_on_loss,
+            lock_delay: lock.spec.lock_delay_seconds.map(Duration::from_secs),
         }
     }
 }
@@ -48,6 +51,9 @@ pub enum HolderState {
     Running,
     /// The grant (or the wait) ends: the reason says why, e.g. "Pod web-0 Succeeded".
     Ended(String),
+    /// A Lease holder that stopped renewing: it may still be working, so a grant it held is
+    /// held back from the next claim for the lock's lock-delay.
+    Lapsed(String),
 }
 
 /// The claim's contender in ZooKeeper, as this controller knows it.
@@ -88,6 +94,10 @@ pub struct ClaimFacts {
     pub granted_at: Option<Timestamp>,
     /// `status.message`: a lost claim keeps saying why while it waits to be granted again.
     pub message: Option<String>,
+    pub released_at: Option<Timestamp>,
+    /// The claim ended because its Lease holder stopped renewing (its `Granted` condition says
+    /// `LeaseLapsed`).
+    pub lapsed: bool,
 }
 
 impl ClaimFacts {
@@ -99,6 +109,11 @@ impl ClaimFacts {
             created: claim.metadata.creation_timestamp.as_ref().map(|t| t.0),
             granted_at: status.granted_at.map(|t| t.0),
             message: status.message,
+            released_at: status.released_at.map(|t| t.0),
+            lapsed: status
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Granted" && c.reason == LEASE_LAPSED),
         }
     }
 }
@@ -235,6 +250,9 @@ pub fn decide(
         QueueState::Waiting { .. } | QueueState::Granted { .. }
     );
     if claim.phase.is_final() {
+        if let Some(left) = lapse_hold_left(claim, lock, now).filter(|_| queued) {
+            return Step::nothing(QueueAction::Keep).then_look_again(Some(left));
+        }
         return Step::nothing(leave_if(queued));
     }
     if let Err(message) = validate(spec, lock) {
@@ -254,6 +272,7 @@ pub fn decide(
             format!("{holder_name} was deleted"),
         ),
         HolderState::Ended(why) => (ClaimPhase::Released, "Released", why.clone()),
+        HolderState::Lapsed(why) => return lapsed(why, lock, queue, queued),
         HolderState::SuspendedJob | HolderState::Running => {
             let lock = lock.expect("validated");
             return match queue {
@@ -276,6 +295,44 @@ pub fn decide(
         }
     };
     Step::end(phase, reason, message, queued)
+}
+
+/// The `Granted` condition's reason when a Lease holder stopped renewing.
+pub const LEASE_LAPSED: &str = "LeaseLapsed";
+
+/// A claim whose Lease holder stopped renewing is released. A grant it held keeps its node in
+/// the queue for the lock's lock-delay, so that nobody is granted the lock while the old
+/// holder may still be working (on a semaphore, a fencing token cannot tell them apart).
+fn lapsed(why: &str, lock: Option<&LockFacts>, queue: &QueueState, queued: bool) -> Step {
+    let held = matches!(queue, QueueState::Granted { .. });
+    let delay = lock
+        .and_then(|lock| lock.lock_delay)
+        .filter(|d| !d.is_zero());
+    match delay.filter(|_| held) {
+        Some(delay) => Step::end(
+            ClaimPhase::Released,
+            LEASE_LAPSED,
+            format!(
+                "{why}; the lock is held back for its lockDelaySeconds ({}s)",
+                delay.as_secs()
+            ),
+            false,
+        )
+        .then_look_again(Some(delay)),
+        None => Step::end(ClaimPhase::Released, LEASE_LAPSED, why.to_string(), queued),
+    }
+}
+
+/// How much longer the node of a lapsed lease's grant is held, if it still is.
+fn lapse_hold_left(
+    claim: &ClaimFacts,
+    lock: Option<&LockFacts>,
+    now: Timestamp,
+) -> Option<Duration> {
+    let delay = lock?.lock_delay?;
+    let released = claim.released_at?;
+    let held = elapsed(released, now);
+    (claim.lapsed && held < delay).then(|| delay - held)
 }
 
 /// A claim in line: its place, unless it has waited too long for a first grant. A claim
@@ -542,6 +599,7 @@ mod tests {
             lock_type: LockType::Mutex,
             max_hold: max_hold.map(Duration::from_secs),
             evict_on_loss: false,
+            lock_delay: None,
         }
     }
 
@@ -562,6 +620,8 @@ mod tests {
             created: Some(at(0)),
             granted_at: matches!(phase, ClaimPhase::Granted | ClaimPhase::Lost).then(|| at(0)),
             message: None,
+            released_at: None,
+            lapsed: false,
         }
     }
 
