@@ -330,8 +330,8 @@ fn lapse_hold_left(
     now: Timestamp,
 ) -> Option<Duration> {
     let delay = lock?.lock_delay?;
-    let released = claim.released_at?;
-    let held = elapsed(released, now);
+    // `releasedAt` has whole seconds: the release may have come up to a second later.
+    let held = elapsed(claim.released_at?, now).saturating_sub(Duration::from_secs(1));
     (claim.lapsed && held < delay).then(|| delay - held)
 }
 
