@@ -205,6 +205,21 @@ async fn run_claims(cluster: &Cluster) -> Vec<LockClaim> {
         .items
 }
 
+/// Waits until a `lockkeeper run` holds lock `nightly`, then queues claim `next` behind it.
+async fn a_run_holds_and_next_waits(cluster: &Cluster) {
+    cluster
+        .eventually("a run holds the lock", || async {
+            run_claims(cluster).await.iter().any(|c| {
+                c.status
+                    .as_ref()
+                    .is_some_and(|s| s.phase == ClaimPhase::Granted)
+            })
+        })
+        .await;
+    cluster.pod_with_claim("next", "nightly").await;
+    cluster.wait_phase("next", ClaimPhase::Waiting).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lockkeeper_run_holds_the_lock_while_its_command_runs_and_a_killed_run_lets_its_lease_lapse()
  {
@@ -285,17 +300,7 @@ async fn lockkeeper_run_holds_the_lock_while_its_command_runs_and_a_killed_run_l
             .spawn()
             .unwrap()
     };
-    cluster
-        .eventually("the second run holds the lock", || async {
-            run_claims(&cluster).await.iter().any(|c| {
-                c.status
-                    .as_ref()
-                    .is_some_and(|s| s.phase == ClaimPhase::Granted)
-            })
-        })
-        .await;
-    cluster.pod_with_claim("next", "nightly").await;
-    cluster.wait_phase("next", ClaimPhase::Waiting).await;
+    a_run_holds_and_next_waits(&cluster).await;
     nix::sys::signal::killpg(
         nix::unistd::Pid::from_raw(killed.id() as i32),
         nix::sys::signal::Signal::SIGKILL,
@@ -339,17 +344,7 @@ async fn a_run_paused_past_its_lease_holds_the_lock_back_for_the_lock_delay() {
         .spawn()
         .unwrap();
     let group = nix::unistd::Pid::from_raw(paused.id() as i32);
-    cluster
-        .eventually("the run holds the lock", || async {
-            run_claims(&cluster).await.iter().any(|c| {
-                c.status
-                    .as_ref()
-                    .is_some_and(|s| s.phase == ClaimPhase::Granted)
-            })
-        })
-        .await;
-    cluster.pod_with_claim("next", "nightly").await;
-    cluster.wait_phase("next", ClaimPhase::Waiting).await;
+    a_run_holds_and_next_waits(&cluster).await;
 
     nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGSTOP).unwrap();
     cluster.wait_phase("next", ClaimPhase::Granted).await;

@@ -610,20 +610,7 @@ async fn a_leader_resumed_after_a_pause_leaves_the_new_leaders_grants_alone() {
             |status| status.phase == ClaimPhase::Granted && status.znode != first_grant.znode,
         )
         .await;
-    let phases = Arc::new(Mutex::new(Vec::new()));
-    let watch = {
-        let phases = phases.clone();
-        let config = watcher::Config::default().fields("metadata.name=holder");
-        let stream = watcher(cluster.api::<LockClaim>(), config).applied_objects();
-        tokio::spawn(async move {
-            let mut stream = std::pin::pin!(stream);
-            while let Some(Ok(claim)) = stream.next().await {
-                if let Some(status) = claim.status {
-                    phases.lock().unwrap().push(status.phase);
-                }
-            }
-        })
-    };
+    let (phases, watch) = watch_phases(&cluster, "holder");
 
     // The old leader resumes, finds its session gone, and ends its term.
     cluster.signal_controller_process(Signal::SIGCONT);
@@ -790,20 +777,7 @@ async fn a_grant_lost_with_the_session_waits_out_the_lock_delay_and_waiters_lose
     cluster.wait_phase("holder", ClaimPhase::Granted).await;
     cluster.pod_with_claim("waiter", "db").await;
     cluster.wait_phase("waiter", ClaimPhase::Waiting).await;
-    let waiter_phases = Arc::new(Mutex::new(Vec::new()));
-    let watch = {
-        let phases = waiter_phases.clone();
-        let config = watcher::Config::default().fields("metadata.name=waiter");
-        let stream = watcher(cluster.api::<LockClaim>(), config).applied_objects();
-        tokio::spawn(async move {
-            let mut stream = std::pin::pin!(stream);
-            while let Some(Ok(claim)) = stream.next().await {
-                if let Some(status) = claim.status {
-                    phases.lock().unwrap().push(status.phase);
-                }
-            }
-        })
-    };
+    let (waiter_phases, watch) = watch_phases(&cluster, "waiter");
 
     // ZooKeeper away for longer than the session timeout (4 s).
     cluster.zk.stop().expect("ZooKeeper stops");
@@ -833,6 +807,26 @@ async fn a_grant_lost_with_the_session_waits_out_the_lock_delay_and_waiters_lose
         "the waiter had no grant to lose, yet showed Lost: {phases:?}"
     );
     cluster.stop().await;
+}
+
+/// Records every phase claim `name` shows, in order, until the returned task is aborted.
+fn watch_phases(
+    cluster: &Cluster,
+    name: &str,
+) -> (Arc<Mutex<Vec<ClaimPhase>>>, tokio::task::JoinHandle<()>) {
+    let phases = Arc::new(Mutex::new(Vec::new()));
+    let seen = phases.clone();
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let stream = watcher(cluster.api::<LockClaim>(), config).applied_objects();
+    let task = tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(Ok(claim)) = stream.next().await {
+            if let Some(status) = claim.status {
+                seen.lock().unwrap().push(status.phase);
+            }
+        }
+    });
+    (phases, task)
 }
 
 /// What a watcher saw: each claim's phases in order (repeats folded), and the grants in
