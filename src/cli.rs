@@ -106,6 +106,7 @@ pub struct RunArgs {
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
     pub lease_duration: Duration,
     /// Give up after waiting this long (exit 75, the command does not run); 0s tries once.
+    /// Exit 76 if the grant ends while the command runs (the command gets SIGTERM).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub timeout: Option<Duration>,
     /// The command and its arguments; it gets LOCKKEEPER_FENCING_TOKEN in its environment.

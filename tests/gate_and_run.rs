@@ -375,3 +375,83 @@ async fn a_run_paused_past_its_lease_holds_the_lock_back_for_the_lock_delay() {
     paused.wait().unwrap();
     cluster.stop().await;
 }
+
+/// `lockkeeper run` rides out API server errors: a 500 on its claim's creation and two on its
+/// deletion are retried, the command's exit code passes through, and the lock is released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lockkeeper_run_retries_its_claims_creation_and_release_through_500s() {
+    use lockkeeper_testkit::api_fault_proxy::{ApiFaultProxy, ErrorRule};
+    let cluster = Cluster::start().await;
+    cluster.lock("nightly", json!({})).await;
+    let proxy = ApiFaultProxy::in_front_of(Path::new(cluster.kubeconfig()))
+        .await
+        .expect("the API fault proxy starts");
+    let dir = tempfile::tempdir().unwrap();
+    let through_proxy = dir.path().join("kubeconfig");
+    proxy
+        .write_kubeconfig_through(Path::new(cluster.kubeconfig()), &through_proxy)
+        .unwrap();
+    for (verb, count) in [("create", 1), ("delete", 2)] {
+        proxy.inject(ErrorRule {
+            code: 500,
+            count,
+            verb: Some(verb.into()),
+            resource: Some("lockclaims".into()),
+        });
+    }
+    let ran = cluster
+        .lockkeeper()
+        .env("KUBECONFIG", &through_proxy)
+        .args(["run", "--lock", "nightly", "-n", &cluster.namespace])
+        .args(["--", "sh", "-c", "exit 0"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        ran.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    assert_eq!(proxy.errors_answered(), 3, "every injected error was met");
+    assert!(
+        run_claims(&cluster).await.is_empty(),
+        "released: the claim is gone"
+    );
+    cluster.stop().await;
+}
+
+/// A grant that ends while the command runs (here its claim is deleted) makes `lockkeeper run`
+/// exit 76, even when the command ignores SIGTERM and finishes with 0: part of it ran without
+/// the lock, and the caller must be able to tell.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lockkeeper_run_exits_76_when_its_grant_ends_while_the_command_runs() {
+    let cluster = Cluster::start().await;
+    cluster.lock("nightly", json!({})).await;
+    let dir = tempfile::tempdir().unwrap();
+    let script = "trap '' TERM; touch started; while [ ! -e done ]; do sleep 0.05; done; exit 0";
+    let mut run = cluster
+        .lockkeeper()
+        .args(["run", "--lock", "nightly", "-n", &cluster.namespace])
+        .args(["--", "sh", "-c", script])
+        .current_dir(dir.path())
+        .spawn()
+        .unwrap();
+    let started = dir.path().join("started");
+    cluster
+        .eventually("the command runs", || async { started.exists() })
+        .await;
+    let claim = run_claims(&cluster).await.remove(0);
+    cluster
+        .api::<LockClaim>()
+        .delete(&claim.name_any(), &Default::default())
+        .await
+        .unwrap();
+    cluster
+        .eventually("the claim is gone", || async {
+            run_claims(&cluster).await.is_empty()
+        })
+        .await;
+    std::fs::write(dir.path().join("done"), "").unwrap();
+    assert_eq!(run.wait().unwrap().code(), Some(76));
+    cluster.stop().await;
+}

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use backon::{ExponentialBuilder, Retryable};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use kube::api::{Api, DeleteParams, ObjectMeta, PostParams, Preconditions};
@@ -15,6 +16,30 @@ use crate::resources::{ClaimPhase, LockClaim, LockClaimStatus};
 /// Exit code when the lock was not granted (wait timeout, try-lock on a held lock, grant
 /// ended before use): sysexits' EX_TEMPFAIL, "try again later".
 pub const EXIT_NOT_GRANTED: u8 = 75;
+
+/// Whether an API call that failed this way may succeed if tried again: the server failed
+/// (5xx), asked to slow down (429), or the connection to it failed.
+pub fn is_transient(err: &kube::Error) -> bool {
+    match err {
+        kube::Error::Api(status) => status.code >= 500 || status.code == 429,
+        kube::Error::HyperError(_) | kube::Error::Service(_) => true,
+        _ => false,
+    }
+}
+
+/// How an API call that failed for now is tried again: from 200 ms, exponentially later (with
+/// jitter), at most 5 s apart, for about `within` in all.
+pub fn api_retries(within: Duration) -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(5))
+        .with_jitter()
+        .without_max_times()
+        .with_total_delay(Some(within))
+}
+
+/// How long a client keeps trying an API call that fails for now before it gives up.
+pub const API_PATIENCE: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClaimError {
@@ -205,7 +230,13 @@ pub async fn delete_claim(
         }),
         ..DeleteParams::default()
     };
-    match api.delete(name, &params).await {
+    let delete = || api.delete(name, &params);
+    let deleted = delete
+        .retry(api_retries(API_PATIENCE))
+        .when(is_transient)
+        .notify(|err, wait| tracing::warn!(claim = name, %err, ?wait, "releasing the claim failed; retrying"))
+        .await;
+    match deleted {
         Ok(_) => {}
         Err(kube::Error::Api(status)) if status.is_not_found() || status.is_conflict() => {
             return Ok(());
@@ -236,7 +267,13 @@ pub async fn create_or_adopt(
 ) -> Result<LockClaim, ClaimError> {
     let name = claim.name_any();
     loop {
-        if let Some(existing) = api.get_opt(&name).await? {
+        let look = || api.get_opt(&name);
+        let found = look
+            .retry(api_retries(API_PATIENCE))
+            .when(is_transient)
+            .notify(|err, wait| tracing::warn!(claim = %name, %err, ?wait, "reading the claim failed; retrying"))
+            .await?;
+        if let Some(existing) = found {
             let over = existing.status.as_ref().is_some_and(|s| s.phase.is_final());
             match adopt(&existing) {
                 Adoption::Foreign(why) => return Err(ClaimError::Foreign { name, why }),
@@ -251,7 +288,14 @@ pub async fn create_or_adopt(
                 }
             }
         }
-        match api.create(&PostParams::default(), claim).await {
+        let params = PostParams::default();
+        let create = || api.create(&params, claim);
+        let created = create
+            .retry(api_retries(API_PATIENCE))
+            .when(is_transient)
+            .notify(|err, wait| tracing::warn!(claim = %name, %err, ?wait, "making the claim failed; retrying"))
+            .await;
+        match created {
             Ok(created) => return Ok(created),
             // Made meanwhile (a restarted init container racing its predecessor): look again.
             Err(kube::Error::Api(status)) if status.is_already_exists() => continue,

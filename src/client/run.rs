@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Api, ObjectMeta, Patch, PatchParams};
 use kube::{Client, Resource, ResourceExt};
 use nix::sys::signal::Signal;
 use tokio::signal::unix::{SignalKind, signal};
@@ -27,6 +27,11 @@ pub struct RunRequest {
     pub timeout: Option<Duration>,
     pub command: Vec<String>,
 }
+
+/// Exit code when the grant ended while the command ran (lost, expired, the claim deleted):
+/// the command was told to stop, and part of it may have run without the lock, whatever code
+/// it exited with. Sysexits' EX_PROTOCOL, next to EX_TEMPFAIL (75, not granted).
+pub const EXIT_GRANT_LOST: u8 = 76;
 
 /// How long a command that was told to stop (lock lost) gets before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -70,9 +75,15 @@ pub fn claim_for(request: &RunRequest, holder: &str, now: Timestamp) -> LockClai
             wait_timeout_seconds: request.timeout.map(claim_client::whole_seconds),
         },
     );
+    // Named here rather than by the server (generateName): a create retried after an error
+    // that hid its success then finds its own claim instead of making a second one.
     let prefix: String = request.lock.chars().take(200).collect();
+    let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
     claim.metadata = ObjectMeta {
-        generate_name: Some(format!("{}-run-", prefix.trim_end_matches(['-', '.']))),
+        name: Some(format!(
+            "{}-run-{suffix}",
+            prefix.trim_end_matches(['-', '.'])
+        )),
         ..claim_client::client_metadata(&request.namespace, "lockkeeper-run")
     };
     claim
@@ -94,7 +105,17 @@ pub async fn run(client: Client, request: RunRequest) -> Result<u8, ClaimError> 
     let api: Api<LockClaim> = Api::namespaced(client, &request.namespace);
     let holder = holder_name();
     let wanted = claim_for(&request, &holder, Timestamp::now());
-    let claim = api.create(&PostParams::default(), &wanted).await?;
+    let claim = claim_client::create_or_adopt(&api, &wanted, |existing| {
+        if existing.spec.holder == wanted.spec.holder {
+            claim_client::Adoption::Adopt
+        } else {
+            claim_client::Adoption::Foreign(format!(
+                "held by {:?} {}",
+                existing.spec.holder.kind, existing.spec.holder.name
+            ))
+        }
+    })
+    .await?;
     let name = claim.name_any();
     let uid = claim.meta().uid.clone().unwrap_or_default();
     eprintln!(
@@ -179,6 +200,7 @@ async fn hold_and_run(
         }
     };
     let mut lost_at: Option<tokio::time::Instant> = None;
+    let mut lost = false;
     loop {
         let kill_deadline = async {
             match lost_at {
@@ -189,6 +211,13 @@ async fn hold_and_run(
         tokio::select! {
             status = child.wait() => {
                 let status = status.map_err(|source| ClaimError::Spawn { command: request.command.join(" "), source })?;
+                if lost {
+                    eprintln!(
+                        "lockkeeper: the command ended (exit {}) after the lock was lost; exiting {EXIT_GRANT_LOST}",
+                        exit_code(status)
+                    );
+                    return Ok(EXIT_GRANT_LOST);
+                }
                 return Ok(exit_code(status));
             }
             update = watch.next(), if lost_at.is_none() => {
@@ -203,6 +232,7 @@ async fn hold_and_run(
                     eprintln!("lockkeeper: lock {} is no longer held ({reason}); stopping the command", request.lock);
                     send(Signal::SIGTERM);
                     lost_at = Some(tokio::time::Instant::now());
+                    lost = true;
                 }
             }
             () = kill_deadline => {
@@ -250,12 +280,17 @@ mod tests {
     }
 
     #[test]
-    fn the_claim_is_a_renewed_lease_with_a_generated_name() {
+    fn the_claim_is_a_renewed_lease_with_a_name_of_its_own() {
         let now: Timestamp = "2026-11-21T10:00:00Z".parse().unwrap();
         let claim = claim_for(&request(), "build-7-123", now);
-        assert_eq!(
-            claim.metadata.generate_name.as_deref(),
-            Some("reports-run-")
+        let name = claim.metadata.name.clone().unwrap();
+        assert!(
+            name.starts_with("reports-run-") && name.len() == "reports-run-".len() + 8,
+            "{name}"
+        );
+        assert_ne!(
+            claim_for(&request(), "build-7-123", now).metadata.name,
+            claim.metadata.name
         );
         assert_eq!(claim.metadata.namespace.as_deref(), Some("batch"));
         assert_eq!(claim.spec.holder.kind, HolderKind::Lease);
