@@ -667,3 +667,53 @@ async fn replicas_under_one_root_share_an_installation_id_and_another_root_has_i
 fn uuid_like(id: &str) -> bool {
     id.len() == 36 && id.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
 }
+
+/// On a three-server ensemble, killing the server that leads it costs no grant: the others
+/// elect a new leader within the session timeout, the engine's session moves to a surviving
+/// server, the holder keeps its grant (no `Lost`), and the lock hands on as usual. The killed
+/// server comes back with its data and serves again.
+#[tokio::test]
+async fn a_grant_survives_the_loss_of_the_ensembles_leader() {
+    let mut ensemble =
+        lockkeeper_testkit::ZooKeeperEnsemble::start(3).expect("the ensemble starts");
+    let mut config = EngineConfig::new(ensemble.connect_string());
+    config.session_timeout = Duration::from_secs(6);
+    let engine = LockEngine::connect(config)
+        .await
+        .expect("the engine connects");
+    let mut events = engine.events().expect("the engine's events");
+    let lock = mutex("/lockkeeper/default/ensemble");
+    let mut holder = enqueue(&engine, &lock, "holder", Mode::Exclusive).await;
+    let mut waiter = enqueue(&engine, &lock, "waiter", Mode::Exclusive).await;
+    let token = holder.wait_granted(PATIENCE).await.unwrap();
+
+    let leader = ensemble.leader().expect("the ensemble has a leader");
+    ensemble.kill(leader).unwrap();
+    eventually("another server leads", || {
+        ensemble.leader().is_some_and(|now| now != leader)
+    })
+    .await;
+    // Past the session timeout: a session that did not move would have expired by now.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert!(is_granted(&holder.state()), "{:?}", holder.state());
+    assert!(is_waiting(&waiter.state()), "{:?}", waiter.state());
+    assert!(
+        matches!(
+            *engine.session_status().borrow(),
+            SessionStatus::Connected { .. }
+        ),
+        "the session moved to a surviving server"
+    );
+    engine.dequeue(&lock, &holder.id).await.unwrap();
+    let next = waiter.wait_granted(PATIENCE).await.unwrap();
+    assert!(next > token, "the lock handed on: {token} then {next}");
+    while let Ok(event) = events.try_recv() {
+        assert!(
+            !matches!(event.state, ContenderState::Lost(_)),
+            "no contender was lost: {event:?}"
+        );
+    }
+    ensemble
+        .restart(leader)
+        .expect("the killed server comes back and serves");
+}

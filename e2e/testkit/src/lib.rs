@@ -7,6 +7,7 @@ pub mod control_plane;
 pub mod cutting_proxy;
 pub mod hold_log;
 pub mod peer;
+pub mod zookeeper_ensemble;
 pub mod zookeeper_server;
 
 pub use api_fault_proxy::ApiFaultProxy;
@@ -14,6 +15,7 @@ pub use control_plane::{ControlPlane, ControlPlaneOptions, KubernetesVersion};
 pub use cutting_proxy::CuttingProxy;
 pub use hold_log::{HoldInterval, HoldLog};
 pub use peer::{PeerKind, PeerLibrary, PeerProcess, PeerSpec};
+pub use zookeeper_ensemble::ZooKeeperEnsemble;
 pub use zookeeper_server::{ServerOptions, ZooKeeperServer};
 
 use std::path::PathBuf;
@@ -27,7 +29,7 @@ pub enum KitError {
     Missing(String),
     #[error("ZooKeeper exited during start ({0}); see {1}")]
     ServerExited(String, PathBuf),
-    #[error("ZooKeeper did not answer `ruok` within {0:?}; see {1}")]
+    #[error("ZooKeeper did not start serving within {0:?}; see {1}")]
     StartTimeout(Duration, PathBuf),
     #[error("{0}; see {1}")]
     ControlPlane(String, PathBuf),

@@ -141,34 +141,51 @@ impl ZooKeeperServer {
     }
 
     fn launch(&mut self) -> Result<(), KitError> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())?;
-        let child = server_command(self.dir.path())?
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .map_err(|err| KitError::Missing(format!("java ({err}); is a JDK installed?")))?;
+        let mut child = spawn_server(server_command(self.dir.path())?, &self.log_path())?;
+        let address = SocketAddr::from(([127, 0, 0, 1], self.port));
+        let ready = || four_letter(address, "ruok").is_ok_and(|answer| answer == "imok");
+        let started = wait_until_ready(&mut child, &self.log_path(), ready);
         self.process = Some(child);
-        let deadline = Instant::now() + START_DEADLINE;
-        loop {
-            if let Ok(answer) = self.four_letter("ruok")
-                && answer == "imok"
-            {
-                return Ok(());
-            }
-            if let Some(child) = self.process.as_mut()
-                && let Some(status) = child.try_wait()?
-            {
-                return Err(KitError::ServerExited(status.to_string(), self.log_path()));
-            }
-            if Instant::now() > deadline {
-                return Err(KitError::StartTimeout(START_DEADLINE, self.log_path()));
-            }
-            std::thread::sleep(Duration::from_millis(25));
+        started
+    }
+}
+
+/// Starts a server JVM with its output appended to `log`.
+pub(crate) fn spawn_server(mut command: Command, log: &Path) -> Result<Child, KitError> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
+    command
+        .stdin(Stdio::null())
+        .stdout(file.try_clone()?)
+        .stderr(file)
+        .spawn()
+        .map_err(|err| KitError::Missing(format!("java ({err}); is a JDK installed?")))
+}
+
+/// Waits until `ready` says the server serves; fails, naming its log, if it exits first or
+/// takes longer than a minute.
+pub(crate) fn wait_until_ready(
+    child: &mut Child,
+    log: &Path,
+    ready: impl Fn() -> bool,
+) -> Result<(), KitError> {
+    let deadline = Instant::now() + START_DEADLINE;
+    loop {
+        if ready() {
+            return Ok(());
         }
+        if let Some(status) = child.try_wait()? {
+            return Err(KitError::ServerExited(
+                status.to_string(),
+                log.to_path_buf(),
+            ));
+        }
+        if Instant::now() > deadline {
+            return Err(KitError::StartTimeout(START_DEADLINE, log.to_path_buf()));
+        }
+        std::thread::sleep(Duration::from_millis(25));
     }
 }
 
@@ -197,6 +214,11 @@ pub fn write_config(dir: &Path, port: u16, options: &ServerOptions) -> Result<()
 
 /// The JVM command that runs a standalone server from `dir/zoo.cfg`.
 pub fn server_command(dir: &Path) -> Result<Command, KitError> {
+    java_server(dir, "org.apache.zookeeper.server.ZooKeeperServerMain")
+}
+
+/// The JVM command that runs `main_class` of ZooKeeper's server on `dir/zoo.cfg`.
+pub(crate) fn java_server(dir: &Path, main_class: &str) -> Result<Command, KitError> {
     let mut command = Command::new("java");
     command
         .args([
@@ -205,7 +227,7 @@ pub fn server_command(dir: &Path) -> Result<Command, KitError> {
             "-cp",
             &java_class_path(&[SERVER_JARS, NETTY_JARS].concat())?,
         ])
-        .arg("org.apache.zookeeper.server.ZooKeeperServerMain")
+        .arg(main_class)
         .arg(dir.join("zoo.cfg"));
     Ok(command)
 }
@@ -215,7 +237,7 @@ pub fn free_port() -> Result<u16, KitError> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn four_letter(address: SocketAddr, command: &str) -> Result<String, KitError> {
+pub(crate) fn four_letter(address: SocketAddr, command: &str) -> Result<String, KitError> {
     let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(1))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     stream.write_all(command.as_bytes())?;
