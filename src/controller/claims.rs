@@ -404,7 +404,6 @@ async fn leave_queue(
     lock: Option<&DistributedLock>,
 ) -> Result<bool, Error> {
     let tracked = ctx.term.contenders.untrack(uid);
-    ctx.term.place_writes.forget(&uid.to_string());
     let (spec, held) = match tracked {
         Some(tracked) => tracked,
         None => match lock.map(|lock| lock.lock_spec(&ctx.process.root)) {
@@ -466,7 +465,7 @@ fn place_write_delay(
     if !place_only {
         return None;
     }
-    ctx.term.place_writes.wait(&uid(claim))
+    ctx.term.contenders.place_write_wait(&uid(claim))
 }
 
 /// Writes the claim's status with server-side apply (one field manager, forced, on the

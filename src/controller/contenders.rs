@@ -5,10 +5,13 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use kube::runtime::reflector::ObjectRef;
 use tokio::sync::watch;
 
+use super::claims::POSITION_REFRESH;
+use super::throttle::Throttle;
 use crate::claim_lifecycle::{Node, QueueState};
 use crate::resources::{DistributedLock, LockClaim};
 use crate::zookeeper::{ContenderState, LockSpec};
@@ -38,9 +41,19 @@ pub struct Lost {
     pub reason: String,
 }
 
-#[derive(Default)]
 pub struct Contenders {
     by_uid: Mutex<HashMap<String, Tracked>>,
+    /// Writes of each tracked claim's place in line; an entry goes with its contender.
+    place_writes: Throttle<String>,
+}
+
+impl Default for Contenders {
+    fn default() -> Self {
+        Contenders {
+            by_uid: Mutex::default(),
+            place_writes: Throttle::new(POSITION_REFRESH),
+        }
+    }
 }
 
 impl Contenders {
@@ -48,15 +61,29 @@ impl Contenders {
         self.by_uid.lock().expect("contenders lock")
     }
 
-    pub fn track(&self, uid: String, tracked: Tracked) {
+    /// Tracks the claim's contender. `shows_place`: the claim's status already shows a place
+    /// in line (queued again by a new term), so its next place write waits its turn.
+    pub fn track(&self, uid: String, tracked: Tracked, shows_place: bool) {
+        if shows_place {
+            self.place_writes.written(uid.clone());
+        } else {
+            self.place_writes.forget(&uid);
+        }
         self.by_uid().insert(uid, tracked);
     }
 
     /// Stops tracking the claim's contender: its lock, and whether it held the lock.
     pub fn untrack(&self, uid: &str) -> Option<(LockSpec, bool)> {
+        self.place_writes.forget(&uid.to_string());
         let tracked = self.by_uid().remove(uid)?;
         let held = tracked.holds();
         Some((tracked.lock, held))
+    }
+
+    /// How long the claim's place in line must wait before it is written again (see
+    /// [`POSITION_REFRESH`]); `None` when it may be written now.
+    pub fn place_write_wait(&self, uid: &str) -> Option<Duration> {
+        self.place_writes.wait(&uid.to_string())
     }
 
     pub fn is_tracked(&self, uid: &str) -> bool {

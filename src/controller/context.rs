@@ -20,7 +20,6 @@ use super::contenders::{Contenders, Tracked};
 use super::retries::Retries;
 use super::stale_copies::StaleCopies;
 use super::telemetry::Metrics;
-use super::throttle::Throttle;
 use crate::claim_lifecycle::Node;
 use crate::lock_rules::Mode;
 use crate::resources::{DistributedLock, Installation, LockClaim};
@@ -74,9 +73,6 @@ pub struct Term {
     pub fences: Mutex<Fences>,
     /// Cached claim versions this term's writes replaced (see [`StaleCopies`]).
     pub stale_claims: StaleCopies,
-    /// Writes of a waiting claim's place in line, by claim UID (see
-    /// [`super::claims::POSITION_REFRESH`]).
-    pub place_writes: Throttle<String>,
     /// How soon each claim whose reconcile failed is tried again.
     pub claim_retries: Retries<ObjectRef<LockClaim>>,
     /// Asks the lock controller to refresh a lock's status.
@@ -175,15 +171,8 @@ impl Context {
                 .unwrap_or_default(),
             path: format!("{}/{}", lock.dir(), contender.node),
         };
-        let uid = claim.uid().unwrap_or_default();
-        // A claim queued again (a new term) already shows its place from before.
-        if shows_place(claim) {
-            self.term.place_writes.written(uid.clone());
-        } else {
-            self.term.place_writes.forget(&uid);
-        }
         self.term.contenders.track(
-            uid,
+            claim.uid().unwrap_or_default(),
             Tracked {
                 lock: lock.clone(),
                 node,
@@ -191,6 +180,7 @@ impl Context {
                 claim: ObjectRef::from_obj(claim),
                 lock_ref: claim.lock_ref(),
             },
+            shows_place(claim),
         );
     }
 }

@@ -52,7 +52,6 @@ pub fn begin(process: Arc<Process>) -> (Arc<Context>, TermInputs) {
             contenders: Default::default(),
             fences: Mutex::new(HashMap::new()),
             stale_claims: Default::default(),
-            place_writes: Throttle::new(claims::POSITION_REFRESH),
             claim_retries: Default::default(),
             lock_changed,
             resumed: tokio::sync::watch::channel(false).0,

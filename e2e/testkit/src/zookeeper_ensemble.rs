@@ -28,15 +28,6 @@ impl Member {
         SocketAddr::from(([127, 0, 0, 1], self.client_port))
     }
 
-    /// The member's `Mode:` line from `srvr` (`leader`, `follower`), once it serves.
-    fn mode(&self) -> Option<String> {
-        let answer = four_letter(self.address(), "srvr").ok()?;
-        answer
-            .lines()
-            .find_map(|line| line.strip_prefix("Mode: "))
-            .map(str::to_string)
-    }
-
     fn launch(&mut self) -> Result<(), KitError> {
         let command = java_server(
             self.dir.path(),
@@ -109,7 +100,7 @@ impl ZooKeeperEnsemble {
     pub fn leader(&self) -> Option<usize> {
         self.members
             .iter()
-            .position(|member| member.mode().as_deref() == Some("leader"))
+            .position(|member| mode_at(member.address()).as_deref() == Some("leader"))
     }
 
     /// Kills member `index` (SIGKILL); its data stays for [`ZooKeeperEnsemble::restart`].
@@ -129,11 +120,7 @@ impl ZooKeeperEnsemble {
         let member = &mut self.members[index];
         let log = member.log_path();
         let address = member.address();
-        let serves = || {
-            four_letter(address, "srvr").is_ok_and(|answer| {
-                answer.contains("Mode: leader") || answer.contains("Mode: follower")
-            })
-        };
+        let serves = || matches!(mode_at(address).as_deref(), Some("leader" | "follower"));
         let child = member
             .process
             .as_mut()
@@ -153,6 +140,15 @@ impl Drop for ZooKeeperEnsemble {
             let _ = member.kill();
         }
     }
+}
+
+/// The `Mode:` of the server at `address` from `srvr` (`leader`, `follower`), once it serves.
+fn mode_at(address: SocketAddr) -> Option<String> {
+    let answer = four_letter(address, "srvr").ok()?;
+    answer
+        .lines()
+        .find_map(|line| line.strip_prefix("Mode: "))
+        .map(str::to_string)
 }
 
 /// Writes a member's `zoo.cfg` (the standalone settings, plus every peer) and `data/myid`.
