@@ -95,6 +95,8 @@ pub struct ClaimFacts {
     /// `status.message`: a lost claim keeps saying why while it waits to be granted again.
     pub message: Option<String>,
     pub released_at: Option<Timestamp>,
+    /// `status.fencingToken`: the token of the grant the status shows.
+    pub fencing_token: Option<i64>,
     /// The claim ended because its Lease holder stopped renewing (its `Granted` condition says
     /// `LeaseLapsed`).
     pub lapsed: bool,
@@ -110,6 +112,7 @@ impl ClaimFacts {
             granted_at: status.granted_at.map(|t| t.0),
             message: status.message,
             released_at: status.released_at.map(|t| t.0),
+            fencing_token: status.fencing_token,
             lapsed: status
                 .conditions
                 .iter()
@@ -433,6 +436,14 @@ fn granted(
     node: &Node,
     now: Timestamp,
 ) -> Step {
+    // Tokens only grow: a status showing a larger one than this contender's was written by a
+    // newer leader (this one was away, and does not know yet). Its view is older: leave it.
+    if claim
+        .fencing_token
+        .is_some_and(|shown| shown > fencing_token)
+    {
+        return Step::nothing(QueueAction::Keep);
+    }
     let held = claim
         .granted_at
         .map(|granted| elapsed(granted, now))
@@ -621,6 +632,7 @@ mod tests {
             granted_at: matches!(phase, ClaimPhase::Granted | ClaimPhase::Lost).then(|| at(0)),
             message: None,
             released_at: None,
+            fencing_token: None,
             lapsed: false,
         }
     }

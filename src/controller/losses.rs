@@ -58,12 +58,18 @@ pub async fn fence_lost_grants(ctx: &Arc<Context>) -> Fences {
         let now = Timestamp::now();
         let wanted =
             claim_lifecycle::status_after(&current, &outcome, claim.meta().generation, now);
-        if let Err(err) = status::apply(&claims, &claim, &wanted, true).await {
-            tracing::warn!(claim = %claim.name_any(), %err, "could not mark a lost grant");
+        match status::apply(&claims, &claim, &wanted, true).await {
+            Ok(()) => {
+                let created = claim.meta().creation_timestamp.as_ref().map(|t| t.0);
+                let transition = claim_lifecycle::transition(&current, &outcome, created, now);
+                status::record_transition(ctx, &claim, transition).await;
+            }
+            // The claim changed since it was read: another leader has taken it on.
+            Err(kube::Error::Api(status)) if status.code == 409 => continue,
+            Err(err) => {
+                tracing::warn!(claim = %claim.name_any(), %err, "could not mark a lost grant")
+            }
         }
-        let created = claim.meta().creation_timestamp.as_ref().map(|t| t.0);
-        let transition = claim_lifecycle::transition(&current, &outcome, created, now);
-        status::record_transition(ctx, &claim, transition).await;
         if lock.as_ref().is_some_and(|l| l.spec.evict_on_loss) {
             evict_holder(ctx, &claim).await;
         }
