@@ -685,7 +685,12 @@ async fn a_killed_controller_restarts_without_granting_twice_or_losing_a_claim()
     for i in 1..=3 {
         let name = format!("job-{i}");
         cluster.wait_phase(&name, ClaimPhase::Granted).await;
-        assert_eq!(cluster.running_jobs().await, vec![name.clone()]);
+        // The Job is resumed right after its grant is written: only this one runs.
+        cluster
+            .eventually("the granted Job alone runs", || async {
+                cluster.running_jobs().await == vec![name.clone()]
+            })
+            .await;
         cluster.complete_job(&name).await;
         cluster.wait_phase(&name, ClaimPhase::Released).await;
     }
@@ -759,6 +764,35 @@ async fn a_lost_zookeeper_session_marks_grants_lost_then_grants_again_in_order()
         cluster.set_pod_phase(name, "Succeeded").await;
         cluster.wait_phase(next, ClaimPhase::Granted).await;
     }
+    cluster.stop().await;
+}
+
+/// The lock-delay of a grant lost with a replica's session holds under whichever replica
+/// leads next: a replica cut off from ZooKeeper marks its grant `Lost`, and the standby that
+/// takes over reads the loss from the claim and grants the lock again only once the
+/// lock-delay has passed since then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_delay_set_by_a_replica_cut_off_from_zookeeper_holds_under_the_next_leader() {
+    let mut cluster = Cluster::start_without_controller().await;
+    let cut = lockkeeper_testkit::CuttingProxy::start(cluster.zk.port()).unwrap();
+    cluster.start_controller_process_via(&cut.connect_string());
+    cluster.lock("db", json!({"lockDelaySeconds": 8})).await;
+    cluster.pod_with_claim("holder", "db").await;
+    cluster.wait_phase("holder", ClaimPhase::Granted).await;
+    cut.set_refusing(true);
+    cut.cut_all();
+    cluster.wait_phase("holder", ClaimPhase::Lost).await;
+    let lost_at = cluster.claim_status("holder").await.released_at.unwrap().0;
+    let standby = cluster.spawn_controller(cluster.controller_config());
+    cluster.wait_phase("holder", ClaimPhase::Granted).await;
+    let granted_at = cluster.claim_status("holder").await.granted_at.unwrap().0;
+    // Timestamps have whole seconds.
+    assert!(
+        granted_at.duration_since(lost_at) >= k8s_openapi::jiff::SignedDuration::from_secs(7),
+        "granted again at {granted_at}, lost at {lost_at}: the lock-delay (8 s) was not kept"
+    );
+    standby.stop().await;
+    cluster.kill_controller_process();
     cluster.stop().await;
 }
 

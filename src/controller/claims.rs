@@ -8,17 +8,16 @@ use std::time::Duration;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
-use serde_json::json;
 
 use super::context::Context;
 use super::error::{During, Error, Step};
 use super::finalizer::{self, Patched};
+use super::holder_writes::{self, Applied};
 use super::installation::{self, Serving};
-use super::losses;
 use super::status;
 use crate::claim_lifecycle::holders;
 use crate::claim_lifecycle::{self, ClaimFacts, HolderState, LockFacts, QueueAction, QueueState};
@@ -294,27 +293,35 @@ async fn act_on_queue(
     }
 }
 
-/// Carries out the rest of the step: the holder Job resumed or the holder evicted, the
-/// status written; and when to look at the claim again.
+/// Carries out the rest of the step: the status written, then the holder Job resumed or the
+/// holder evicted; and when to look at the claim again.
 async fn act(
     ctx: &Context,
     claim: &LockClaim,
     step: &claim_lifecycle::Step,
     observed: &Observed,
 ) -> Result<Action, Error> {
-    if step.resume_job {
-        resume_job(ctx, claim).await?;
-    }
-    if step.evict_holder {
-        losses::evict_holder(ctx, claim).await;
-    }
     let mut retry_write = None;
     if let Some(outcome) = &step.outcome {
         if let Some(wait) = place_write_delay(ctx, claim, outcome) {
             retry_write = Some(wait);
         } else if write_status(ctx, claim, outcome, observed.now).await? == Written::Conflict {
-            retry_write = Some(CONFLICT_RETRY);
+            // The decision was made on an old copy of the claim: nothing more is done on it.
+            return Ok(Action::requeue(CONFLICT_RETRY));
         }
+    }
+    // The holder is written after the claim's status went through, each write conditional
+    // on the copy decided on: a stale decision changes neither.
+    if step.resume_job
+        && holder_writes::resume_job(ctx, claim)
+            .await
+            .during(Step::ResumeJob)?
+            == Applied::HolderChanged
+    {
+        retry_write = Some(CONFLICT_RETRY);
+    }
+    if step.evict_holder {
+        holder_writes::evict_holder(ctx, claim).await;
     }
     let next = [step.requeue_after, observed.holder_check, retry_write]
         .into_iter()
@@ -421,18 +428,6 @@ async fn leave_queue(
 }
 
 /// A suspended holder Job starts once its claim is granted.
-async fn resume_job(ctx: &Context, claim: &LockClaim) -> Result<(), Error> {
-    let jobs: Api<Job> = ctx.api_beside(claim);
-    jobs.patch(
-        &claim.spec.holder.name,
-        &PatchParams::default(),
-        &Patch::Merge(json!({"spec": {"suspend": false}})),
-    )
-    .await
-    .during(Step::ResumeJob)?;
-    Ok(())
-}
-
 /// Whether a status write went through.
 #[derive(Debug, PartialEq, Eq)]
 enum Written {

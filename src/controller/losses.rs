@@ -7,17 +7,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, ListParams};
+use kube::api::Api;
 use kube::{Resource, ResourceExt};
 use tokio::time::Instant;
 
 use super::contenders::Lost;
 use super::context::{Context, Fences};
+use super::holder_writes;
 use super::status;
 use crate::claim_lifecycle::{self, Node, Outcome};
-use crate::resources::{ClaimPhase, HolderKind, LockClaim, LockClaimStatus};
+use crate::resources::{ClaimPhase, LockClaim, LockClaimStatus};
 
 /// Marks the term's lost grants `Lost` (with an event), evicts their holders where their
 /// lock asks for it; answers the locks to fence, each until its lock-delay has passed since
@@ -71,7 +71,7 @@ pub async fn fence_lost_grants(ctx: &Arc<Context>) -> Fences {
             }
         }
         if lock.as_ref().is_some_and(|l| l.spec.evict_on_loss) {
-            evict_holder(ctx, &claim).await;
+            holder_writes::evict_holder(ctx, &claim).await;
         }
         let delay = lock
             .as_ref()
@@ -91,28 +91,6 @@ fn shows_grant_of(status: &LockClaimStatus, node: &Node) -> bool {
     match &status.znode {
         Some(znode) => *znode == node.path,
         None => status.sequence == Some(node.sequence),
-    }
-}
-
-/// Deletes the holder Pod, or the holder Job's pods, so an old holder stops working.
-pub async fn evict_holder(ctx: &Context, claim: &LockClaim) {
-    let pods: Api<Pod> = ctx.api_beside(claim);
-    let result = match claim.spec.holder.kind {
-        HolderKind::Pod => pods
-            .delete(&claim.spec.holder.name, &DeleteParams::default())
-            .await
-            .map(|_| ()),
-        HolderKind::Job => pods
-            .delete_collection(
-                &DeleteParams::default(),
-                &ListParams::default().labels(&format!("job-name={}", claim.spec.holder.name)),
-            )
-            .await
-            .map(|_| ()),
-        HolderKind::Lease => Ok(()),
-    };
-    if let Err(err) = result {
-        tracing::warn!(claim = %claim.name_any(), %err, "could not evict the old holder");
     }
 }
 

@@ -16,6 +16,7 @@ pub mod context;
 pub mod departures;
 pub mod error;
 pub mod finalizer;
+pub mod holder_writes;
 pub mod installation;
 pub mod leader;
 pub mod locks;

@@ -6,8 +6,10 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::StreamExt;
+use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::time::Instant;
@@ -77,11 +79,15 @@ pub async fn resume(
         }
         lock_claims.sort_by_key(|claim| resume_order(claim));
         queued += lock_claims.len();
+        let shown = lock_delay_shown(lock, &lock_claims, Timestamp::now())
+            .map(|left| Instant::now() + left);
         match fenced
             .get(&lock_ref)
-            .filter(|until| **until > Instant::now())
+            .copied()
+            .max(shown)
+            .filter(|until| *until > Instant::now())
         {
-            Some(&until) => requeue_after_fence(ctx, lock_ref, until, lock.clone(), lock_claims),
+            Some(until) => requeue_after_fence(ctx, lock_ref, until, lock.clone(), lock_claims),
             None => now.push((lock, lock_claims)),
         }
     }
@@ -92,6 +98,27 @@ pub async fn resume(
         })
         .await;
     Some(queued)
+}
+
+/// How much of the lock's lock-delay is left after the grants its claims show `Lost` (each
+/// from its `releasedAt`). Whichever replica marked them, the delay holds on after a change
+/// of leader: the replica taking over reads it from the claims.
+fn lock_delay_shown(
+    lock: &DistributedLock,
+    claims: &[Arc<LockClaim>],
+    now: Timestamp,
+) -> Option<Duration> {
+    let delay = Duration::from_secs(lock.spec.lock_delay_seconds?);
+    claims
+        .iter()
+        .filter_map(|claim| claim.status.as_ref())
+        .filter(|status| status.phase == ClaimPhase::Lost)
+        .filter_map(|status| status.released_at.as_ref())
+        .filter_map(|lost| {
+            let since = now.duration_since(lost.0).try_into().unwrap_or_default();
+            delay.checked_sub(since).filter(|left| !left.is_zero())
+        })
+        .max()
 }
 
 /// Fences a lock until `until`, and queues its claims again then, in order.
@@ -145,5 +172,64 @@ async fn requeue_in_order(ctx: &Context, lock: &DistributedLock, claims: &[Arc<L
             // The claim reconciler queues it (out of order) when it comes to it.
             tracing::warn!(claim = %claim.name_any(), %err, "could not queue a claim again in order");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    use super::*;
+    use crate::resources::{DistributedLockSpec, LockClaimStatus};
+
+    fn claim(phase: ClaimPhase, released_at: Option<Timestamp>) -> Arc<LockClaim> {
+        let mut claim: LockClaim = serde_json::from_value(serde_json::json!({
+            "apiVersion": "lockkeeper.dev/v1alpha1", "kind": "LockClaim",
+            "metadata": {"name": "c", "namespace": "team"},
+            "spec": {"lock": "db", "holder": {"kind": "Pod", "name": "p"}},
+        }))
+        .expect("a claim");
+        claim.status = Some(LockClaimStatus {
+            phase,
+            released_at: released_at.map(Time),
+            ..Default::default()
+        });
+        Arc::new(claim)
+    }
+
+    fn lock(lock_delay_seconds: Option<u64>) -> DistributedLock {
+        let spec: DistributedLockSpec =
+            serde_json::from_value(serde_json::json!({"type": "Mutex"})).expect("a lock spec");
+        DistributedLock::new(
+            "db",
+            DistributedLockSpec {
+                lock_delay_seconds,
+                ..spec
+            },
+        )
+    }
+
+    #[test]
+    fn a_leader_taking_over_keeps_the_lock_delay_of_grants_shown_lost() {
+        let now: Timestamp = "2026-11-26T10:00:10Z".parse().expect("a time");
+        let at = |second: i64| {
+            now.checked_add(k8s_openapi::jiff::SignedDuration::from_secs(second - 10))
+                .expect("a time")
+        };
+        let claims = [
+            claim(ClaimPhase::Lost, Some(at(4))),
+            claim(ClaimPhase::Lost, Some(at(7))),
+            claim(ClaimPhase::Released, Some(at(9))),
+            claim(ClaimPhase::Waiting, None),
+        ];
+        // Lost at 4 s and 7 s with a 5 s delay: fenced until 12 s, 2 s from now; a release is
+        // no loss.
+        assert_eq!(
+            lock_delay_shown(&lock(Some(5)), &claims, now),
+            Some(Duration::from_secs(2))
+        );
+        // Past the delay, or no delay: no fence.
+        assert_eq!(lock_delay_shown(&lock(Some(3)), &claims, now), None);
+        assert_eq!(lock_delay_shown(&lock(None), &claims, now), None);
     }
 }

@@ -319,6 +319,12 @@ impl Cluster {
 
     /// Starts `lockkeeper controller` as a process of its own, on this cluster.
     pub fn start_controller_process(&mut self) {
+        self.start_controller_process_via(&self.zk.connect_string());
+    }
+
+    /// Starts `lockkeeper controller` as a process of its own that reaches ZooKeeper at
+    /// `zookeeper` (a proxy that can cut it off).
+    pub fn start_controller_process_via(&mut self, zookeeper: &str) {
         let config = self.controller_config();
         let mut command = self.lockkeeper();
         command
@@ -326,7 +332,7 @@ impl Cluster {
             .args([
                 "controller",
                 "--zookeeper",
-                &self.zk.connect_string(),
+                zookeeper,
                 "--session-timeout",
                 "4s",
             ])
