@@ -15,10 +15,11 @@ export LOCKKEEPER_CONTROLPLANE_CACHE := $(CONTROLPLANE_CACHE)
 # The end-to-end tests that also run on the oldest Kubernetes version tested
 OLDEST_KUBERNETES_TESTS := --test crds --test examples --test scenarios
 
-.PHONY: deps test lint unit sandbox sandbox-down controlplane bench crds manifest
+.PHONY: deps test lint unit sandbox sandbox-down controlplane bench chaos crds manifest
 
-## deps: install what the tests and the sandbox need (Debian packages, a JDK with javac, helm, and
-## the Kubernetes control planes, built from Go modules into .tools/controlplane on the first run)
+## deps: install what the tests and the sandbox need (Debian packages, a JDK with javac, helm, the
+## Kubernetes control planes, built from Go modules into .tools/controlplane on the first run, and
+## the chaos suite's history checker, built into .tools/historycheck)
 deps:
 	@missing=""; for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	command -v javac >/dev/null 2>&1 || missing="$$missing default-jdk-headless"; \
@@ -30,6 +31,7 @@ deps:
 	else echo "==> Debian packages present: $(DEBIAN_PACKAGES)"; fi
 	@bash e2e/tools/install-helm.sh "$(HELM)"
 	@bash e2e/controlplane/build.sh "$(CONTROLPLANE_CACHE)"
+	@bash e2e/historycheck/build.sh "$(CURDIR)/.tools/historycheck"
 
 ## lint: formatting and clippy, warnings are errors
 lint:
@@ -37,9 +39,11 @@ lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 ## test: the whole suite (unit, property, real-ZooKeeper, Curator and kazoo interoperability, end to
-## end on the newest Kubernetes control plane), then the CRDs, examples and scenarios on the oldest
+## end on the newest Kubernetes control plane, a short chaos run), then the CRDs, examples and
+## scenarios on the oldest
 test: deps lint
 	@mkdir -p target
+	cd e2e/historycheck && go vet ./... && go test ./...
 	$(CARGO) build --workspace --bins
 	set -o pipefail; $(CARGO) test --workspace 2>&1 | tee target/test-output.log
 	set -o pipefail; LOCKKEEPER_KUBERNETES=oldest $(CARGO) test $(OLDEST_KUBERNETES_TESTS) 2>&1 | tee -a target/test-output.log
@@ -50,6 +54,12 @@ bench: deps
 	@echo "==> building the release binaries (cargo build --release)"
 	@$(CARGO) build --quiet --release --workspace --bins
 	target/release/lockkeeper-bench --out bench/results
+
+## chaos: the chaos suite run long (issue 15): runs of 10 minutes of faults until 10,000 grants and
+## every fault kind 20 times; writes bench/chaos/ (each run's summary, and their total)
+chaos: deps
+	@$(CARGO) build --quiet --workspace --bins
+	bash e2e/chaos/run.sh bench/chaos
 
 ## sandbox: ZooKeeper, the Kubernetes control plane, lockkeeper controller, the CRDs and a demo on loopback, left running
 sandbox: deps

@@ -106,7 +106,9 @@ impl Cluster {
         Self::start_on(shared_kubeconfig()).await
     }
 
-    async fn start_on(kubeconfig: std::ffi::OsString) -> Self {
+    /// Everything but the controller, on the cluster of an admin's `kubeconfig` (a control
+    /// plane the test started).
+    pub async fn start_on(kubeconfig: std::ffi::OsString) -> Self {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(lockkeeper::cli::log_filter())
             .with_test_writer()

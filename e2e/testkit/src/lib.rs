@@ -5,6 +5,7 @@
 pub mod api_fault_proxy;
 pub mod control_plane;
 pub mod cutting_proxy;
+pub mod fenced_resource;
 pub mod hold_log;
 pub mod peer;
 pub mod zookeeper_ensemble;
@@ -13,6 +14,7 @@ pub mod zookeeper_server;
 pub use api_fault_proxy::ApiFaultProxy;
 pub use control_plane::{ControlPlane, ControlPlaneOptions, KubernetesVersion};
 pub use cutting_proxy::CuttingProxy;
+pub use fenced_resource::{FencedResource, ResourceClient, monotonic_nanos};
 pub use hold_log::{HoldInterval, HoldLog};
 pub use peer::{PeerKind, PeerLibrary, PeerProcess, PeerSpec};
 pub use zookeeper_ensemble::ZooKeeperEnsemble;

@@ -96,6 +96,14 @@ impl ZooKeeperEnsemble {
         members.join(",")
     }
 
+    /// Each member's client port, in member order (for a proxy in front of each).
+    pub fn client_ports(&self) -> Vec<u16> {
+        self.members
+            .iter()
+            .map(|member| member.client_port)
+            .collect()
+    }
+
     /// The index of the member that leads now, if one does.
     pub fn leader(&self) -> Option<usize> {
         self.members
