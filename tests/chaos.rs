@@ -21,10 +21,9 @@ mod cluster;
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::os::unix::process::CommandExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -272,8 +271,8 @@ struct Ground {
     out: PathBuf,
     /// Process groups of the `lockkeeper run` holders running now (to pause one).
     runs: Mutex<Vec<i32>>,
-    /// Set once the faults have healed: holders then wait at most [`SETTLE`].
-    healed: AtomicBool,
+    /// When the faults healed: holders then wait at most [`SETTLE`].
+    healed_at: Mutex<Option<std::time::Instant>>,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -291,7 +290,7 @@ async fn locks_stay_safe_under_a_seeded_schedule_of_faults() {
     let mut rng = StdRng::seed_from_u64(settings.seed);
     let holders = tokio::spawn(drive_holders(ground.clone(), rng.random()));
     run_faults(&ground, &mut rng, &settings).await;
-    ground.healed.store(true, Ordering::SeqCst);
+    ground.heal();
     let grants = holders.await.expect("the holders' driver ends");
     record_stuck_claims(&ground).await;
     let summary = check_history(&ground.history.path);
@@ -364,18 +363,26 @@ async fn ground(settings: &Settings) -> Ground {
         history,
         out: settings.out.clone(),
         runs: Mutex::new(Vec::new()),
-        healed: AtomicBool::new(false),
+        healed_at: Mutex::new(None),
     }
 }
 
 impl Ground {
+    /// The faults are over: no new holder comes, and the last ones have [`SETTLE`] to end.
+    fn heal(&self) {
+        *self.healed_at.lock().expect("healed lock") = Some(std::time::Instant::now());
+    }
+
+    fn healed(&self) -> bool {
+        self.healed_at.lock().expect("healed lock").is_some()
+    }
+
     /// Whether the faults healed more than [`SETTLE`] ago: a holder still waiting is stuck.
-    fn settled_past(&self, healed_at: &Mutex<Option<std::time::Instant>>) -> bool {
-        if !self.healed.load(Ordering::SeqCst) {
-            return false;
-        }
-        let mut at = healed_at.lock().expect("healed lock");
-        at.get_or_insert_with(std::time::Instant::now).elapsed() > SETTLE
+    fn settled_past(&self) -> bool {
+        self.healed_at
+            .lock()
+            .expect("healed lock")
+            .is_some_and(|at| at.elapsed() > SETTLE)
     }
 
     fn holder_log(&self, id: &str) -> std::fs::File {
@@ -415,9 +422,6 @@ impl Ground {
     }
 }
 
-/// Once the faults have healed, when the run started waiting for its last holders.
-static HEALED_AT: Mutex<Option<std::time::Instant>> = Mutex::new(None);
-
 #[derive(Clone, Copy, Debug)]
 enum HolderKind {
     Run,
@@ -437,7 +441,7 @@ async fn drive_holders(ground: Arc<Ground>, seed: u64) -> usize {
     let mut holders = tokio::task::JoinSet::new();
     let locks = locks();
     let mut next = 0;
-    while !ground.healed.load(Ordering::SeqCst) {
+    while !ground.healed() {
         let slot = slots
             .clone()
             .acquire_owned()
@@ -485,9 +489,15 @@ async fn drive_holders(ground: Arc<Ground>, seed: u64) -> usize {
 async fn wait_child(ground: &Ground, child: &mut Child, claim: &str) -> Option<i32> {
     loop {
         if let Some(status) = child.try_wait().expect("poll a holder process") {
-            return Some(status.code().unwrap_or(128 + 9));
+            // A process ended by a signal exits 128 + the signal, as a shell reports it.
+            return Some(
+                status
+                    .code()
+                    .or(status.signal().map(|s| 128 + s))
+                    .unwrap_or(-1),
+            );
         }
-        if ground.settled_past(&HEALED_AT) {
+        if ground.settled_past() {
             ground.record_stuck(claim, "still waiting");
             let _ = child.kill();
             let _ = child.wait();
@@ -613,7 +623,7 @@ async fn hold_with_job(ground: &Ground, lock: &str, mode: &str, fenced: bool, id
         if let Some(pod) = list.ok().and_then(|l| l.items.into_iter().next()) {
             break Some(pod);
         }
-        if ground.settled_past(&HEALED_AT) {
+        if ground.settled_past() {
             ground.record_stuck(id, "its Job never ran");
             break None;
         }
@@ -677,7 +687,7 @@ async fn run_worker_then_end_pod(
         if !matches!(phase, Some(ClaimPhase::Granted | ClaimPhase::Lost)) {
             break;
         }
-        if ground.settled_past(&HEALED_AT) {
+        if ground.settled_past() {
             ground.record_stuck(claim, "Granted after its holder ended");
             break;
         }
@@ -816,7 +826,7 @@ async fn run_faults(ground: &Arc<Ground>, rng: &mut StdRng, settings: &Settings)
         }
         let fault = round.pop().expect("a fault of the round");
         let begun = monotonic_nanos();
-        inject(ground, fault).await;
+        inject(ground, fault, rng).await;
         ground
             .history
             .record(json!({"ev": "fault", "kind": fault.name(), "start": begun,
@@ -854,7 +864,7 @@ async fn leading_replica(ground: &Ground) -> usize {
         .unwrap_or(0)
 }
 
-async fn inject(ground: &Arc<Ground>, fault: Fault) {
+async fn inject(ground: &Arc<Ground>, fault: Fault, rng: &mut StdRng) {
     let leader = leading_replica(ground).await;
     let sleep = |ms: u64| tokio::time::sleep(Duration::from_millis(ms));
     match fault {
@@ -907,10 +917,10 @@ async fn inject(ground: &Arc<Ground>, fault: Fault) {
         }
         Fault::PauseHolder => {
             // Past its 3 s lease, and within the lock-delay that follows the lapse.
+            let pick = rng.random_range(0..HOLDERS_AT_ONCE);
             let group = {
                 let runs = ground.runs.lock().expect("runs lock");
-                runs.get(monotonic_nanos() as usize % runs.len().max(1))
-                    .copied()
+                runs.get(pick % runs.len().max(1)).copied()
             };
             if let Some(group) = group {
                 let group = nix::unistd::Pid::from_raw(group);

@@ -255,6 +255,10 @@ async fn a_resumed_session_keeps_its_nodes_and_grants() {
     waiter.wait_granted(PATIENCE).await.unwrap();
 }
 
+/// Curator's CURATOR-604 (still open): `acquire` trusts a node with its id that an earlier
+/// session left, and takes the lock on a node that vanishes when that session expires. Here a
+/// new session never adopts such a node: it deletes it and queues a node of its own, whose
+/// grant outlives the dead session.
 #[tokio::test]
 async fn a_new_session_replaces_the_stale_node_of_a_dead_one() {
     let zk = zookeeper();
@@ -262,12 +266,15 @@ async fn a_new_session_replaces_the_stale_node_of_a_dead_one() {
     let mut config = config(&zk);
     config.keep_session_on_drop = true;
     let crashed = LockEngine::connect(config).await.unwrap();
-    enqueue(&crashed, &lock, "claim", Mode::Exclusive).await;
+    let stale = enqueue(&crashed, &lock, "claim", Mode::Exclusive).await;
     drop(crashed);
     let fresh = engine(&zk).await;
-    let replaced = enqueue(&fresh, &lock, "claim", Mode::Exclusive).await;
+    let mut replaced = enqueue(&fresh, &lock, "claim", Mode::Exclusive).await;
     assert_eq!((replaced.adopted, replaced.replaced_stale), (false, 1));
-    assert_eq!(fresh.queue(&lock).await.unwrap().entries.len(), 1);
+    assert_ne!(replaced.node, stale.node, "a node of the new session's own");
+    let queue = fresh.queue(&lock).await.unwrap();
+    assert_eq!(queue.entries.len(), 1, "the stale node is gone: {queue:?}");
+    replaced.wait_granted(PATIENCE).await.unwrap();
 }
 
 /// A new leader queues a lock's claims again as one burst: each keeps its place in the given
