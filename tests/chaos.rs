@@ -31,6 +31,7 @@ use cluster::Cluster;
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
 use kube::api::{DeleteParams, ListParams, PropagationPolicy};
 use kube::runtime::{WatchStreamExt, watcher};
 use lockkeeper::resources::{ClaimPhase, LockClaim};
@@ -393,7 +394,10 @@ impl Ground {
 
     /// The `fenced-worker` command line of holder `id` (its token from `lockkeeper run`'s
     /// environment when `token` is `None`).
-    fn worker(&self, lock: &str, id: &str, fenced: bool, token: Option<i64>) -> Vec<String> {
+    fn worker(&self, holder: &Holder, token: Option<i64>) -> Vec<String> {
+        let Holder {
+            id, lock, fenced, ..
+        } = *holder;
         let mut args = vec![
             sibling_binary("fenced-worker").display().to_string(),
             self.history.path.display().to_string(),
@@ -420,6 +424,16 @@ impl Ground {
             .record(json!({"ev": "stuck", "holder": claim, "phase": phase,
             "at": monotonic_nanos()}));
     }
+}
+
+/// One holder of a chaos run: its id (its claim's name, but for `lockkeeper run`, which
+/// names its claim itself), the lock, the claim's mode, and whether its requests are fenced
+/// writes (exclusive holders) or reads.
+struct Holder<'a> {
+    id: &'a str,
+    lock: &'a str,
+    mode: &'a str,
+    fenced: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -467,10 +481,16 @@ async fn drive_holders(ground: Arc<Ground>, seed: u64) -> usize {
                 .history
                 .record(json!({"ev": "request", "holder": id, "lock": lock,
                 "mode": if fenced { "Exclusive" } else { "Shared" }, "at": monotonic_nanos()}));
+            let holder = Holder {
+                id: &id,
+                lock,
+                mode,
+                fenced,
+            };
             let entered = match kind {
-                HolderKind::Run => hold_with_run(&ground, lock, mode, fenced, &id).await,
-                HolderKind::GatedPod => hold_with_gated_pod(&ground, lock, mode, fenced, &id).await,
-                HolderKind::Job => hold_with_job(&ground, lock, mode, fenced, &id).await,
+                HolderKind::Run => hold_with_run(&ground, &holder).await,
+                HolderKind::GatedPod => hold_with_gated_pod(&ground, &holder).await,
+                HolderKind::Job => hold_with_job(&ground, &holder).await,
             };
             drop(slot);
             entered
@@ -508,8 +528,9 @@ async fn wait_child(ground: &Ground, child: &mut Child, claim: &str) -> Option<i
 }
 
 /// `lockkeeper run` holds the lock while the worker runs; its lease lapses if it is paused.
-async fn hold_with_run(ground: &Ground, lock: &str, mode: &str, fenced: bool, id: &str) -> bool {
-    let worker = ground.worker(lock, id, fenced, None);
+async fn hold_with_run(ground: &Ground, holder: &Holder<'_>) -> bool {
+    let Holder { id, lock, mode, .. } = *holder;
+    let worker = ground.worker(holder, None);
     let mut run = ground.cluster.lockkeeper();
     run.args([
         "run",
@@ -549,13 +570,8 @@ async fn hold_with_run(ground: &Ground, lock: &str, mode: &str, fenced: bool, id
 
 /// A pod whose `lockkeeper gate` init container waits for the grant; the worker is its main
 /// container, and the test, as the kubelet, marks the pod Succeeded when it ends.
-async fn hold_with_gated_pod(
-    ground: &Ground,
-    lock: &str,
-    mode: &str,
-    fenced: bool,
-    id: &str,
-) -> bool {
+async fn hold_with_gated_pod(ground: &Ground, holder: &Holder<'_>) -> bool {
+    let Holder { id, lock, mode, .. } = *holder;
     let cluster = &ground.cluster;
     let pod = cluster.gated_pod(id).await;
     let token_file = ground.out.join("holders").join(format!("{id}.token"));
@@ -587,16 +603,7 @@ async fn hold_with_gated_pod(
             .trim()
             .parse()
             .expect("a fencing token");
-        run_worker_then_end_pod(
-            ground,
-            lock,
-            fenced,
-            id,
-            token,
-            &claim,
-            &pod.metadata.name.clone().unwrap(),
-        )
-        .await;
+        run_worker_then_end_pod(ground, holder, token, &claim, &pod.name_any()).await;
     }
     let _ = cluster
         .api::<Pod>()
@@ -607,7 +614,8 @@ async fn hold_with_gated_pod(
 
 /// A suspended Job with a claim: the controller resumes it once granted, the Job controller
 /// makes its pod, and the worker runs as that pod.
-async fn hold_with_job(ground: &Ground, lock: &str, mode: &str, fenced: bool, id: &str) -> bool {
+async fn hold_with_job(ground: &Ground, holder: &Holder<'_>) -> bool {
+    let Holder { id, lock, mode, .. } = *holder;
     let cluster = &ground.cluster;
     cluster.suspended_job(id).await;
     cluster
@@ -636,16 +644,7 @@ async fn hold_with_job(ground: &Ground, lock: &str, mode: &str, fenced: bool, id
             .await
             .fencing_token
             .expect("a resumed Job's claim shows its token");
-        run_worker_then_end_pod(
-            ground,
-            lock,
-            fenced,
-            id,
-            token,
-            id,
-            &pod.metadata.name.clone().unwrap(),
-        )
-        .await;
+        run_worker_then_end_pod(ground, holder, token, id, &pod.name_any()).await;
     }
     let background = DeleteParams {
         propagation_policy: Some(PropagationPolicy::Background),
@@ -663,14 +662,13 @@ async fn hold_with_job(ground: &Ground, lock: &str, mode: &str, fenced: bool, id
 /// until the claim shows the hold over.
 async fn run_worker_then_end_pod(
     ground: &Ground,
-    lock: &str,
-    fenced: bool,
-    id: &str,
+    holder: &Holder<'_>,
     token: i64,
     claim: &str,
     pod: &str,
 ) {
-    let args = ground.worker(lock, id, fenced, Some(token));
+    let Holder { id, lock, .. } = *holder;
+    let args = ground.worker(holder, Some(token));
     let mut worker = Command::new(&args[0]);
     worker
         .args(&args[1..])
