@@ -45,8 +45,9 @@ fn was_queued(claim: &LockClaim) -> bool {
 /// Queues every previously queued claim again, lock by lock in order, once the claim and
 /// lock caches are filled (they fill while the queues are rebuilt: a term's reconciles wait
 /// for [`Context::term_resumed`], its watches do not). `fenced` names the locks (with their
-/// lock-delay) whose grants this process lost with its session. `None` when the caches
-/// closed first (the term is ending).
+/// lock-delay) whose grants this process lost with its session; a lock is fenced too for
+/// what is left of its lock-delay after the grants its claims show `Lost`, whoever marked
+/// them. `None` when the caches closed first (the term is ending).
 pub async fn resume(
     ctx: &Arc<Context>,
     claims: &Store<LockClaim>,
