@@ -505,26 +505,43 @@ async fn drive_holders(ground: Arc<Ground>, seed: u64) -> usize {
     entered
 }
 
-/// Waits for `child` to exit; past the settling time it is killed and its claim reported stuck.
-async fn wait_child(ground: &Ground, child: &mut Child, claim: &str) -> Option<i32> {
+/// Asks `check` every 25 ms until it answers; once the faults healed more than [`SETTLE`]
+/// ago, records `claim` stuck (`why`) and answers `None`.
+async fn until_settled<T, F, Fut>(
+    ground: &Ground,
+    claim: &str,
+    why: &str,
+    mut check: F,
+) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
     loop {
-        if let Some(status) = child.try_wait().expect("poll a holder process") {
-            // A process ended by a signal exits 128 + the signal, as a shell reports it.
-            return Some(
-                status
-                    .code()
-                    .or(status.signal().map(|s| 128 + s))
-                    .unwrap_or(-1),
-            );
+        if let Some(found) = check().await {
+            return Some(found);
         }
         if ground.settled_past() {
-            ground.record_stuck(claim, "still waiting");
-            let _ = child.kill();
-            let _ = child.wait();
+            ground.record_stuck(claim, why);
             return None;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
+}
+
+/// Waits for `child` to exit: its exit code (128 + the signal for a process a signal ended,
+/// as a shell reports it). Past the settling time it is killed and its claim reported stuck.
+async fn wait_child(ground: &Ground, child: &mut Child, claim: &str) -> Option<i32> {
+    let exited = until_settled(ground, claim, "still waiting", || {
+        let status = child.try_wait().expect("poll a holder process");
+        std::future::ready(status.map(|s| s.code().or(s.signal().map(|n| 128 + n)).unwrap_or(-1)))
+    })
+    .await;
+    if exited.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    exited
 }
 
 /// `lockkeeper run` holds the lock while the worker runs; its lease lapses if it is paused.
@@ -626,17 +643,11 @@ async fn hold_with_job(ground: &Ground, holder: &Holder<'_>) -> bool {
         .await;
     let pods = cluster.api::<Pod>();
     let selector = format!("batch.kubernetes.io/job-name={id}");
-    let pod = loop {
+    let pod = until_settled(ground, id, "its Job never ran", || async {
         let list = pods.list(&ListParams::default().labels(&selector)).await;
-        if let Some(pod) = list.ok().and_then(|l| l.items.into_iter().next()) {
-            break Some(pod);
-        }
-        if ground.settled_past() {
-            ground.record_stuck(id, "its Job never ran");
-            break None;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+        list.ok().and_then(|l| l.items.into_iter().next())
+    })
+    .await;
     let entered = pod.is_some();
     if let Some(pod) = pod {
         let token = cluster
@@ -680,17 +691,11 @@ async fn run_worker_then_end_pod(
     // The grant ended under the worker if the claim no longer shows it.
     let abnormal = cluster.phase_if_exists(claim).await != Some(ClaimPhase::Granted);
     cluster.set_pod_phase(pod, "Succeeded").await;
-    loop {
+    until_settled(ground, claim, "Granted after its holder ended", || async {
         let phase = cluster.phase_if_exists(claim).await;
-        if !matches!(phase, Some(ClaimPhase::Granted | ClaimPhase::Lost)) {
-            break;
-        }
-        if ground.settled_past() {
-            ground.record_stuck(claim, "Granted after its holder ended");
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+        (!matches!(phase, Some(ClaimPhase::Granted | ClaimPhase::Lost))).then_some(())
+    })
+    .await;
     ground.record_released(id, lock, abnormal);
 }
 

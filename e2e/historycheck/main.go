@@ -333,9 +333,7 @@ func longestPauses(holds map[string]*hold, faults []record) map[string]int64 {
 				pause = to - from
 			}
 		}
-		if ms := pause / 1_000_000; ms > longest[f.Kind] {
-			longest[f.Kind] = ms
-		} else if _, seen := longest[f.Kind]; !seen {
+		if ms, seen := pause/1_000_000, longest[f.Kind]; ms >= seen {
 			longest[f.Kind] = ms
 		}
 	}
