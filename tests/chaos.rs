@@ -725,7 +725,7 @@ async fn record_phases(ground: Arc<Ground>) {
         if last.get(&name) != Some(&seen) {
             ground.history.record(
                 json!({"ev": "phase", "holder": name, "lock": claim.spec.lock,
-                "phase": seen.0, "token": seen.1, "at": monotonic_nanos()}),
+                "mode": format!("{:?}", claim.spec.mode), "phase": seen.0, "token": seen.1, "at": monotonic_nanos()}),
             );
             last.insert(name, seen);
         }

@@ -17,10 +17,12 @@ mkdir -p "$out"
 cd "$repo"
 until python3 "$here/total.py" "$out/runs.jsonl" "$goal" "$each" > "$out/total.json"; do
   echo "==> chaos run, seed $seed, $seconds s of faults ($(python3 "$here/total.py" --progress "$out/runs.jsonl" "$goal" "$each"))"
-  status=0
+  # The test's exit status, not grep's (which filters its output to the summary lines).
+  set +e
   LOCKKEEPER_CHAOS_SEED=$seed LOCKKEEPER_CHAOS_SECONDS=$seconds LOCKKEEPER_CHAOS_OUT=$repo/target/chaos \
-    cargo test --quiet --test chaos -- --nocapture 2>&1 | grep -E '^chaos|panicked|FAILED|test result' || true
+    cargo test --quiet --test chaos -- --nocapture 2>&1 | grep -E '^chaos|panicked|FAILED|test result'
   status=${PIPESTATUS[0]}
+  set -e
   summary=$repo/target/chaos/seed-$seed/summary.json
   [ -f "$summary" ] && python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); s["seed"]=int(sys.argv[2]); print(json.dumps(s, sort_keys=True))' "$summary" "$seed" >> "$out/runs.jsonl"
   if [ "$status" != 0 ]; then

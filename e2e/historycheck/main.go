@@ -25,7 +25,7 @@ type record struct {
 	Lock     string `json:"lock"`
 	Type     string `json:"type"`     // lock: Mutex, Semaphore, ReadWrite
 	Permits  int    `json:"permits"`  // lock
-	Mode     string `json:"mode"`     // request: Exclusive, Shared
+	Mode     string `json:"mode"`     // request, phase: Exclusive, Shared
 	Token    int64  `json:"token"`    // enter, write, read, phase
 	At       int64  `json:"at"`       // request, enter, leave, released, phase, stuck, exit
 	Call     int64  `json:"call"`     // write, read
@@ -173,7 +173,7 @@ func check(records []record, timeout time.Duration, visualize string) summary {
 	for _, seen := range phases {
 		allPhases = append(allPhases, seen...)
 	}
-	s.TokenRegressions = tokenRegressions(allPhases)
+	s.TokenRegressions = tokenRegressions(allPhases, locks)
 	byLock := map[string][]*hold{}
 	for _, h := range holds {
 		if h.entered {
@@ -238,30 +238,65 @@ func overlaps(holds []*hold) (caught, unsafe int) {
 
 // tokenRegressions counts grants, as the API server showed them, whose fencing token is
 // not larger than the token of a grant of the same lock that it had shown ended (the claim
-// no longer Granted, or deleted) before. Grants that overlap legitimately (semaphore
-// permits, readers) may show in any order; a grant after another ended may not.
-func tokenRegressions(phases []record) int {
+// no longer Granted, or deleted) before, where the two grants could not have held together.
+// Grants that can hold together (a semaphore's permits, readers) may show in any order, and
+// one may show after the other ended: its status write can lag behind its admission in
+// ZooKeeper (an API error storm), and a lower token was admitted no later than a higher one.
+// Whether such a late grant really held is what the permit count checks.
+func tokenRegressions(phases []record, locks map[string]lockInfo) int {
 	sort.Slice(phases, func(i, j int) bool { return phases[i].At < phases[j].At })
-	granted := map[string]int64{}
+	type grant struct {
+		token     int64
+		exclusive bool
+	}
+	granted := map[string]grant{}
+	// The highest token shown ended per lock: of any grant, and of exclusive grants.
 	endedMax := map[string]int64{}
+	endedMaxExclusive := map[string]int64{}
 	regressions := 0
 	for _, p := range phases {
-		token, wasGranted := granted[p.Holder]
+		was, wasGranted := granted[p.Holder]
 		if p.Phase == "Granted" {
-			if ended, ok := endedMax[p.Lock]; ok && p.Token <= ended && (!wasGranted || token != p.Token) {
+			exclusive := holdsAlone(locks[p.Lock], p.Mode)
+			against := endedMaxExclusive
+			if exclusive {
+				against = endedMax
+			}
+			if ended, ok := against[p.Lock]; ok && p.Token <= ended && (!wasGranted || was.token != p.Token) {
 				regressions++
 			}
-			granted[p.Holder] = p.Token
+			granted[p.Holder] = grant{p.Token, exclusive}
 			continue
 		}
 		if wasGranted {
-			if ended, ok := endedMax[p.Lock]; !ok || token > ended {
-				endedMax[p.Lock] = token
+			raise(endedMax, p.Lock, was.token)
+			if was.exclusive {
+				raise(endedMaxExclusive, p.Lock, was.token)
 			}
 			delete(granted, p.Holder)
 		}
 	}
 	return regressions
+}
+
+// holdsAlone tells whether a grant in `mode` on `lock` excludes every other grant: on a
+// Mutex always, on a ReadWrite lock when Exclusive, on a Semaphore never (its permits are
+// counted instead). A mode not recorded counts as exclusive.
+func holdsAlone(lock lockInfo, mode string) bool {
+	switch lock.kind {
+	case "Semaphore":
+		return false
+	case "ReadWrite":
+		return mode != "Shared"
+	default:
+		return true
+	}
+}
+
+func raise(max map[string]int64, lock string, token int64) {
+	if current, ok := max[lock]; !ok || token > current {
+		max[lock] = token
+	}
 }
 
 // permitViolations counts the grants that entered while the lock already had as many

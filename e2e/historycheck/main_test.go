@@ -98,3 +98,33 @@ func TestTokensThatGoBackAndGrantsAfterReleaseAreCounted(t *testing.T) {
 		t.Fatalf("%+v", s)
 	}
 }
+
+// A semaphore grant whose Granted status lagged (an API error storm) shows after a grant
+// with a higher token ended: both held permits together, so no regression. On a ReadWrite
+// lock the same order is one when either grant was a writer, and on a Mutex always.
+func TestALateShownGrantIsARegressionOnlyWhereTheGrantsExcludeEachOther(t *testing.T) {
+	shownLate := func(kind, oldMode, youngMode string) []record {
+		return []record{
+			{Ev: "lock", Lock: "l", Type: kind, Permits: 2},
+			{Ev: "phase", Holder: "young", Lock: "l", Mode: youngMode, Phase: "Granted", Token: 224, At: 10 * ms},
+			{Ev: "phase", Holder: "young", Lock: "l", Mode: youngMode, Phase: "Deleted", At: 20 * ms},
+			{Ev: "phase", Holder: "old", Lock: "l", Mode: oldMode, Phase: "Granted", Token: 219, At: 30 * ms},
+		}
+	}
+	for _, c := range []struct {
+		kind, old, young string
+		regressions      int
+	}{
+		{"Semaphore", "Shared", "Shared", 0},
+		{"Semaphore", "Exclusive", "Exclusive", 0},
+		{"ReadWrite", "Shared", "Shared", 0},
+		{"ReadWrite", "Shared", "Exclusive", 1},
+		{"ReadWrite", "Exclusive", "Shared", 1},
+		{"Mutex", "Exclusive", "Exclusive", 1},
+	} {
+		s := check(shownLate(c.kind, c.old, c.young), time.Minute, t.TempDir()+"/h")
+		if s.TokenRegressions != c.regressions {
+			t.Errorf("%s: a %s grant shown after a %s grant ended: %d regressions, want %d", c.kind, c.old, c.young, s.TokenRegressions, c.regressions)
+		}
+	}
+}
