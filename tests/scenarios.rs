@@ -796,6 +796,56 @@ async fn a_lock_delay_set_by_a_replica_cut_off_from_zookeeper_holds_under_the_ne
     cluster.stop().await;
 }
 
+/// A leader cut off from ZooKeeper writes nothing while its connection is down: by then
+/// ZooKeeper may have expired its session and another replica may lead and grant. Found by the
+/// chaos suite (seed 100): the cut-off leader, still counting its session alive, marked the
+/// new leader's grant `Lost` from its own stale queue, which still had the claim waiting, and
+/// the two replicas wrote `Lost` and `Granted` in turn. Here the test plays the new leader: it
+/// shows the waiter granted on a node of its own; the old leader must leave that alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_zookeeper_does_not_act_on_its_stale_view() {
+    let mut cluster = Cluster::start_without_controller().await;
+    let cut = lockkeeper_testkit::CuttingProxy::start(cluster.zk.port()).unwrap();
+    cluster.start_controller_process_via(&cut.connect_string());
+    cluster.lock("db", json!({})).await;
+    cluster.pod_with_claim("holder", "db").await;
+    cluster.wait_phase("holder", ClaimPhase::Granted).await;
+    cluster.pod_with_claim("waiter", "db").await;
+    cluster.wait_phase("waiter", ClaimPhase::Waiting).await;
+    cut.set_refusing(true);
+    cut.cut_all();
+    let (phases, watch) = watch_phases(&cluster, "waiter");
+    let newer_grant = json!({"status": {"phase": "Granted", "fencingToken": 1_000_000,
+        "znode": "/another-leaders-session/db/_c_waiter-lock-0000000009", "sequence": 9,
+        "message": "granted by the replica that leads now"}});
+    cluster
+        .api::<LockClaim>()
+        .patch_status(
+            "waiter",
+            &PatchParams::default(),
+            &Patch::Merge(newer_grant),
+        )
+        .await
+        .unwrap();
+    // Within the session timeout (4 s) the old leader still counts its session alive.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    watch.abort();
+    let status = cluster.claim_status("waiter").await;
+    assert_eq!(
+        (status.phase, status.fencing_token),
+        (ClaimPhase::Granted, Some(1_000_000)),
+        "the newer grant was overwritten: {status:?}; phases seen {:?}",
+        phases.lock().unwrap()
+    );
+    assert!(
+        !phases.lock().unwrap().contains(&ClaimPhase::Lost),
+        "{:?}",
+        phases.lock().unwrap()
+    );
+    cluster.kill_controller_process();
+    cluster.stop().await;
+}
+
 /// When the controller's ZooKeeper session is lost, the holder is told `Lost`, and its lock is
 /// granted again only once the lock's `lockDelaySeconds` have passed since then, whichever
 /// path marked the claim (the claim's own reconcile sees its contender lost too). A claim

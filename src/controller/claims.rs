@@ -301,6 +301,11 @@ async fn act(
     step: &claim_lifecycle::Step,
     observed: &Observed,
 ) -> Result<Action, Error> {
+    if !ctx.zookeeper_connected() {
+        // Decided on queues that may be out of date: write nothing until the session is back
+        // (or is lost, and the term ends).
+        return Ok(Action::requeue(DISCONNECTED_RETRY));
+    }
     let mut retry_write = None;
     if let Some(outcome) = &step.outcome {
         if let Some(wait) = place_write_delay(ctx, claim, outcome) {
@@ -332,6 +337,9 @@ async fn act(
         None => Action::await_change(),
     })
 }
+
+/// How soon a claim decided on while ZooKeeper was away is looked at again.
+pub const DISCONNECTED_RETRY: Duration = Duration::from_millis(250);
 
 /// How soon a claim that let an older one go first tries again.
 const ORDER_RETRY: Duration = Duration::from_millis(50);

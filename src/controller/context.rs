@@ -24,7 +24,7 @@ use crate::claim_lifecycle::Node;
 use crate::lock_rules::Mode;
 use crate::resources::{DistributedLock, Installation, LockClaim};
 use crate::zookeeper::znode_name::{ContenderId, ContenderNode};
-use crate::zookeeper::{Contender, EngineError, LockEngine, LockSpec};
+use crate::zookeeper::{Contender, EngineError, LockEngine, LockSpec, SessionStatus};
 
 /// Whether the claim's status shows it waiting at a place in line.
 fn shows_place(claim: &LockClaim) -> bool {
@@ -77,6 +77,8 @@ pub struct Term {
     pub claim_retries: Retries<ObjectRef<LockClaim>>,
     /// Asks the lock controller to refresh a lock's status.
     pub lock_changed: mpsc::UnboundedSender<ObjectRef<DistributedLock>>,
+    /// The ZooKeeper session this term leads in.
+    pub session_id: Option<i64>,
     /// True once the watch caches are filled and the claims an earlier term had queued are
     /// queued again (see [`super::resume`]); reconciles wait for it, so that they decide on
     /// complete caches and keep the old order.
@@ -98,6 +100,19 @@ impl Context {
             self.process.client.clone(),
             &object.namespace().unwrap_or_default(),
         )
+    }
+
+    /// Whether this term may act on what it knows of ZooKeeper: its session is connected. While
+    /// the connection is down, ZooKeeper may already have expired the session and another
+    /// replica may lead and grant; a write decided on this term's queues could undo its work
+    /// (mark its grant `Lost`, say). The client notices a dead connection within two thirds
+    /// of the session timeout, before ZooKeeper can expire the session, so a term that
+    /// writes only while connected never writes after another replica took over.
+    pub fn zookeeper_connected(&self) -> bool {
+        match *self.process.engine.session_status().borrow() {
+            SessionStatus::Connected { session_id } => self.term.session_id == Some(session_id),
+            _ => false,
+        }
     }
 
     /// Waits until the claims of the earlier term are queued again.

@@ -136,6 +136,10 @@ async fn refresh(lock: &Arc<DistributedLock>, ctx: &LockContext) -> Result<Actio
     if wanted == current {
         return Ok(Action::await_change());
     }
+    if !ctx.shared.zookeeper_connected() {
+        // Read from queues that may be out of date: see Context::zookeeper_connected.
+        return Ok(Action::requeue(super::claims::DISCONNECTED_RETRY));
+    }
     write_status(lock, ctx, &wanted, unclaimed).await
 }
 

@@ -21,7 +21,7 @@ use super::context::{Caches, Context, Fences, Process, Term};
 use super::throttle::Throttle;
 use super::{Config, api, claims, departures, locks, resume, watches};
 use crate::resources::{DistributedLock, HolderKind, LockClaim};
-use crate::zookeeper::ContenderEvent;
+use crate::zookeeper::{ContenderEvent, SessionStatus};
 
 /// The watch caches' writers and the lock-refresh queue of one term, consumed by [`lead`].
 pub struct TermInputs {
@@ -39,6 +39,10 @@ pub fn begin(process: Arc<Process>) -> (Arc<Context>, TermInputs) {
     let (pods, pods_writer) = reflector::store();
     let (jobs, jobs_writer) = reflector::store();
     let (claims, claims_writer) = reflector::store();
+    let session_id = match *process.engine.session_status().borrow() {
+        SessionStatus::Connected { session_id } => Some(session_id),
+        _ => None,
+    };
     let ctx = Arc::new(Context {
         process,
         caches: Caches {
@@ -54,6 +58,7 @@ pub fn begin(process: Arc<Process>) -> (Arc<Context>, TermInputs) {
             stale_claims: Default::default(),
             claim_retries: Default::default(),
             lock_changed,
+            session_id,
             resumed: tokio::sync::watch::channel(false).0,
         },
     });
