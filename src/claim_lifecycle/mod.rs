@@ -574,7 +574,7 @@ pub fn transition(
     {
         tallies.push(Tally::Held(elapsed(granted.0, now)));
     }
-    let notice = Notice {
+    let notice = worth_an_event(outcome).then(|| Notice {
         warning: matches!(
             outcome.phase,
             ClaimPhase::Lost | ClaimPhase::Invalid | ClaimPhase::Expired
@@ -582,8 +582,21 @@ pub fn transition(
         reason: outcome.reason,
         action: format!("{:?}", outcome.phase),
         note: outcome.message.clone(),
-    };
-    (tallies, Some(notice))
+    });
+    (tallies, notice)
+}
+
+/// Whether a phase change is told by an event: a grant, and every end that is not routine
+/// (expiry, loss, a lapsed lease, an invalid claim). Each event is one more write to the API
+/// server per claim; a claim queued, or released because its holder ended, says so in its
+/// status (phase, message, `releasedAt`) and its `Granted` condition, which `kubectl describe`
+/// shows.
+fn worth_an_event(outcome: &Outcome) -> bool {
+    match outcome.phase {
+        ClaimPhase::Pending | ClaimPhase::Waiting => false,
+        ClaimPhase::Released => outcome.reason != "Released",
+        ClaimPhase::Granted | ClaimPhase::Expired | ClaimPhase::Lost | ClaimPhase::Invalid => true,
+    }
 }
 
 #[cfg(test)]
@@ -1005,7 +1018,7 @@ mod tests {
     }
 
     #[test]
-    fn a_phase_change_is_counted_and_told_once() {
+    fn a_phase_change_is_counted_once_and_told_when_worth_an_event() {
         let created = Some(at(0));
         let waiting = LockClaimStatus {
             phase: ClaimPhase::Waiting,
@@ -1034,7 +1047,19 @@ mod tests {
             tallies,
             [Tally::Released, Tally::Held(Duration::from_secs(4))]
         );
+        // A routine release is told by the status alone (an event is a write per claim);
+        // a lapsed lease is not routine.
+        assert_eq!(notice, None);
+        let lapse = outcome(ClaimPhase::Released, LEASE_LAPSED, "stopped renewing");
+        let (_, notice) = transition(&granted, &lapse, created, at(9));
         assert!(!notice.unwrap().warning);
+        // Nor is being queued an event.
+        let pending = LockClaimStatus::default();
+        let queued = outcome(ClaimPhase::Waiting, "Waiting", "2 ahead in the queue");
+        assert_eq!(
+            transition(&pending, &queued, created, at(1)),
+            (Vec::new(), None)
+        );
         let loss = outcome(ClaimPhase::Lost, "Lost", "the grant was lost");
         let (tallies, notice) = transition(&granted, &loss, created, at(9));
         assert_eq!(tallies, [Tally::Lost, Tally::Held(Duration::from_secs(4))]);

@@ -452,6 +452,12 @@ const CONFLICT_RETRY: Duration = Duration::from_millis(250);
 /// status write per waiter per handoff, quadratic in the length of the queue.
 pub const POSITION_REFRESH: Duration = Duration::from_secs(1);
 
+/// How many places in line the controller writes per second, across all claims (and as many
+/// at once). Within it every place is right within [`POSITION_REFRESH`]; past it (long queues
+/// that move fast) places catch up at this rate, nearest the front first, and grants and
+/// releases, which are never held back, keep the API server's capacity.
+pub const PLACE_WRITES_PER_SECOND: u32 = 20;
+
 /// How long to hold back a status write that only changes a waiting claim's place in line
 /// (the first change is written at once, later ones at most once per [`POSITION_REFRESH`];
 /// a claim queued again when a term starts already shows a place, so its new sequence waits
@@ -468,7 +474,9 @@ fn place_write_delay(
     if !place_only {
         return None;
     }
-    ctx.term.contenders.place_write_wait(&uid(claim))
+    ctx.term
+        .contenders
+        .place_write_wait(&uid(claim), outcome.position.unwrap_or_default())
 }
 
 /// Writes the claim's status with server-side apply (one field manager, forced, on the

@@ -10,8 +10,8 @@ use std::time::Duration;
 use kube::runtime::reflector::ObjectRef;
 use tokio::sync::watch;
 
-use super::claims::POSITION_REFRESH;
-use super::throttle::Throttle;
+use super::claims::{PLACE_WRITES_PER_SECOND, POSITION_REFRESH};
+use super::throttle::{Budget, Throttle};
 use crate::claim_lifecycle::{Node, QueueState};
 use crate::resources::{DistributedLock, LockClaim};
 use crate::zookeeper::{ContenderState, LockSpec};
@@ -45,6 +45,8 @@ pub struct Contenders {
     by_uid: Mutex<HashMap<String, Tracked>>,
     /// Writes of each tracked claim's place in line; an entry goes with its contender.
     place_writes: Throttle<String>,
+    /// Writes of places in line across all claims.
+    place_budget: Budget,
 }
 
 impl Default for Contenders {
@@ -52,6 +54,7 @@ impl Default for Contenders {
         Contenders {
             by_uid: Mutex::default(),
             place_writes: Throttle::new(POSITION_REFRESH),
+            place_budget: Budget::new(PLACE_WRITES_PER_SECOND, PLACE_WRITES_PER_SECOND),
         }
     }
 }
@@ -80,10 +83,19 @@ impl Contenders {
         Some((tracked.lock, held))
     }
 
-    /// How long the claim's place in line must wait before it is written again (see
-    /// [`POSITION_REFRESH`]); `None` when it may be written now.
-    pub fn place_write_wait(&self, uid: &str) -> Option<Duration> {
-        self.place_writes.wait(&uid.to_string())
+    /// How long the claim's new place in line (`position`) must wait before it is written
+    /// (see [`POSITION_REFRESH`] and [`PLACE_WRITES_PER_SECOND`]); `None` when it may be
+    /// written now. Out of budget, a claim nearer the front is looked at again sooner.
+    pub fn place_write_wait(&self, uid: &str, position: u32) -> Option<Duration> {
+        let uid = uid.to_string();
+        if let Some(wait) = self.place_writes.ready(&uid) {
+            return Some(wait);
+        }
+        if let Some(wait) = self.place_budget.take() {
+            return Some(wait.max(self.place_budget.per_write() * position));
+        }
+        self.place_writes.written(uid);
+        None
     }
 
     pub fn is_tracked(&self, uid: &str) -> bool {

@@ -34,8 +34,9 @@ pub struct LockContext {
 }
 
 /// A lock's status is refreshed at most this often: on a busy lock every grant, release and
-/// new waiter changes it, and the changes of one moment are written together.
-pub const REFRESH_INTERVAL: Duration = Duration::from_millis(200);
+/// new waiter changes it, and the changes of one second are written together (as a claim's
+/// place in line is: right within a second, and about one lock write per grant at most).
+pub const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 
 impl LockContext {
     /// The cached claims of `lock`.

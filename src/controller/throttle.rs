@@ -1,6 +1,7 @@
 //! Writes held to one per interval per object, leading edge first: the first write goes at
 //! once, a later one waits out what is left of the interval. Hand-made because
 //! kube-runtime's debounce is trailing-edge (it would hold back the first write too).
+//! And a [`Budget`]: writes of one kind across all objects held to a rate.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -28,31 +29,72 @@ impl<K: Hash + Eq + Clone> Throttle<K> {
     /// How long until `key` may write again; `None` when it may now (and the write is
     /// counted as made now).
     pub fn wait(&self, key: &K) -> Option<Duration> {
-        let mut last = self.last.lock().expect("throttle lock");
-        let now = Instant::now();
-        if let Some(since) = last.get(key).map(|at| now.duration_since(*at))
-            && since < self.interval
-        {
-            return Some(self.interval - since);
+        let wait = self.ready(key);
+        if wait.is_none() {
+            self.written(key.clone());
         }
-        last.insert(key.clone(), now);
-        if last.len() > FORGET_ABOVE {
-            last.retain(|_, at| now.duration_since(*at) < self.interval);
-        }
-        None
+        wait
+    }
+
+    /// How long until `key` may write again; `None` when it may now (nothing is counted).
+    pub fn ready(&self, key: &K) -> Option<Duration> {
+        let last = self.last.lock().expect("throttle lock");
+        let since = Instant::now().duration_since(*last.get(key)?);
+        (since < self.interval).then(|| self.interval - since)
     }
 
     /// Counts a write of `key` as made now (one made before this process knew of it).
     pub fn written(&self, key: K) {
-        self.last
-            .lock()
-            .expect("throttle lock")
-            .insert(key, Instant::now());
+        let mut last = self.last.lock().expect("throttle lock");
+        let now = Instant::now();
+        last.insert(key, now);
+        if last.len() > FORGET_ABOVE {
+            last.retain(|_, at| now.duration_since(*at) < self.interval);
+        }
     }
 
     /// `key` is gone: its next write, if any, goes at once.
     pub fn forget(&self, key: &K) {
         self.last.lock().expect("throttle lock").remove(key);
+    }
+}
+
+/// Writes of one kind, across all objects, held to a rate with bursts up to `burst` (a token
+/// bucket, kept as the time the next write is due: GCRA). Hand-made on tokio's clock, which
+/// paused-time tests drive; rate-limiter crates keep a clock of their own.
+pub struct Budget {
+    per_write: Duration,
+    burst: u32,
+    /// When the bucket is empty again if no write comes: each write moves it `per_write` on.
+    due: Mutex<Instant>,
+}
+
+impl Budget {
+    pub fn new(per_second: u32, burst: u32) -> Self {
+        Budget {
+            per_write: Duration::from_secs(1) / per_second.max(1),
+            burst: burst.max(1),
+            due: Mutex::new(Instant::now()),
+        }
+    }
+
+    /// The time one write takes of the budget.
+    pub fn per_write(&self) -> Duration {
+        self.per_write
+    }
+
+    /// `None` when a write may go now (and it is counted); otherwise how long until one may.
+    pub fn take(&self) -> Option<Duration> {
+        let mut due = self.due.lock().expect("budget lock");
+        let now = Instant::now();
+        let from = (*due).max(now);
+        let slack = self.per_write * (self.burst - 1);
+        let ahead = from.duration_since(now);
+        if ahead > slack {
+            return Some(ahead - slack);
+        }
+        *due = from + self.per_write;
+        None
     }
 }
 
@@ -74,5 +116,33 @@ mod tests {
         assert_eq!(throttle.wait(&"a"), None);
         throttle.written("c");
         assert_eq!(throttle.wait(&"c"), Some(Duration::from_secs(1)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_budget_lets_a_burst_through_then_one_write_per_share_of_a_second() {
+        let budget = Budget::new(10, 3);
+        for _ in 0..3 {
+            assert_eq!(budget.take(), None);
+        }
+        assert_eq!(budget.take(), Some(Duration::from_millis(100)));
+        tokio::time::advance(Duration::from_millis(100)).await;
+        assert_eq!(budget.take(), None);
+        assert_eq!(budget.take(), Some(Duration::from_millis(100)));
+        // Unused, the budget fills up to its burst again, no further.
+        tokio::time::advance(Duration::from_secs(5)).await;
+        for _ in 0..3 {
+            assert_eq!(budget.take(), None);
+        }
+        assert!(budget.take().is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ready_looks_without_counting_a_write() {
+        let throttle = Throttle::new(Duration::from_secs(1));
+        assert_eq!(throttle.ready(&"a"), None);
+        assert_eq!(throttle.ready(&"a"), None);
+        throttle.written("a");
+        tokio::time::advance(Duration::from_millis(400)).await;
+        assert_eq!(throttle.ready(&"a"), Some(Duration::from_millis(600)));
     }
 }

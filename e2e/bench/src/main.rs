@@ -6,6 +6,7 @@
 //! `make bench` builds the release binaries and runs it.
 
 mod baseline;
+mod capacity;
 mod handoff;
 mod operator;
 mod outside;
@@ -27,6 +28,8 @@ use crate::stats::Latency;
 
 /// ZooKeeper root of the controller's lock paths in the bench.
 pub const ROOT: &str = "/bench/lockkeeper";
+/// ZooKeeper root of `handoff-floor`'s queues.
+const FLOOR_ROOT: &str = "/bench/floor";
 
 #[derive(Debug, Parser)]
 #[command(about = "lockkeeper against the raw ZooKeeper engine and Curator, in one run")]
@@ -45,6 +48,9 @@ struct Args {
     locks: usize,
     #[arg(long, default_value_t = 20)]
     claims_per_lock: usize,
+    /// How long the API server's capacity for claim status writes is measured, each way.
+    #[arg(long, default_value_t = 10.0)]
+    capacity_seconds: f64,
     /// Locks × waiting claims per lock for scale and recovery.
     #[arg(long, default_value_t = 1000)]
     scale_locks: usize,
@@ -75,9 +81,9 @@ async fn main() -> Result<()> {
     std::fs::create_dir_all(&args.out)?;
     let work = tempfile::tempdir()?;
     let zk = ZooKeeperServer::start()?;
-    let mut results = Results::new(&args.out)?;
-
     let mut op = operator::Operator::start(zk.connect_string(), work.path()).await?;
+    let mut results = Results::new(&args.out, op.plane.version())?;
+
     if args.runs(Part::Handoff) {
         handoffs(&args, &zk, work.path(), &mut op, &mut results).await?;
     }
@@ -88,6 +94,15 @@ async fn main() -> Result<()> {
         ));
         let engine_rate =
             baseline::engine_throughput(&zk, args.locks, args.claims_per_lock).await?;
+        section("throughput: the API server's capacity for claim status writes");
+        let capacity = capacity::measure(
+            &op,
+            "capacity",
+            args.locks * args.claims_per_lock,
+            std::time::Duration::from_secs_f64(args.capacity_seconds),
+        )
+        .await?;
+        section("throughput: lockkeeper");
         op.namespace("throughput").await?;
         op.start_controller("throughput", ROOT)?;
         let before = op.api_requests();
@@ -107,10 +122,15 @@ async fn main() -> Result<()> {
             args.locks,
             args.claims_per_lock,
             engine_rate,
+            &capacity,
             &lockkeeper,
             memory,
             &requests,
         );
+        plot::writes_per_claim(
+            &args.out.join("writes-per-claim.png"),
+            &results.writes_per_claim_by_resource(),
+        )?;
     }
 
     if args.runs(Part::Scale) {
@@ -133,7 +153,8 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
-/// Handoff latency of Curator, the raw engine, lockkeeper pod → claim and gate → gate.
+/// Handoff latency of Curator, the raw engine, the floor, lockkeeper pod → claim and gate →
+/// gate.
 async fn handoffs(
     args: &Args,
     zk: &ZooKeeperServer,
@@ -151,6 +172,11 @@ async fn handoffs(
     section("handoff: lockkeeper engine, used directly (two sessions)");
     let engine =
         Latency::of(&baseline::engine_handoffs(zk, work, args.handoffs, args.warmup).await?);
+    section("handoff: the floor (handoff-floor), pod Succeeded → next claim Granted");
+    op.namespace("floor").await?;
+    op.start_floor("floor", FLOOR_ROOT)?;
+    let floor = Latency::of(&handoff::pod_handoffs(op, "floor", args.handoffs, args.warmup).await?);
+    op.stop_floor()?;
     section(
         "handoff: lockkeeper, pod Succeeded → next claim Granted (watch through the real API server)",
     );
@@ -164,12 +190,13 @@ async fn handoffs(
     op.start_controller("gate", ROOT)?;
     let gates = Latency::of(&handoff::gate_handoffs(op, "gate", args.handoffs, args.warmup).await?);
     op.stop_controller()?;
-    results.handoffs(&curator, &engine, &pods, &gates);
+    results.handoffs(&curator, &engine, &floor, &pods, &gates);
     plot::handoffs(
         &args.out.join("handoff-latency.png"),
         &[
             ("Curator InterProcessMutex", &curator),
             ("lockkeeper engine (baseline B)", &engine),
+            ("floor: pod → claim Granted, least work", &floor),
             ("lockkeeper, pod → claim Granted", &pods),
             ("lockkeeper gate → gate", &gates),
         ],

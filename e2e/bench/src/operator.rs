@@ -34,14 +34,39 @@ pub struct Operator {
     controller_kubeconfig: PathBuf,
     zookeeper: String,
     controller: Option<Child>,
+    /// `handoff-floor`, when it runs instead of the controller.
+    floor: Option<Child>,
     binary: PathBuf,
+    pub plane: &'static ControlPlane,
 }
 
-/// The controller's memory, from /proc/PID/status.
+/// A process's memory, from /proc/PID/status.
 #[derive(Clone, Copy, Debug, serde::Serialize)]
 pub struct Memory {
     pub rss_mib: f64,
     pub peak_rss_mib: f64,
+}
+
+impl Memory {
+    pub fn of_process(pid: u32) -> Result<Self> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .with_context(|| format!("/proc/{pid}/status"))?;
+        let kib = |field: &str| -> Result<f64> {
+            let line = status
+                .lines()
+                .find(|l| l.starts_with(field))
+                .with_context(|| format!("{field} in /proc/{pid}/status"))?;
+            Ok(line
+                .split_whitespace()
+                .nth(1)
+                .context("a number")?
+                .parse::<f64>()?)
+        };
+        Ok(Memory {
+            rss_mib: kib("VmRSS:")? / 1024.0,
+            peak_rss_mib: kib("VmHWM:")? / 1024.0,
+        })
+    }
 }
 
 impl Operator {
@@ -58,16 +83,6 @@ impl Operator {
         .await?;
         let client = Client::try_from(config)?;
         install_crds(&client).await?;
-        let binary = std::env::current_exe()?
-            .parent()
-            .context("the bench's directory")?
-            .join("lockkeeper");
-        if !binary.exists() {
-            bail!(
-                "{} is missing: build it with `cargo build --release --workspace --bins`",
-                binary.display()
-            );
-        }
         Ok(Operator {
             client,
             proxy,
@@ -75,8 +90,37 @@ impl Operator {
             controller_kubeconfig,
             zookeeper,
             controller: None,
-            binary,
+            floor: None,
+            binary: beside_the_bench("lockkeeper")?,
+            plane,
         })
+    }
+
+    /// A client whose requests go through the proxy, as the controller's do.
+    pub async fn client_through_proxy(&self) -> Result<Client> {
+        let config = kube::Config::from_custom_kubeconfig(
+            Kubeconfig::read_from(&self.controller_kubeconfig)?,
+            &Default::default(),
+        )
+        .await?;
+        Ok(Client::try_from(config)?)
+    }
+
+    /// Starts `handoff-floor` on `namespace` (its requests through the proxy, as the
+    /// controller's), queueing under ZooKeeper path `root`.
+    pub fn start_floor(&mut self, namespace: &str, root: &str) -> Result<()> {
+        let child = Command::new(beside_the_bench("handoff-floor")?)
+            .env("KUBECONFIG", &self.controller_kubeconfig)
+            .args(["--zookeeper", &self.zookeeper, "--root", root])
+            .args(["--namespace", namespace])
+            .spawn()
+            .context("start handoff-floor")?;
+        self.floor = Some(child);
+        Ok(())
+    }
+
+    pub fn stop_floor(&mut self) -> Result<()> {
+        terminate(self.floor.take())
     }
 
     /// The `lockkeeper` binary next to the bench's, with this API server's kubeconfig.
@@ -118,34 +162,21 @@ impl Operator {
 
     /// SIGTERM: the controller closes its ZooKeeper session and exits.
     pub fn stop_controller(&mut self) -> Result<()> {
-        if let Some(mut child) = self.controller.take() {
-            nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(child.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            )?;
-            child.wait()?;
-        }
-        Ok(())
+        terminate(self.controller.take())
     }
 
     pub fn controller_memory(&self) -> Result<Memory> {
         let child = self.controller.as_ref().context("no controller runs")?;
-        let status = std::fs::read_to_string(format!("/proc/{}/status", child.id()))?;
-        let kib = |field: &str| -> Result<f64> {
-            let line = status
-                .lines()
-                .find(|l| l.starts_with(field))
-                .context("a /proc status field")?;
-            Ok(line
-                .split_whitespace()
-                .nth(1)
-                .context("a number")?
-                .parse::<f64>()?)
-        };
-        Ok(Memory {
-            rss_mib: kib("VmRSS:")? / 1024.0,
-            peak_rss_mib: kib("VmHWM:")? / 1024.0,
-        })
+        Memory::of_process(child.id())
+    }
+
+    /// The memory of a process of the control plane (`etcd`, `kube-apiserver`).
+    pub fn control_plane_memory(&self, process: &str) -> Result<Memory> {
+        Memory::of_process(
+            self.plane
+                .pid(process)
+                .with_context(|| format!("{process} does not run"))?,
+        )
     }
 
     /// The controller's API requests so far, by "verb resource[/subresource]".
@@ -283,11 +314,41 @@ impl Operator {
 
 impl Drop for Operator {
     fn drop(&mut self) {
-        if let Some(mut child) = self.controller.take() {
+        for mut child in [self.controller.take(), self.floor.take()]
+            .into_iter()
+            .flatten()
+        {
             let _ = child.kill();
             let _ = child.wait();
         }
     }
+}
+
+/// SIGTERM, and wait for the exit.
+fn terminate(child: Option<Child>) -> Result<()> {
+    if let Some(mut child) = child {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )?;
+        child.wait()?;
+    }
+    Ok(())
+}
+
+/// A binary built beside the bench's own (`cargo build --release --workspace --bins`).
+fn beside_the_bench(name: &str) -> Result<PathBuf> {
+    let binary = std::env::current_exe()?
+        .parent()
+        .context("the bench's directory")?
+        .join(name);
+    if !binary.exists() {
+        bail!(
+            "{} is missing: build it with `cargo build --release --workspace --bins`",
+            binary.display()
+        );
+    }
+    Ok(binary)
 }
 
 /// Concurrent API calls of a workload (creates and updates).

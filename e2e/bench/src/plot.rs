@@ -5,6 +5,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use plotters::prelude::*;
 
+use crate::scale::MemorySample;
 use crate::stats::Latency;
 
 const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
@@ -83,36 +84,103 @@ pub fn handoffs(path: &Path, systems: &[(&str, &Latency)]) -> Result<()> {
     Ok(())
 }
 
-/// The controller's resident memory as the number of claims grows.
-pub fn memory(path: &Path, samples: &[(usize, f64)]) -> Result<()> {
+/// Resident memory of the controller, kube-apiserver and etcd as waiting claims are made.
+pub fn memory(path: &Path, samples: &[MemorySample]) -> Result<()> {
     register_font()?;
     let root = BitMapBackend::new(path, (1000, 600)).into_drawing_area();
     root.fill(&WHITE)?;
-    let claims = samples.iter().map(|(n, _)| *n).max().unwrap_or(1).max(1);
-    let rss = samples.iter().map(|(_, m)| *m).fold(0.0, f64::max).max(1.0);
+    let claims = samples.iter().map(|s| s.claims).max().unwrap_or(1).max(1);
+    let series: [(&str, RGBColor, fn(&MemorySample) -> f64); 3] = [
+        ("lockkeeper controller", BLUE, |s| s.controller_mib),
+        ("kube-apiserver", RED, |s| s.apiserver_mib),
+        ("etcd", GREEN, |s| s.etcd_mib),
+    ];
+    let top = samples
+        .iter()
+        .flat_map(|s| series.iter().map(move |(_, _, of)| of(s)))
+        .fold(0.0, f64::max)
+        .max(1.0);
     let mut chart = ChartBuilder::on(&root)
         .caption(
-            "lockkeeper controller memory as waiting claims are made",
+            "Resident memory as waiting claims are made",
             ("sans-serif", 22),
         )
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(60)
-        .build_cartesian_2d(0..claims, 0.0..rss * 1.15)?;
+        .build_cartesian_2d(0..claims, 0.0..top * 1.15)?;
     chart
         .configure_mesh()
         .x_desc("claims made")
         .y_desc("resident memory, MiB")
         .label_style(("sans-serif", 14))
         .draw()?;
-    chart.draw_series(LineSeries::new(
-        samples.iter().copied(),
-        BLUE.stroke_width(2),
-    ))?;
+    for (name, color, of) in series {
+        chart
+            .draw_series(LineSeries::new(
+                samples.iter().map(|s| (s.claims, of(s))),
+                color.stroke_width(2),
+            ))?
+            .label(name)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+        chart.draw_series(
+            samples
+                .iter()
+                .map(|s| Circle::new((s.claims, of(s)), 3, color.filled())),
+        )?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .label_font(("sans-serif", 14))
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+/// The controller's API writes per claim, one bar per resource.
+pub fn writes_per_claim(path: &Path, by_resource: &[(String, f64)]) -> Result<()> {
+    register_font()?;
+    let root = BitMapBackend::new(path, (1000, 600)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let top = by_resource
+        .iter()
+        .map(|(_, n)| *n)
+        .fold(0.0, f64::max)
+        .max(1.0);
+    let total: f64 = by_resource.iter().map(|(_, n)| n).sum();
+    let names: Vec<String> = by_resource.iter().map(|(r, _)| r.clone()).collect();
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!("lockkeeper's API writes per claim lifecycle, by resource ({total:.2} in all)"),
+            ("sans-serif", 22),
+        )
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(60)
+        .build_cartesian_2d((0..names.len()).into_segmented(), 0.0..top * 1.2)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(names.len().max(1))
+        .x_label_formatter(&|segment| match segment {
+            SegmentValue::CenterOf(i) | SegmentValue::Exact(i) => {
+                names.get(*i).cloned().unwrap_or_default()
+            }
+            SegmentValue::Last => String::new(),
+        })
+        .y_desc("writes per claim")
+        .label_style(("sans-serif", 14))
+        .draw()?;
     chart.draw_series(
-        samples
-            .iter()
-            .map(|(n, m)| Circle::new((*n, *m), 3, BLUE.filled())),
+        Histogram::vertical(&chart)
+            .style(BLUE.mix(0.7).filled())
+            .margin(30)
+            .data(by_resource.iter().enumerate().map(|(i, (_, n))| (i, *n))),
     )?;
     root.present()?;
     Ok(())

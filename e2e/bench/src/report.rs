@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use serde_json::{Value, json};
 
+use crate::capacity::Capacity;
 use crate::operator::Memory;
 use crate::scale::ScaleResults;
 use crate::stats::Latency;
@@ -19,14 +20,32 @@ pub struct Results {
 }
 
 fn ratio(a: f64, b: f64) -> f64 {
-    (a / b * 100.0).round() / 100.0
+    round2(a / b)
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+fn standing(met: bool) -> &'static str {
+    if met { "met" } else { "missed" }
+}
+
+/// Whether a request ("verb resource") changes something on the API server.
+fn is_write(request: &str) -> bool {
+    let verb = request.split(' ').next().unwrap_or_default();
+    matches!(
+        verb,
+        "create" | "update" | "patch" | "delete" | "deletecollection"
+    )
 }
 
 impl Results {
-    pub fn new(dir: &Path) -> Result<Self> {
+    pub fn new(dir: &Path, kubernetes_version: &str) -> Result<Self> {
         let mut json = serde_json::Map::new();
         json.insert("machine".into(), machine());
         json.insert("date".into(), json!(today()));
+        json.insert("kubernetes_version".into(), json!(kubernetes_version));
         Ok(Results {
             dir: dir.to_path_buf(),
             json,
@@ -38,15 +57,23 @@ impl Results {
         &mut self,
         curator: &Latency,
         engine: &Latency,
+        floor: &Latency,
         pods: &Latency,
         gates: &Latency,
     ) {
         let ratios = |l: &Latency, base: &Latency| json!({"p50": ratio(l.p50_ms, base.p50_ms), "p99": ratio(l.p99_ms, base.p99_ms), "max": ratio(l.max_ms, base.max_ms)});
+        let pod_p50_over_floor = ratio(pods.p50_ms, floor.p50_ms);
+        let pod_p99_over_floor = ratio(pods.p99_ms, floor.p99_ms);
         self.json.insert(
             "handoff".into(),
             json!({
-                "curator": curator, "engine": engine, "lockkeeper_pod": pods, "lockkeeper_gate": gates,
+                "curator": curator, "engine": engine, "floor": floor, "lockkeeper_pod": pods,
+                "lockkeeper_gate": gates,
                 "ratios": {
+                    "pod_p50_over_floor": pod_p50_over_floor,
+                    "pod_p99_over_floor": pod_p99_over_floor,
+                    "lockkeeper_pod_to_floor": ratios(pods, floor),
+                    "lockkeeper_gate_to_floor": ratios(gates, floor),
                     "lockkeeper_pod_to_engine": ratios(pods, engine),
                     "lockkeeper_pod_to_curator": ratios(pods, curator),
                     "lockkeeper_gate_to_engine": ratios(gates, engine),
@@ -58,12 +85,13 @@ impl Results {
         let mut table = vec![
             "### Handoff latency, one contended Mutex (release → next holder knows)".to_string(),
             String::new(),
-            "| system | handoffs | p50 ms | p99 ms | max ms | p50 ÷ engine | p99 ÷ engine | p50 ÷ Curator | p99 ÷ Curator |".into(),
+            "| system | handoffs | p50 ms | p99 ms | max ms | p50 ÷ floor | p99 ÷ floor | p50 ÷ engine | p50 ÷ Curator |".into(),
             "|---|---|---|---|---|---|---|---|---|".into(),
         ];
         for (name, l) in [
             ("Curator InterProcessMutex (baseline A)", curator),
             ("lockkeeper engine, direct (baseline B)", engine),
+            ("floor: pod Succeeded → claim Granted, least work", floor),
             ("lockkeeper: pod Succeeded → claim Granted", pods),
             ("lockkeeper gate: pod Succeeded → next gate exits", gates),
         ] {
@@ -73,21 +101,31 @@ impl Results {
                 l.p50_ms,
                 l.p99_ms,
                 l.max_ms,
+                l.p50_ms / floor.p50_ms,
+                l.p99_ms / floor.p99_ms,
                 l.p50_ms / engine.p50_ms,
-                l.p99_ms / engine.p99_ms,
                 l.p50_ms / curator.p50_ms,
-                l.p99_ms / curator.p99_ms
             ));
         }
+        table.extend([
+            String::new(),
+            format!(
+                "Targets: pod → `Granted` p50 ≤ 1.5 × the floor's — {} ({pod_p50_over_floor:.2}×); p99 ≤ 2 × the floor's — {} ({pod_p99_over_floor:.2}×).",
+                standing(pod_p50_over_floor <= 1.5),
+                standing(pod_p99_over_floor <= 2.0),
+            ),
+        ]);
         self.markdown.extend(table);
         self.markdown.push(String::new());
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub fn throughput(
         &mut self,
         locks: usize,
         per_lock: usize,
         engine: f64,
+        capacity: &Capacity,
         throughput: &Throughput,
         memory: Memory,
         requests: &BTreeMap<String, u64>,
@@ -96,12 +134,30 @@ impl Results {
         let claims = (locks * per_lock) as f64;
         let per_claim: BTreeMap<&String, f64> = requests
             .iter()
-            .map(|(what, count)| (what, (*count as f64 / claims * 100.0).round() / 100.0))
+            .map(|(what, count)| (what, round2(*count as f64 / claims)))
             .collect();
+        let writes: BTreeMap<&String, f64> = per_claim
+            .iter()
+            .filter(|(what, _)| is_write(what))
+            .map(|(what, count)| (*what, *count))
+            .collect();
+        let writes_per_claim = round2(writes.values().sum());
+        let limit = capacity.limit_grants_per_s();
+        let ratio_to_limit = ratio(lockkeeper, limit);
+        self.json
+            .insert("api_writes_per_claim".into(), json!(writes_per_claim));
+        self.json
+            .insert("api_writes_per_claim_by_request".into(), json!(writes));
         self.json.insert(
             "throughput".into(),
             json!({"locks": locks, "claims_per_lock": per_lock, "engine_grants_per_s": engine,
                    "lockkeeper_grants_per_s": lockkeeper, "ratio_lockkeeper_to_engine": ratio(lockkeeper, engine),
+                   "apiserver_status_writes_per_s": round2(capacity.status_writes_per_s),
+                   "apiserver_direct_status_writes_per_s": round2(capacity.direct_status_writes_per_s),
+                   "apiserver_writers": capacity.concurrency,
+                   "limit_grants_per_s": round2(limit),
+                   "operator_grants_per_s": lockkeeper,
+                   "ratio_to_limit": ratio_to_limit,
                    "lockkeeper_queue_s": throughput.queue_s,
                    "controller_memory_after": memory, "api_requests_per_claim": per_claim}),
         );
@@ -110,12 +166,24 @@ impl Results {
                 "### Throughput, {locks} locks × {per_lock} claims queued behind outside holders, released as soon as granted"
             ),
             String::new(),
-            "| system | grants/s | ÷ engine |".into(),
-            "|---|---|---|".into(),
-            format!("| lockkeeper engine, direct (baseline B) | {engine:.0} | 1.00 |"),
+            "| system | grants/s | ÷ engine | ÷ limit |".into(),
+            "|---|---|---|---|".into(),
+            format!("| lockkeeper engine, direct (baseline B) | {engine:.0} | 1.00 | — |"),
             format!(
-                "| lockkeeper (claims held by pods, on the real API server) | {lockkeeper:.0} | {:.2} |",
+                "| the limit: the API server's claim status writes/s ÷ 2 | {limit:.0} | {:.2} | 1.00 |",
+                limit / engine
+            ),
+            format!(
+                "| lockkeeper (claims held by pods, on the real API server) | {lockkeeper:.0} | {:.2} | {ratio_to_limit:.2} |",
                 lockkeeper / engine
+            ),
+            String::new(),
+            format!(
+                "The API server's capacity: {:.0} claim status writes/s by a plain client with {} writes in flight through the proxy the controller's requests go through ({:.0}/s straight to kube-apiserver). Target: lockkeeper ≥ 0.5 × the limit — {} ({ratio_to_limit:.2}×).",
+                capacity.status_writes_per_s,
+                capacity.concurrency,
+                capacity.direct_status_writes_per_s,
+                standing(ratio_to_limit >= 0.5),
             ),
             String::new(),
             format!(
@@ -130,7 +198,24 @@ impl Results {
             ),
             String::new(),
             format!(
-                "The controller's API requests per claim (watches left out; the workload's own pods and claims are not counted): {}.",
+                "### API writes per claim: {writes_per_claim:.2} (target ≤ 5, events included — {})",
+                standing(writes_per_claim <= 5.0)
+            ),
+            String::new(),
+            "Counted by the API fault proxy in front of kube-apiserver, for every claim of the throughput run (Waiting → Granted → Released behind a queue of its lock's other claims); the workload's own pods and claims are not counted.".into(),
+            String::new(),
+            "| request | per claim |".into(),
+            "|---|---|".into(),
+        ]);
+        self.markdown.extend(
+            writes
+                .iter()
+                .map(|(what, n)| format!("| {what} | {n:.2} |")),
+        );
+        self.markdown.extend([
+            String::new(),
+            format!(
+                "Every request per claim, reads included (watches left out): {}.",
                 per_claim
                     .iter()
                     .map(|(what, count)| format!("{what} {count}"))
@@ -138,16 +223,33 @@ impl Results {
                     .join(", ")
             ),
             String::new(),
+            "![API writes per claim](writes-per-claim.png)".into(),
+            String::new(),
         ]);
     }
 
+    /// API writes per claim by resource (verbs added up), for the plot.
+    pub fn writes_per_claim_by_resource(&self) -> Vec<(String, f64)> {
+        let mut by_resource: BTreeMap<String, f64> = BTreeMap::new();
+        if let Some(writes) = self.json["api_writes_per_claim_by_request"].as_object() {
+            for (what, count) in writes {
+                let resource = what.split_once(' ').map_or(what.as_str(), |(_, r)| r);
+                *by_resource.entry(resource.to_string()).or_default() +=
+                    count.as_f64().unwrap_or_default();
+            }
+        }
+        by_resource.into_iter().collect()
+    }
+
     pub fn scale(&mut self, scale: &ScaleResults) {
-        self.json.insert(
-            "scale".into(),
-            serde_json::to_value(scale).expect("scale results serialize"),
-        );
+        let mut figures = serde_json::to_value(scale).expect("scale results serialize");
+        figures["controller_rss_mib"] = json!(scale.memory_all_waiting.rss_mib);
+        figures["restart_first_grant_s"] = json!(scale.recovery.first_grant_s);
+        self.json.insert("scale".into(), figures);
         let watches = &scale.watches;
         let recovery = &scale.recovery;
+        let (before, after) = (&scale.cluster_before, &scale.cluster_all_waiting);
+        let mib = |bytes: u64| bytes as f64 / 1024.0 / 1024.0;
         self.markdown.extend([
             format!(
                 "### Scale: {} locks, each held by an outside ZooKeeper client, {} claims waiting",
@@ -163,6 +265,24 @@ impl Results {
             format!(
                 "| controller RSS with every claim waiting (peak) | {:.1} MiB ({:.1} MiB) |",
                 scale.memory_all_waiting.rss_mib, scale.memory_all_waiting.peak_rss_mib
+            ),
+            format!(
+                "| kube-apiserver RSS before the claims → with every claim waiting | {:.1} → {:.1} MiB |",
+                before.apiserver_rss_mib, after.apiserver_rss_mib
+            ),
+            format!(
+                "| etcd RSS before → after | {:.1} → {:.1} MiB |",
+                before.etcd_rss_mib, after.etcd_rss_mib
+            ),
+            format!(
+                "| etcd database size before → after (added) | {:.1} → {:.1} MiB (+{:.1} MiB) |",
+                mib(before.etcd_db_bytes),
+                mib(after.etcd_db_bytes),
+                mib(after.etcd_db_bytes.saturating_sub(before.etcd_db_bytes))
+            ),
+            format!(
+                "| one waiting claim as the API server returns it (JSON) | {} bytes |",
+                scale.claim_object_bytes
             ),
             format!(
                 "| ZooKeeper watches of the controller on the queues, for {} waiters | {} |",
@@ -200,7 +320,25 @@ impl Results {
                 scale.claims_granted_once
             ),
             String::new(),
-            "![controller memory against claims](memory-by-claims.png)".into(),
+            format!(
+                "Targets at {} claims: controller RSS < 150 MiB — {} ({:.1} MiB); one ZooKeeper watch per waiter — {} ({} watches, {} on predecessors, for {} waiters); all `Waiting` in < 20 s — {} ({:.1} s); restart → first grant < 5 s — {} ({:.2} s).",
+                scale.claims,
+                standing(scale.memory_all_waiting.rss_mib < 150.0),
+                scale.memory_all_waiting.rss_mib,
+                standing(
+                    watches.controller_on_queues == watches.waiters
+                        && watches.waiters_watching_predecessor == watches.waiters
+                ),
+                watches.controller_on_queues,
+                watches.waiters_watching_predecessor,
+                watches.waiters,
+                standing(scale.all_waiting_s < 20.0),
+                scale.all_waiting_s,
+                standing(recovery.first_grant_s < 5.0),
+                recovery.first_grant_s,
+            ),
+            String::new(),
+            "![memory against claims](memory-by-claims.png)".into(),
             String::new(),
         ]);
     }
@@ -211,13 +349,14 @@ impl Results {
             "# lockkeeper benchmark results".to_string(),
             String::new(),
             format!(
-                "{} — {} ({} CPUs), {} GiB RAM, {}. One ZooKeeper {} on loopback, the real Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager) on loopback, `lockkeeper controller` as its own process (its API requests counted by the API fault proxy).",
+                "{} — {} ({} CPUs), {} GiB RAM, {}. One ZooKeeper {} on loopback, the real Kubernetes control plane {} (etcd, kube-apiserver, kube-controller-manager) on loopback, `lockkeeper controller` as its own process (its API requests counted by the API fault proxy).",
                 self.json["date"].as_str().unwrap_or_default(),
                 machine["cpu"].as_str().unwrap_or_default(),
                 machine["cpus"],
                 machine["memory_gib"],
                 machine["os"].as_str().unwrap_or_default(),
                 machine["zookeeper"].as_str().unwrap_or_default(),
+                self.json["kubernetes_version"].as_str().unwrap_or_default(),
             ),
             String::new(),
         ];

@@ -46,8 +46,13 @@ pub struct ScaleResults {
     /// From the first create to every claim `Waiting` at its right place.
     pub all_waiting_s: f64,
     pub memory_all_waiting: Memory,
-    /// (claims made so far, controller RSS MiB).
-    pub memory_by_claims: Vec<(usize, f64)>,
+    /// Memory of the controller, kube-apiserver and etcd as the claims are made.
+    pub memory_by_claims: Vec<MemorySample>,
+    /// The cost to the cluster: before the first claim, and with every claim waiting.
+    pub cluster_before: ClusterCost,
+    pub cluster_all_waiting: ClusterCost,
+    /// One waiting claim as the API server returns it (JSON, managed fields included).
+    pub claim_object_bytes: usize,
     pub watches: Watches,
     pub recovery: Recovery,
     /// From the first release to the last claim released.
@@ -59,6 +64,41 @@ pub struct ScaleResults {
     /// Claims whose `Granted` events count more than one grant (must be 0).
     pub claims_granted_more_than_once: usize,
     pub claims_granted_once: usize,
+}
+
+/// Resident memory in MiB, when `claims` claims had been made.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct MemorySample {
+    pub claims: usize,
+    pub controller_mib: f64,
+    pub apiserver_mib: f64,
+    pub etcd_mib: f64,
+}
+
+/// What the control plane holds for lockkeeper's objects.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct ClusterCost {
+    pub apiserver_rss_mib: f64,
+    pub etcd_rss_mib: f64,
+    /// etcd's database file (`dbSize`).
+    pub etcd_db_bytes: u64,
+}
+
+fn cluster_cost(op: &Operator) -> Result<ClusterCost> {
+    Ok(ClusterCost {
+        apiserver_rss_mib: op.control_plane_memory("kube-apiserver")?.rss_mib,
+        etcd_rss_mib: op.control_plane_memory("etcd")?.rss_mib,
+        etcd_db_bytes: op.plane.etcd_db_size()?,
+    })
+}
+
+fn memory_sample(op: &Operator, claims: usize) -> Result<MemorySample> {
+    Ok(MemorySample {
+        claims,
+        controller_mib: op.controller_memory()?.rss_mib,
+        apiserver_mib: op.control_plane_memory("kube-apiserver")?.rss_mib,
+        etcd_mib: op.control_plane_memory("etcd")?.rss_mib,
+    })
 }
 
 #[derive(Debug, Serialize)]
@@ -192,8 +232,9 @@ pub async fn run(
     // 1. Queue every claim.
     let mut claims = op.watch_claims(NAMESPACE);
     let mut seen = Seen::default();
+    let cluster_before = cluster_cost(op)?;
     let start = Instant::now();
-    let mut memory_by_claims = vec![(0, op.controller_memory()?.rss_mib)];
+    let mut memory_by_claims = vec![memory_sample(op, 0)?];
     let step = (total / 20).max(1);
     for first in (0..total).step_by(step) {
         op.pods_with_claims(NAMESPACE, first..(first + step).min(total), locks)
@@ -201,7 +242,7 @@ pub async fn run(
         while let Ok(change) = claims.try_recv() {
             seen.observe(change.1);
         }
-        memory_by_claims.push(((first + step).min(total), op.controller_memory()?.rss_mib));
+        memory_by_claims.push(memory_sample(op, (first + step).min(total))?);
     }
     let mut last = start;
     while !seen.all_waiting_in_place(total) {
@@ -211,7 +252,9 @@ pub async fn run(
     }
     let all_waiting_s = (last - start).as_secs_f64();
     let memory_all_waiting = op.controller_memory()?;
-    memory_by_claims.push((total, memory_all_waiting.rss_mib));
+    memory_by_claims.push(memory_sample(op, total)?);
+    let cluster_all_waiting = cluster_cost(op)?;
+    let claim_object_bytes = claim_object_bytes(op, &seen).await?;
 
     // 2. Watches.
     let watches = count_watches(zk, &outside.engine, &specs, outside.session_id).await?;
@@ -315,6 +358,9 @@ pub async fn run(
         all_waiting_s,
         memory_all_waiting,
         memory_by_claims,
+        cluster_before,
+        cluster_all_waiting,
+        claim_object_bytes,
         watches,
         recovery,
         drain_s,
@@ -324,6 +370,18 @@ pub async fn run(
         claims_granted_more_than_once: grants.values().filter(|n| **n > 1).count(),
         claims_granted_once: grants.values().filter(|n| **n == 1).count(),
     })
+}
+
+/// The size of one waiting claim as a GET returns it in JSON (what a client reads; etcd keeps
+/// custom resources as JSON too).
+async fn claim_object_bytes(op: &Operator, seen: &Seen) -> Result<usize> {
+    let name = seen
+        .in_phase(ClaimPhase::Waiting)
+        .first()
+        .map(|claim| claim.name_any())
+        .context("a waiting claim")?;
+    let api: Api<LockClaim> = Api::namespaced(op.client.clone(), NAMESPACE);
+    Ok(serde_json::to_vec(&api.get(&name).await?)?.len())
 }
 
 /// Compares what `wchc` lists for the controller's session with the queues.

@@ -316,6 +316,26 @@ impl ControlPlane {
         Ok(())
     }
 
+    /// The process id of `etcd`, `kube-apiserver` or `kube-controller-manager`, while it runs.
+    pub fn pid(&self, process: &str) -> Option<u32> {
+        match process {
+            "etcd" => self.etcd.as_ref(),
+            "kube-apiserver" => self.apiserver.as_ref(),
+            "kube-controller-manager" => self.controller_manager.as_ref(),
+            _ => None,
+        }
+        .map(Child::id)
+    }
+
+    /// The size of etcd's database file, in bytes (`dbSize` of etcd's maintenance status).
+    pub fn etcd_db_size(&self) -> Result<u64, KitError> {
+        let url = format!("127.0.0.1:{}", self.etcd_port);
+        let status = etcd_post(&url, "/v3/maintenance/status", "{}")?;
+        json_number_after(&status, "\"dbSize\":\"")
+            .and_then(|size| size.parse().ok())
+            .ok_or_else(|| KitError::Missing(format!("dbSize in etcd's status {status}")))
+    }
+
     /// Stops kube-controller-manager, kube-apiserver and etcd, in that order.
     pub fn stop(&mut self) {
         for child in [
