@@ -84,13 +84,16 @@ pub fn handoffs(path: &Path, systems: &[(&str, &Latency)]) -> Result<()> {
     Ok(())
 }
 
+/// One process's memory in a sample.
+type MemoryOf = fn(&MemorySample) -> f64;
+
 /// Resident memory of the controller, kube-apiserver and etcd as waiting claims are made.
 pub fn memory(path: &Path, samples: &[MemorySample]) -> Result<()> {
     register_font()?;
     let root = BitMapBackend::new(path, (1000, 600)).into_drawing_area();
     root.fill(&WHITE)?;
     let claims = samples.iter().map(|s| s.claims).max().unwrap_or(1).max(1);
-    let series: [(&str, RGBColor, fn(&MemorySample) -> f64); 3] = [
+    let series: [(&str, RGBColor, MemoryOf); 3] = [
         ("lockkeeper controller", BLUE, |s| s.controller_mib),
         ("kube-apiserver", RED, |s| s.apiserver_mib),
         ("etcd", GREEN, |s| s.etcd_mib),

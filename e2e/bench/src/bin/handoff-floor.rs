@@ -46,8 +46,8 @@ struct Args {
 type Nodes = Arc<Mutex<HashMap<String, String>>>;
 
 enum Seen {
-    Claim(LockClaim),
-    Pod(Pod),
+    Claim(Box<LockClaim>),
+    Pod(Box<Pod>),
 }
 
 #[tokio::main]
@@ -63,11 +63,11 @@ async fn main() -> Result<()> {
     let pods: Api<Pod> = Api::namespaced(kube, &args.namespace);
     let claim_changes = watcher(claims.clone(), watcher::Config::default())
         .applied_objects()
-        .map_ok(Seen::Claim)
+        .map_ok(|claim| Seen::Claim(Box::new(claim)))
         .boxed();
     let pod_changes = watcher(pods, watcher::Config::default())
         .applied_objects()
-        .map_ok(Seen::Pod)
+        .map_ok(|pod| Seen::Pod(Box::new(pod)))
         .boxed();
     let mut changes = futures::stream::select(claim_changes, pod_changes);
     let nodes: Nodes = Arc::default();
