@@ -14,6 +14,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::claim_index::ClaimIndex;
 use super::contenders::{Contenders, Tracked};
@@ -79,6 +80,8 @@ pub struct Term {
     pub lock_changed: mpsc::UnboundedSender<ObjectRef<DistributedLock>>,
     /// The ZooKeeper session this term leads in.
     pub session_id: Option<i64>,
+    /// Cancelled when the term ends: work it spawned stops with it.
+    pub ended: CancellationToken,
     /// True once the watch caches are filled and the claims an earlier term had queued are
     /// queued again (see [`super::resume`]); reconciles wait for it, so that they decide on
     /// complete caches and keep the old order.

@@ -155,6 +155,7 @@ pub async fn run_with(
             stopping.clone(),
         );
         let ended = term_end(term, &mut leadership, &mut shutdown, stopping).await;
+        ctx.term.ended.cancel();
         metrics.leader(false);
         if ended == TermEnd::Stop {
             break;

@@ -137,7 +137,12 @@ fn requeue_after_fence(
         .insert(lock_ref.clone(), until);
     let ctx = ctx.clone();
     tokio::spawn(async move {
-        tokio::time::sleep_until(until).await;
+        // A term that ends meanwhile (its session lost) has no queue to put them in: the next
+        // term resumes them from what the claims show.
+        tokio::select! {
+            () = tokio::time::sleep_until(until) => {}
+            () = ctx.term.ended.cancelled() => return,
+        }
         requeue_in_order(&ctx, &lock, &claims).await;
         ctx.term
             .fences

@@ -59,6 +59,7 @@ pub fn begin(process: Arc<Process>) -> (Arc<Context>, TermInputs) {
             claim_retries: Default::default(),
             lock_changed,
             session_id,
+            ended: CancellationToken::new(),
             resumed: tokio::sync::watch::channel(false).0,
         },
     });
