@@ -380,7 +380,14 @@ impl Cluster {
                 "namespace": self.namespace}}],
             "current-context": account,
         });
-        std::fs::write(&path, kubeconfig.to_string()).expect("write the kubeconfig");
+        // Written aside and renamed into place: holders started side by side take the file
+        // as soon as it exists, and must never read it half written (seen as a gate's exit 1,
+        // "failed to determine current context", at chaos seed 104).
+        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let write = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let aside = path.with_extension(format!("kubeconfig.{write}"));
+        std::fs::write(&aside, kubeconfig.to_string()).expect("write the kubeconfig");
+        std::fs::rename(&aside, &path).expect("move the kubeconfig into place");
         path
     }
 
