@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use futures::{Stream, TryStreamExt};
+use futures::{Stream, StreamExt, TryStreamExt};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Resource;
@@ -32,6 +32,32 @@ fn config() -> watcher::Config {
     watcher::Config::default()
 }
 
+/// Failed resumes in a row after which a watch starts over with a list.
+const RESUMES_BEFORE_RELIST: u32 = 3;
+
+/// kube-runtime's watcher, started over with a list after [`RESUMES_BEFORE_RELIST`] failures
+/// in a row. The watcher resumes a failed watch from the same resourceVersion and lists again
+/// only after `410 Gone`; kube-apiserver without its watch cache may answer a resume past an
+/// etcd compaction with a 500 instead ("etcd event received with PrevKv=nil"), the same at
+/// every retry, and the watch would never recover.
+fn watch_or_relist<K>(api: Api<K>) -> impl Stream<Item = Changes<watcher::Event<K>>> + Send
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+    K::DynamicType: Default,
+{
+    futures::stream::repeat_with(move || {
+        let mut failed_in_a_row = 0;
+        watcher(api.clone(), config()).take_while(move |event| {
+            failed_in_a_row = match event {
+                Ok(_) => 0,
+                Err(_) => failed_in_a_row + 1,
+            };
+            std::future::ready(failed_in_a_row < RESUMES_BEFORE_RELIST)
+        })
+    })
+    .flatten()
+}
+
 /// Locks, for the claims they concern. A claim reads its lock's spec, and of its status only
 /// the installation serving it: only a lock made, deleted, with a new spec or served anew
 /// reconciles its claims (the lock's other status writes do not).
@@ -42,7 +68,7 @@ pub fn locks(
 ) -> impl Stream<Item = Changes<DistributedLock>> + Send + 'static {
     reflector(
         cache,
-        watcher(api, config()).modify(slim::without_managed_fields::<DistributedLock>),
+        watch_or_relist(api).modify(slim::without_managed_fields::<DistributedLock>),
     )
     .default_backoff()
     .touched_objects()
@@ -73,7 +99,7 @@ pub fn locks_to_refresh(
 ) -> impl Stream<Item = Changes<DistributedLock>> + Send + 'static {
     reflector(
         cache,
-        watcher(api, config()).modify(slim::without_managed_fields::<DistributedLock>),
+        watch_or_relist(api).modify(slim::without_managed_fields::<DistributedLock>),
     )
     .default_backoff()
     .applied_objects()
@@ -84,7 +110,7 @@ pub fn pods(
     api: Api<Pod>,
     cache: Writer<Pod>,
 ) -> impl Stream<Item = Changes<Pod>> + Send + 'static {
-    reflector(cache, watcher(api, config()).modify(slim::pod))
+    reflector(cache, watch_or_relist(api).modify(slim::pod))
         .default_backoff()
         .touched_objects()
 }
@@ -94,7 +120,7 @@ pub fn jobs(
     api: Api<Job>,
     cache: Writer<Job>,
 ) -> impl Stream<Item = Changes<Job>> + Send + 'static {
-    reflector(cache, watcher(api, config()).modify(slim::job))
+    reflector(cache, watch_or_relist(api).modify(slim::job))
         .default_backoff()
         .touched_objects()
 }
@@ -107,7 +133,7 @@ pub fn claims(
     index: ClaimIndex,
     departed: mpsc::UnboundedSender<Departure>,
 ) -> impl Stream<Item = Changes<LockClaim>> + Send + 'static {
-    watcher(api, config())
+    watch_or_relist(api)
         .modify(slim::without_managed_fields::<LockClaim>)
         .default_backoff()
         .reflect(cache)
