@@ -76,12 +76,7 @@ impl Operator {
         let proxy = ApiFaultProxy::in_front_of(&kubeconfig).await?;
         let controller_kubeconfig = dir.join("controller.kubeconfig");
         proxy.write_kubeconfig_through(&kubeconfig, &controller_kubeconfig)?;
-        let config = kube::Config::from_custom_kubeconfig(
-            Kubeconfig::read_from(&kubeconfig)?,
-            &Default::default(),
-        )
-        .await?;
-        let client = Client::try_from(config)?;
+        let client = client_of(&kubeconfig).await?;
         install_crds(&client).await?;
         Ok(Operator {
             client,
@@ -98,12 +93,7 @@ impl Operator {
 
     /// A client whose requests go through the proxy, as the controller's do.
     pub async fn client_through_proxy(&self) -> Result<Client> {
-        let config = kube::Config::from_custom_kubeconfig(
-            Kubeconfig::read_from(&self.controller_kubeconfig)?,
-            &Default::default(),
-        )
-        .await?;
-        Ok(Client::try_from(config)?)
+        client_of(&self.controller_kubeconfig).await
     }
 
     /// Starts `handoff-floor` on `namespace` (its requests through the proxy, as the
@@ -322,6 +312,16 @@ impl Drop for Operator {
             let _ = child.wait();
         }
     }
+}
+
+/// A client with the credentials and server of `kubeconfig`.
+async fn client_of(kubeconfig: &Path) -> Result<Client> {
+    let config = kube::Config::from_custom_kubeconfig(
+        Kubeconfig::read_from(kubeconfig)?,
+        &Default::default(),
+    )
+    .await?;
+    Ok(Client::try_from(config)?)
 }
 
 /// SIGTERM, and wait for the exit.

@@ -19,6 +19,21 @@ fn register_font() -> Result<()> {
     Ok(())
 }
 
+/// The series' legend, boxed, at `position`.
+fn legend<'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, BitMapBackend<'a>, CT>,
+    position: SeriesLabelPosition,
+) -> Result<()> {
+    chart
+        .configure_series_labels()
+        .position(position)
+        .label_font(("sans-serif", 14))
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    Ok(())
+}
+
 /// The distribution of handoff latency per system: the fraction of handoffs at most x ms,
 /// on a logarithmic x axis.
 pub fn handoffs(path: &Path, systems: &[(&str, &Latency)]) -> Result<()> {
@@ -73,13 +88,7 @@ pub fn handoffs(path: &Path, systems: &[(&str, &Latency)]) -> Result<()> {
                 PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
             });
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .label_font(("sans-serif", 14))
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
+    legend(&mut chart, SeriesLabelPosition::LowerRight)?;
     root.present()?;
     Ok(())
 }
@@ -134,13 +143,7 @@ pub fn memory(path: &Path, samples: &[MemorySample]) -> Result<()> {
                 .map(|s| Circle::new((s.claims, of(s)), 3, color.filled())),
         )?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .label_font(("sans-serif", 14))
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
+    legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
     root.present()?;
     Ok(())
 }
