@@ -10,12 +10,12 @@ use std::process::{Child, Command};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::config::Kubeconfig;
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use lockkeeper::lock_rules::LockKind;
 use lockkeeper::resources::{DistributedLock, LockClaim};
@@ -281,10 +281,16 @@ impl Operator {
         let api: Api<LockClaim> = Api::namespaced(self.client.clone(), namespace);
         let (send, receive) = mpsc::unbounded_channel();
         tokio::spawn(async move {
-            let mut stream = watcher(api, watcher::Config::default()).boxed();
-            while let Ok(Some(event)) = stream.try_next().await {
+            // A watch error (a dropped connection, an expired resourceVersion) is retried
+            // with backoff; the watch ends only with the receiver.
+            let mut stream = watcher(api, watcher::Config::default())
+                .default_backoff()
+                .boxed();
+            while let Some(event) = stream.next().await {
                 let claims = match event {
-                    watcher::Event::Apply(claim) | watcher::Event::InitApply(claim) => vec![claim],
+                    Ok(watcher::Event::Apply(claim) | watcher::Event::InitApply(claim)) => {
+                        vec![claim]
+                    }
                     _ => Vec::new(),
                 };
                 for claim in claims {
