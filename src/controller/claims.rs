@@ -1,5 +1,5 @@
 //! The LockClaim reconciler: gathers what [`crate::claim_lifecycle::decide`] needs (lock, holder,
-//! queue), then carries out its step — ZooKeeper queue, status (server-side apply), Job
+//! queue), then carries out its step — ZooKeeper queue, status (a merge patch), Job
 //! resume, events. A deleted claim leaves the queue through [`super::departures`].
 
 use std::sync::Arc;
@@ -479,8 +479,8 @@ fn place_write_delay(
         .place_write_wait(&uid(claim), outcome.position.unwrap_or_default())
 }
 
-/// Writes the claim's status with server-side apply (one field manager, forced, on the
-/// resourceVersion the decision read), and an event and metrics when the phase changes.
+/// Writes the claim's status (a merge patch on the resourceVersion the decision read), and
+/// an event and metrics when the phase changes.
 async fn write_status(
     ctx: &Context,
     claim: &LockClaim,
@@ -493,7 +493,7 @@ async fn write_status(
         return Ok(Written::Yes);
     }
     let api: Api<LockClaim> = ctx.api_beside(claim);
-    match status::apply(&api, claim, &wanted, true).await {
+    match status::write(&api, claim, claim.status.as_ref(), &wanted).await {
         Ok(()) => ctx
             .term
             .stale_claims

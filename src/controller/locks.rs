@@ -16,7 +16,7 @@ use super::error::{During, Error, Step};
 use super::installation::{self, Serving};
 use super::retries::Retries;
 use super::status;
-use super::throttle::Throttle;
+use super::throttle::Pacer;
 use crate::lock_status::{LockFacts, lock_status};
 use crate::resources::{DistributedLock, DistributedLockStatus, Installation, LockClaim};
 use crate::zookeeper::LockQueue;
@@ -25,8 +25,9 @@ use crate::zookeeper::LockQueue;
 /// keeps for the term.
 pub struct LockContext {
     pub shared: Arc<Context>,
-    /// Each lock's status refreshes, held to one per [`REFRESH_INTERVAL`].
-    pub refreshes: Throttle<ObjectRef<DistributedLock>>,
+    /// Each lock's status refreshes, held to one per [`REFRESH_INTERVAL`], and all of them
+    /// to [`REFRESHES_PER_SECOND`].
+    pub refreshes: Pacer<ObjectRef<DistributedLock>>,
     /// Locks served by another installation that this term has warned about.
     pub left_alone: Mutex<HashSet<ObjectRef<DistributedLock>>>,
     /// How soon each lock whose refresh failed is tried again.
@@ -37,6 +38,12 @@ pub struct LockContext {
 /// new waiter changes it, and the changes of one second are written together (as a claim's
 /// place in line is: right within a second, and about one lock write per grant at most).
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How many lock statuses the controller refreshes per second, across all locks (and as many
+/// at once). Within it every lock is refreshed within [`REFRESH_INTERVAL`]; past it (many
+/// busy locks at once) each waits its turn, so a drain of hundreds of locks spends the API
+/// server on grants and releases, which claims show at once, rather than on lock summaries.
+pub const REFRESHES_PER_SECOND: u32 = 20;
 
 impl LockContext {
     /// The cached claims of `lock`.
@@ -73,9 +80,9 @@ impl LockContext {
     }
 }
 
-/// How soon a lock whose taking met a newer version is looked at again (its watch event
-/// usually comes first).
-const TAKE_RETRY: Duration = Duration::from_millis(250);
+/// How soon a lock whose status write met a newer version is looked at again (its watch
+/// event usually comes first).
+const CHANGED_RETRY: Duration = Duration::from_millis(250);
 
 pub async fn reconcile(lock: Arc<DistributedLock>, ctx: Arc<LockContext>) -> Result<Action, Error> {
     let _timing = ctx.shared.process.metrics.reconcile_started(CONTROLLER);
@@ -97,14 +104,11 @@ async fn refresh(lock: &Arc<DistributedLock>, ctx: &LockContext) -> Result<Actio
         return Ok(Action::await_change());
     }
     let here = &ctx.shared.process.installation;
-    let unclaimed = match installation::serving(here, lock) {
-        Serving::Here => false,
-        Serving::Unclaimed => true,
-        Serving::Elsewhere(other) => {
-            ctx.leave_alone(lock, other).await;
-            return Ok(Action::await_change());
-        }
-    };
+    // A lock served here, or unclaimed (the status written takes it).
+    if let Serving::Elsewhere(other) = installation::serving(here, lock) {
+        ctx.leave_alone(lock, other).await;
+        return Ok(Action::await_change());
+    }
     if let Some(wait) = ctx.refreshes.wait(&ObjectRef::from_obj(lock.as_ref())) {
         return Ok(Action::requeue(wait));
     }
@@ -141,7 +145,7 @@ async fn refresh(lock: &Arc<DistributedLock>, ctx: &LockContext) -> Result<Actio
         // Read from queues that may be out of date: see Context::zookeeper_connected.
         return Ok(Action::requeue(super::claims::DISCONNECTED_RETRY));
     }
-    write_status(lock, ctx, &wanted, unclaimed).await
+    write_status(lock, ctx, &wanted).await
 }
 
 /// The lock's ZooKeeper directory and queue; or why its spec cannot be served.
@@ -163,18 +167,20 @@ async fn read_queue(
     })
 }
 
-/// Writes the lock's status. Taking an unclaimed lock is guarded by the resourceVersion
-/// read: of two installations one wins, and the other's 409 brings it the winner's record.
+/// Writes the lock's status, on the resourceVersion read: a 409 means the lock changed
+/// meanwhile (when taking an unclaimed lock, of two installations one wins, and the other's
+/// 409 brings it the winner's record), and the newer copy is refreshed.
 async fn write_status(
     lock: &DistributedLock,
     ctx: &LockContext,
     wanted: &DistributedLockStatus,
-    unclaimed: bool,
 ) -> Result<Action, Error> {
     let api: Api<DistributedLock> = ctx.shared.api_beside(lock);
-    match status::apply(&api, lock, wanted, unclaimed).await {
-        Err(kube::Error::Api(status)) if unclaimed && status.code == 409 => {
-            Ok(Action::requeue(TAKE_RETRY))
+    match status::write(&api, lock, lock.status.as_ref(), wanted).await {
+        Err(kube::Error::Api(status)) if status.code == 409 => {
+            // The refresh made no write: the newer copy may be refreshed at once.
+            ctx.refreshes.forget(&ObjectRef::from_obj(lock));
+            Ok(Action::requeue(CHANGED_RETRY))
         }
         written => {
             written.during(Step::WriteLockStatus)?;

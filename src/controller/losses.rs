@@ -58,7 +58,7 @@ pub async fn fence_lost_grants(ctx: &Arc<Context>) -> Fences {
         let now = Timestamp::now();
         let wanted =
             claim_lifecycle::status_after(&current, &outcome, claim.meta().generation, now);
-        match status::apply(&claims, &claim, &wanted, true).await {
+        match status::write(&claims, &claim, claim.status.as_ref(), &wanted).await {
             Ok(()) => {
                 let created = claim.meta().creation_timestamp.as_ref().map(|t| t.0);
                 let transition = claim_lifecycle::transition(&current, &outcome, created, now);

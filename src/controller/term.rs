@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::claim_index::ClaimIndex;
 use super::context::{Caches, Context, Fences, Process, Term};
-use super::throttle::Throttle;
+use super::throttle::Pacer;
 use super::{Config, api, claims, departures, locks, resume, watches};
 use crate::resources::{DistributedLock, HolderKind, LockClaim};
 use crate::zookeeper::{ContenderEvent, SessionStatus};
@@ -204,7 +204,7 @@ fn locks_controller(
 ) -> impl Future<Output = ()> + use<> {
     let lock_ctx = Arc::new(locks::LockContext {
         shared: ctx.clone(),
-        refreshes: Throttle::new(locks::REFRESH_INTERVAL),
+        refreshes: Pacer::new(locks::REFRESH_INTERVAL, locks::REFRESHES_PER_SECOND),
         left_alone: Default::default(),
         retries: Default::default(),
     });

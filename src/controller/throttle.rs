@@ -1,7 +1,8 @@
 //! Writes held to one per interval per object, leading edge first: the first write goes at
 //! once, a later one waits out what is left of the interval. Hand-made because
 //! kube-runtime's debounce is trailing-edge (it would hold back the first write too).
-//! And a [`Budget`]: writes of one kind across all objects held to a rate.
+//! And a [`Budget`]: writes of one kind across all objects held to a rate; and a [`Pacer`],
+//! both at once.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -96,6 +97,67 @@ impl Budget {
         *due = from + self.per_write;
         None
     }
+
+    /// Counts a write and says when it may go: now (`None`), or after the returned wait. Each
+    /// write told to wait has a time of its own, so writers kept waiting come back one by
+    /// one instead of all at once.
+    pub fn reserve(&self) -> Option<Duration> {
+        let mut due = self.due.lock().expect("budget lock");
+        let now = Instant::now();
+        *due = (*due).max(now) + self.per_write;
+        let at = due.checked_sub(self.per_write * self.burst).unwrap_or(now);
+        (at > now).then(|| at - now)
+    }
+}
+
+/// Writes held to one per interval per object ([`Throttle`]) and to a [`Budget`] across
+/// objects: an object whose interval is over reserves its time in the budget, and writes
+/// when that time comes (however often it is looked at meanwhile).
+pub struct Pacer<K> {
+    throttle: Throttle<K>,
+    budget: Budget,
+    /// When each object waiting for the budget may write.
+    reserved: Mutex<HashMap<K, Instant>>,
+}
+
+impl<K: Hash + Eq + Clone> Pacer<K> {
+    pub fn new(interval: Duration, per_second: u32) -> Self {
+        Pacer {
+            throttle: Throttle::new(interval),
+            budget: Budget::new(per_second, per_second),
+            reserved: Mutex::default(),
+        }
+    }
+
+    /// How long until `key` may write; `None` when it may now (and the write is counted).
+    pub fn wait(&self, key: &K) -> Option<Duration> {
+        let mut reserved = self.reserved.lock().expect("pacer lock");
+        let now = Instant::now();
+        match reserved.get(key) {
+            Some(at) if *at > now => return Some(*at - now),
+            Some(_) => {
+                reserved.remove(key);
+            }
+            None => {
+                if let Some(wait) = self.throttle.ready(key) {
+                    return Some(wait);
+                }
+                if let Some(wait) = self.budget.reserve() {
+                    reserved.insert(key.clone(), now + wait);
+                    return Some(wait);
+                }
+            }
+        }
+        self.throttle.written(key.clone());
+        None
+    }
+
+    /// `key`'s last write did not happen (or `key` is gone): its next goes as soon as the
+    /// budget allows.
+    pub fn forget(&self, key: &K) {
+        self.throttle.forget(key);
+        self.reserved.lock().expect("pacer lock").remove(key);
+    }
 }
 
 #[cfg(test)]
@@ -134,6 +196,40 @@ mod tests {
             assert_eq!(budget.take(), None);
         }
         assert!(budget.take().is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_budget_reserves_a_time_of_its_own_for_each_write_past_its_burst() {
+        let budget = Budget::new(10, 2);
+        assert_eq!(budget.reserve(), None);
+        assert_eq!(budget.reserve(), None);
+        assert_eq!(budget.reserve(), Some(Duration::from_millis(100)));
+        assert_eq!(budget.reserve(), Some(Duration::from_millis(200)));
+        // Reserved times count: a plain take waits behind them.
+        assert_eq!(budget.take(), Some(Duration::from_millis(300)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pacer_holds_each_key_to_its_interval_and_all_keys_to_the_budget() {
+        let pacer = Pacer::new(Duration::from_secs(1), 2);
+        assert_eq!(pacer.wait(&"a"), None);
+        assert_eq!(pacer.wait(&"b"), None);
+        // "a" waits out its interval; "c" and "d" each get their own time in the budget.
+        assert_eq!(pacer.wait(&"a"), Some(Duration::from_secs(1)));
+        assert_eq!(pacer.wait(&"c"), Some(Duration::from_millis(500)));
+        assert_eq!(pacer.wait(&"d"), Some(Duration::from_secs(1)));
+        // Looked at again before its time, "c" keeps it (and takes no other).
+        tokio::time::advance(Duration::from_millis(200)).await;
+        assert_eq!(pacer.wait(&"c"), Some(Duration::from_millis(300)));
+        tokio::time::advance(Duration::from_millis(300)).await;
+        assert_eq!(pacer.wait(&"c"), None);
+        assert_eq!(pacer.wait(&"c"), Some(Duration::from_secs(1)));
+        tokio::time::advance(Duration::from_millis(500)).await;
+        assert_eq!(pacer.wait(&"d"), None);
+        // A write that did not happen is forgotten: the next goes when the budget allows.
+        pacer.forget(&"d");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(pacer.wait(&"d"), None);
     }
 
     #[tokio::test(start_paused = true)]

@@ -23,6 +23,8 @@ pub struct Capacity {
     pub status_writes_per_s: f64,
     /// Straight to kube-apiserver, to show what the proxy costs.
     pub direct_status_writes_per_s: f64,
+    /// Through the proxy, written with server-side apply instead of a merge patch.
+    pub apply_status_writes_per_s: f64,
     pub concurrency: usize,
 }
 
@@ -58,14 +60,33 @@ pub async fn measure(
         .into_iter()
         .collect::<Result<Vec<_>>>()?;
     let through_proxy = op.client_through_proxy().await?;
-    let status_writes_per_s = writes_per_s(through_proxy, namespace, &names, period).await?;
+    let status_writes_per_s = writes_per_s(
+        through_proxy.clone(),
+        namespace,
+        &names,
+        period,
+        Write::Merge,
+    )
+    .await?;
     let direct_status_writes_per_s =
-        writes_per_s(op.client.clone(), namespace, &names, period).await?;
+        writes_per_s(op.client.clone(), namespace, &names, period, Write::Merge).await?;
+    let apply_status_writes_per_s =
+        writes_per_s(through_proxy, namespace, &names, period, Write::Apply).await?;
     Ok(Capacity {
         status_writes_per_s,
         direct_status_writes_per_s,
+        apply_status_writes_per_s,
         concurrency: CONCURRENCY,
     })
+}
+
+/// How a status write is sent.
+#[derive(Clone, Copy)]
+enum Write {
+    /// A JSON merge patch.
+    Merge,
+    /// Server-side apply, forced, by one field manager.
+    Apply,
 }
 
 /// [`CONCURRENCY`] writers, each patching the status of the claims in turn with a new
@@ -75,6 +96,7 @@ async fn writes_per_s(
     namespace: &str,
     names: &[String],
     period: Duration,
+    how: Write,
 ) -> Result<f64> {
     let api: Api<LockClaim> = Api::namespaced(client, namespace);
     let next = AtomicUsize::new(0);
@@ -86,9 +108,27 @@ async fn writes_per_s(
             let name = &names[n % names.len()];
             // The pass over the claims: each write of a claim shows a position its last did not.
             let pass = n / names.len();
-            let status = json!({"status": {"phase": "Waiting", "position": pass % 1000 + 1}});
-            api.patch_status(name, &PatchParams::default(), &Patch::Merge(status))
-                .await?;
+            let status = json!({"phase": "Waiting", "position": pass % 1000 + 1});
+            match how {
+                Write::Merge => {
+                    api.patch_status(
+                        name,
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({"status": status})),
+                    )
+                    .await?
+                }
+                Write::Apply => {
+                    let patch = json!({"apiVersion": "lockkeeper.dev/v1alpha1",
+                        "kind": "LockClaim", "status": status});
+                    api.patch_status(
+                        name,
+                        &PatchParams::apply("capacity").force(),
+                        &Patch::Apply(patch),
+                    )
+                    .await?
+                }
+            };
             written += 1;
         }
         anyhow::Ok(written)
