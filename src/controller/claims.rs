@@ -30,6 +30,9 @@ use crate::zookeeper::znode_name::ContenderId;
 pub const LEGACY_FINALIZER: &str = "lockkeeper.dev/release";
 
 pub async fn reconcile(claim: Arc<LockClaim>, ctx: Arc<Context>) -> Result<Action, Error> {
+    // kube-runtime never runs two reconciles of a claim at once, but the fast lane runs some
+    // beside it.
+    let _turn = ctx.term.turns.take(&uid(&claim)).await;
     let _timing = ctx.process.metrics.reconcile_started(CONTROLLER);
     let result = reconcile_claim(&claim, &ctx).await;
     if result.is_ok() {

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::claim_index::ClaimIndex;
 use super::contenders::{Contenders, Tracked};
+use super::fast_lane::{FastLane, Turns};
 use super::retries::Retries;
 use super::stale_copies::StaleCopies;
 use super::telemetry::Metrics;
@@ -86,6 +87,10 @@ pub struct Term {
     /// queued again (see [`super::resume`]); reconciles wait for it, so that they decide on
     /// complete caches and keep the old order.
     pub resumed: watch::Sender<bool>,
+    /// Claims whose reconcile is on a handoff's critical path go here (see [`FastLane`]).
+    pub fast_lane: FastLane,
+    /// One reconcile at a time per claim, whichever path runs it.
+    pub turns: Turns,
 }
 
 /// Locks nobody is granted before an instant: their grants were lost abnormally, and the

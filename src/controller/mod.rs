@@ -15,6 +15,7 @@ pub mod contenders;
 pub mod context;
 pub mod departures;
 pub mod error;
+pub mod fast_lane;
 pub mod finalizer;
 pub mod holder_writes;
 pub mod installation;

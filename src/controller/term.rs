@@ -18,10 +18,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::claim_index::ClaimIndex;
 use super::context::{Caches, Context, Fences, Process, Term};
+use super::fast_lane::{self, FastLane};
 use super::throttle::Pacer;
 use super::{Config, api, claims, departures, locks, resume, watches};
+use crate::claim_lifecycle::holders;
 use crate::resources::{DistributedLock, HolderKind, LockClaim};
-use crate::zookeeper::{ContenderEvent, SessionStatus};
+use crate::zookeeper::{ContenderEvent, ContenderState, SessionStatus};
 
 /// The watch caches' writers and the lock-refresh queue of one term, consumed by [`lead`].
 pub struct TermInputs {
@@ -30,6 +32,7 @@ pub struct TermInputs {
     jobs: Writer<Job>,
     claims: Writer<LockClaim>,
     lock_changes: mpsc::UnboundedReceiver<ObjectRef<DistributedLock>>,
+    fast_lane: mpsc::UnboundedReceiver<ObjectRef<LockClaim>>,
 }
 
 /// A new term's context, with empty caches, and the inputs that fill them.
@@ -39,6 +42,7 @@ pub fn begin(process: Arc<Process>) -> (Arc<Context>, TermInputs) {
     let (pods, pods_writer) = reflector::store();
     let (jobs, jobs_writer) = reflector::store();
     let (claims, claims_writer) = reflector::store();
+    let (fast_lane, fast_lane_requests) = FastLane::new();
     let session_id = match *process.engine.session_status().borrow() {
         SessionStatus::Connected { session_id } => Some(session_id),
         _ => None,
@@ -61,6 +65,8 @@ pub fn begin(process: Arc<Process>) -> (Arc<Context>, TermInputs) {
             session_id,
             ended: CancellationToken::new(),
             resumed: tokio::sync::watch::channel(false).0,
+            fast_lane,
+            turns: Default::default(),
         },
     });
     let inputs = TermInputs {
@@ -69,6 +75,7 @@ pub fn begin(process: Arc<Process>) -> (Arc<Context>, TermInputs) {
         jobs: jobs_writer,
         claims: claims_writer,
         lock_changes,
+        fast_lane: fast_lane_requests,
     };
     (ctx, inputs)
 }
@@ -105,15 +112,22 @@ pub async fn lead(
     let locks_run = locks_controller(&ctx, inputs.lock_changes, namespace, runner, &stopping);
     let departures_run = departures::follow(ctx.clone(), departures, stopping.clone());
     let resumed = resume_term(&ctx, fenced, &stopping);
+    let fast_lane_run = fast_lane::run(
+        ctx.clone(),
+        inputs.fast_lane,
+        claim_triggers.clone(),
+        stopping.clone(),
+    );
     tokio::select! {
-        _ = futures::future::join4(claims_run, locks_run, resumed, departures_run) => {}
+        _ = futures::future::join5(claims_run, locks_run, resumed, departures_run, fast_lane_run) => {}
         () = forward_engine_events(&ctx, events, claim_triggers) => {
             tracing::error!("the lock engine's event stream ended")
         }
     }
 }
 
-/// Engine events (grants, losses) reconcile the claim they concern.
+/// Engine events (grants, losses, places) reconcile the claim they concern; a grant at once,
+/// in the fast lane.
 async fn forward_engine_events(
     ctx: &Context,
     events: &mut mpsc::UnboundedReceiver<ContenderEvent>,
@@ -121,7 +135,11 @@ async fn forward_engine_events(
 ) {
     while let Some(event) = events.recv().await {
         if let Some(claim) = ctx.term.contenders.claim_of(event.id.as_str()) {
-            let _ = claim_triggers.send(claim);
+            if matches!(event.state, ContenderState::Granted { .. }) {
+                ctx.term.fast_lane.reconcile(claim);
+            } else {
+                let _ = claim_triggers.send(claim);
+            }
         }
     }
 }
@@ -175,6 +193,7 @@ fn claims_controller(
         ctx.caches.index.clone(),
         ctx.caches.index.clone(),
     );
+    let (pod_lane, job_lane) = (ctx.term.fast_lane.clone(), ctx.term.fast_lane.clone());
     Controller::for_stream(claim_watch, ctx.caches.claims.clone())
         .with_config(runner)
         .trigger_backoff(watches::NoSharedPause)
@@ -184,11 +203,15 @@ fn claims_controller(
         })
         .watches_stream(pod_watch, move |pod: Pod| {
             let namespace = pod.namespace().unwrap_or_default();
-            by_pod.of_holder(&namespace, HolderKind::Pod, &pod.name_any())
+            let claims = by_pod.of_holder(&namespace, HolderKind::Pod, &pod.name_any());
+            pod_lane.holder_changed(&holders::pod_state(&pod.name_any(), Some(&pod)), &claims);
+            claims
         })
         .watches_stream(job_watch, move |job: Job| {
             let namespace = job.namespace().unwrap_or_default();
-            by_job.of_holder(&namespace, HolderKind::Job, &job.name_any())
+            let claims = by_job.of_holder(&namespace, HolderKind::Job, &job.name_any());
+            job_lane.holder_changed(&holders::job_state(&job.name_any(), Some(&job)), &claims);
+            claims
         })
         .reconcile_on(UnboundedReceiverStream::new(inputs.triggered))
         .run(claims::reconcile, claims::error_policy, ctx.clone())

@@ -21,36 +21,70 @@ const AHEAD: usize = 3;
 const PATIENCE: Duration = Duration::from_secs(60);
 
 /// Pod holders: release = the holder Pod's status set to Succeeded; known = the next claim
-/// seen `Granted` by a watch through the API server.
-pub async fn pod_handoffs(
-    op: &Operator,
-    namespace: &str,
-    handoffs: usize,
-    warmup: usize,
-) -> Result<Vec<Duration>> {
-    op.mutex(namespace, "handoff").await?;
-    let mut claims = op.watch_claims(namespace);
-    let mut made = 0;
-    for _ in 0..AHEAD {
-        op.pod_with_claim(namespace, &format!("holder-{made}"), "handoff")
+/// seen `Granted` by a watch through the API server. One contended lock, its handoffs taken
+/// a block at a time (so that two systems can be measured in turns, under the same load).
+pub struct PodHandoffs<'a> {
+    op: &'a Operator,
+    namespace: String,
+    claims: mpsc::UnboundedReceiver<(Instant, lockkeeper::resources::LockClaim)>,
+    made: usize,
+    granted: HashSet<String>,
+    /// Who holds the lock now.
+    holder: String,
+    timer: HandoffTimer,
+}
+
+impl<'a> PodHandoffs<'a> {
+    /// A Mutex in `namespace`, held, with more claims queued behind the holder.
+    pub async fn start(op: &'a Operator, namespace: &str) -> Result<Self> {
+        op.mutex(namespace, "handoff").await?;
+        let mut handoffs = PodHandoffs {
+            op,
+            namespace: namespace.to_string(),
+            claims: op.watch_claims(namespace),
+            made: 0,
+            granted: HashSet::new(),
+            holder: String::new(),
+            timer: HandoffTimer::default(),
+        };
+        for _ in 0..AHEAD {
+            handoffs.make_next().await?;
+        }
+        (_, handoffs.holder) = next_grant(&mut handoffs.claims, &mut handoffs.granted).await?;
+        Ok(handoffs)
+    }
+
+    async fn make_next(&mut self) -> Result<String> {
+        let name = format!("holder-{}", self.made);
+        self.op
+            .pod_with_claim(&self.namespace, &name, "handoff")
             .await?;
-        made += 1;
+        self.made += 1;
+        Ok(name)
     }
-    let mut granted = HashSet::new();
-    let mut timer = HandoffTimer::default();
-    while timer.samples.len() < handoffs + warmup {
-        let (seen, holder) = next_grant(&mut claims, &mut granted).await?;
-        timer.known(seen, &holder)?;
-        let next = format!("holder-{made}");
-        op.pod_with_claim(namespace, &next, "handoff").await?;
-        // Queued before the release (nobody is granted meanwhile: the holder holds), so
-        // what is timed is the handoff alone, not the queueing of a new claim beside it.
-        wait_queued(&mut claims, &next).await?;
-        made += 1;
-        timer.release();
-        op.pod_succeeded(namespace, &holder).await?;
+
+    /// `count` more handoffs, each timed from the holder's release to the next grant seen.
+    pub async fn run(&mut self, count: usize) -> Result<()> {
+        for _ in 0..count {
+            let next = self.make_next().await?;
+            // Queued before the release (nobody is granted meanwhile: the holder holds), so
+            // what is timed is the handoff alone, not the queueing of a new claim beside it.
+            wait_queued(&mut self.claims, &next).await?;
+            self.timer.release();
+            self.op.pod_succeeded(&self.namespace, &self.holder).await?;
+            let (seen, holder) = next_grant(&mut self.claims, &mut self.granted).await?;
+            self.timer.known(seen, &holder)?;
+            self.holder = holder;
+        }
+        Ok(())
     }
-    Ok(timer.samples.split_off(warmup))
+
+    /// The handoffs timed, the first `warmup` left out.
+    pub fn samples(mut self, warmup: usize) -> Vec<Duration> {
+        self.timer
+            .samples
+            .split_off(warmup.min(self.timer.samples.len()))
+    }
 }
 
 /// Times each handoff from the holder's release to the next holder knowing it holds.

@@ -265,6 +265,10 @@ impl Results {
                 scale.all_waiting_s
             ),
             format!(
+                "| first create → the last of the {} holder pods and {} claims made (the bench's own creates) | {:.1} s |",
+                scale.claims, scale.claims, scale.creates_s
+            ),
+            format!(
                 "| controller RSS with every claim waiting (peak) | {:.1} MiB ({:.1} MiB) |",
                 scale.memory_all_waiting.rss_mib, scale.memory_all_waiting.peak_rss_mib
             ),

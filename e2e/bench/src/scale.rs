@@ -45,6 +45,9 @@ pub struct ScaleResults {
     pub claims: usize,
     /// From the first create to every claim `Waiting` at its right place.
     pub all_waiting_s: f64,
+    /// From the first create to the last holder pod and claim made (the bench's own writes,
+    /// which the controller's share the API server with).
+    pub creates_s: f64,
     pub memory_all_waiting: Memory,
     /// Memory of the controller, kube-apiserver and etcd as the claims are made.
     pub memory_by_claims: Vec<MemorySample>,
@@ -244,6 +247,7 @@ pub async fn run(
         }
         memory_by_claims.push(memory_sample(op, (first + step).min(total))?);
     }
+    let creates_s = start.elapsed().as_secs_f64();
     let mut last = start;
     while !seen.all_waiting_in_place(total) {
         let (at, claim) = next_change(&mut claims, "waiting for every claim to queue").await?;
@@ -356,6 +360,7 @@ pub async fn run(
         locks,
         claims: total,
         all_waiting_s,
+        creates_s,
         memory_all_waiting,
         memory_by_claims,
         cluster_before,
