@@ -462,9 +462,8 @@ pub const POSITION_REFRESH: Duration = Duration::from_secs(1);
 pub const PLACE_WRITES_PER_SECOND: u32 = 20;
 
 /// How long to hold back a status write that only changes a waiting claim's place in line
-/// (the first change is written at once, later ones at most once per [`POSITION_REFRESH`];
-/// a claim queued again when a term starts already shows a place, so its new sequence waits
-/// its turn behind the grants and releases that matter more).
+/// (at most one per [`POSITION_REFRESH`], counted from the claim's queueing, within
+/// [`PLACE_WRITES_PER_SECOND`]).
 fn place_write_delay(
     ctx: &Context,
     claim: &LockClaim,

@@ -64,14 +64,12 @@ impl Contenders {
         self.by_uid.lock().expect("contenders lock")
     }
 
-    /// Tracks the claim's contender. `shows_place`: the claim's status already shows a place
-    /// in line (queued again by a new term), so its next place write waits its turn.
-    pub fn track(&self, uid: String, tracked: Tracked, shows_place: bool) {
-        if shows_place {
-            self.place_writes.written(uid.clone());
-        } else {
-            self.place_writes.forget(&uid);
-        }
+    /// Tracks the claim's contender. The status written as it is queued shows its first place
+    /// (or, queued again by a new term, the claim already shows one): its next place write
+    /// waits out [`POSITION_REFRESH`], so places move in writes of their own, never in the
+    /// moment of a handoff, whose grant and release they would slow down.
+    pub fn track(&self, uid: String, tracked: Tracked) {
+        self.place_writes.written(uid.clone());
         self.by_uid().insert(uid, tracked);
     }
 

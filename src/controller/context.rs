@@ -28,14 +28,6 @@ use crate::resources::{DistributedLock, Installation, LockClaim};
 use crate::zookeeper::znode_name::{ContenderId, ContenderNode};
 use crate::zookeeper::{Contender, EngineError, LockEngine, LockSpec, SessionStatus};
 
-/// Whether the claim's status shows it waiting at a place in line.
-fn shows_place(claim: &LockClaim) -> bool {
-    claim
-        .status
-        .as_ref()
-        .is_some_and(|s| s.phase == crate::resources::ClaimPhase::Waiting && s.sequence.is_some())
-}
-
 /// What a reconcile works with, by lifetime: the process's connections, the term's watch
 /// caches, and what the term keeps of its own work.
 pub struct Context {
@@ -203,7 +195,6 @@ impl Context {
                 claim: ObjectRef::from_obj(claim),
                 lock_ref: claim.lock_ref(),
             },
-            shows_place(claim),
         );
     }
 }
