@@ -168,7 +168,8 @@ pub fn writes_per_claim(path: &Path, by_resource: &[(String, f64)]) -> Result<()
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(60)
-        .build_cartesian_2d((0..names.len()).into_segmented(), 0.0..top * 1.2)?;
+        // A segmented range a..b has a segment for b too: end it at the last bar.
+        .build_cartesian_2d((0..names.len().max(2) - 1).into_segmented(), 0.0..top * 1.2)?;
     chart
         .configure_mesh()
         .disable_x_mesh()

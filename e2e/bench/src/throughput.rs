@@ -1,7 +1,8 @@
 //! Grants per second through lockkeeper: `locks` Mutex locks, each held by an outside
 //! client, with `per_lock` claims (held by pods) queued behind it. Timed from the outside
 //! holders' release to the last grant, each pod set Succeeded as soon as its claim is seen
-//! `Granted`; queueing the claims (pod and claim made → `Waiting`) is timed apart.
+//! `Granted`; queueing the claims (pod and claim made → `Waiting`) is timed apart, and the
+//! releases after the last grant are waited for untimed.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -55,6 +56,7 @@ pub async fn lockkeeper_throughput(
     let start = Instant::now();
     outside.release().await;
     let mut granted = HashSet::new();
+    let mut released = HashSet::new();
     let mut releasing = futures::stream::FuturesUnordered::new();
     let mut last_grant = start;
     while granted.len() < total {
@@ -64,6 +66,9 @@ pub async fn lockkeeper_throughput(
             }
             event = tokio::time::timeout(PATIENCE, claims.recv()) => {
                 let (seen, claim) = event.context("no claim change for 60 s")?.context("the claim watch ended")?;
+                if claim.status.as_ref().map(|s| s.phase) == Some(ClaimPhase::Released) {
+                    released.insert(claim.name_any());
+                }
                 if claim.status.as_ref().map(|s| s.phase) == Some(ClaimPhase::Granted) && granted.insert(claim.name_any()) {
                     last_grant = seen;
                     let name = claim.name_any();
@@ -72,8 +77,23 @@ pub async fn lockkeeper_throughput(
             }
         }
     }
+    let grants_per_s = total as f64 / (last_grant - start).as_secs_f64();
+    // Untimed: the last holders end and their claims are released, so that the API writes
+    // counted afterwards cover each claim's whole lifecycle.
+    while let Some(result) = releasing.next().await {
+        result?;
+    }
+    while released.len() < total {
+        let (_, claim) = tokio::time::timeout(PATIENCE, claims.recv())
+            .await
+            .context("no claim released for 60 s after the last grant")?
+            .context("the claim watch ended")?;
+        if claim.status.as_ref().map(|s| s.phase) == Some(ClaimPhase::Released) {
+            released.insert(claim.name_any());
+        }
+    }
     Ok(Throughput {
-        grants_per_s: total as f64 / (last_grant - start).as_secs_f64(),
+        grants_per_s,
         queue_s,
     })
 }
