@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use cluster::Cluster;
 use futures::StreamExt;
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -66,6 +67,91 @@ async fn suspended_jobs_run_one_at_a_time_in_claim_order() {
         }
         cluster.complete_job(&name).await;
         cluster.wait_phase(&name, ClaimPhase::Released).await;
+    }
+    cluster.stop().await;
+}
+
+/// Two suspended Jobs that each need locks `a` and `b`, their claims made in opposite orders
+/// and interleaved in four ways — after Jobs that declare both locks
+/// (`lockkeeper.dev/locks`), or before Jobs that do not: each Job is resumed only once it
+/// holds both locks, and neither waits forever for the other (a holder's claims are queued in
+/// lock order, each once those before it are granted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_needing_the_same_two_locks_start_only_with_both_and_never_deadlock() {
+    let cluster = Cluster::start().await;
+    for lock in ["a", "b"] {
+        cluster.lock(lock, json!({"type": "Mutex"})).await;
+    }
+    // (job, lock) in the order the claims are made.
+    let orders = [
+        [("x", "a"), ("y", "b"), ("x", "b"), ("y", "a")],
+        [("y", "b"), ("x", "a"), ("y", "a"), ("x", "b")],
+        [("x", "b"), ("x", "a"), ("y", "a"), ("y", "b")],
+        [("y", "b"), ("y", "a"), ("x", "b"), ("x", "a")],
+    ];
+    for (round, order) in orders.iter().enumerate() {
+        let job = |j: &str| format!("{j}-{round}");
+        let declared = round % 2 == 0;
+        let make_jobs = || async {
+            for j in ["x", "y"] {
+                let annotations = match declared {
+                    true => json!({"lockkeeper.dev/locks": "a, b"}),
+                    false => json!({}),
+                };
+                cluster
+                    .create::<Job>(json!({
+                        "apiVersion": "batch/v1", "kind": "Job",
+                        "metadata": {"name": job(j), "annotations": annotations},
+                        "spec": {"suspend": true, "template": {"spec": {"restartPolicy": "Never",
+                            "containers": [{"name": "main", "image": "busybox"}]}}},
+                    }))
+                    .await;
+            }
+        };
+        if declared {
+            make_jobs().await;
+        }
+        for (j, lock) in order {
+            let holder = job(j);
+            cluster
+                .claim(
+                    &format!("{holder}-{lock}"),
+                    json!({"lock": lock, "holder": {"kind": "Job", "name": holder}}),
+                )
+                .await;
+        }
+        if !declared {
+            make_jobs().await;
+        }
+        let mut completed = Vec::new();
+        while completed.len() < 2 {
+            cluster
+                .eventually(&format!("round {round}: one more Job runs"), || async {
+                    !cluster.running_jobs().await.is_empty()
+                })
+                .await;
+            let running = cluster.running_jobs().await;
+            assert_eq!(
+                running.len(),
+                1,
+                "round {round}: both Jobs run at once: {running:?}"
+            );
+            let holder = running[0].clone();
+            for lock in ["a", "b"] {
+                assert_eq!(
+                    cluster.phase(&format!("{holder}-{lock}")).await,
+                    ClaimPhase::Granted,
+                    "round {round}: {holder} runs without lock {lock}"
+                );
+            }
+            cluster.complete_job(&holder).await;
+            for lock in ["a", "b"] {
+                cluster
+                    .wait_phase(&format!("{holder}-{lock}"), ClaimPhase::Released)
+                    .await;
+            }
+            completed.push(holder);
+        }
     }
     cluster.stop().await;
 }

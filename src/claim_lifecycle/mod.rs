@@ -100,6 +100,74 @@ pub struct ClaimFacts {
     /// The claim ended because its Lease holder stopped renewing (its `Granted` condition says
     /// `LeaseLapsed`).
     pub lapsed: bool,
+    /// The holder's other claims (none for a holder with one lock).
+    pub holder_set: HolderSet,
+}
+
+/// What the holder's other claims say: a holder may ask for several locks (a claim each), and
+/// starts only once it holds all of them. Its claims are queued one after another in one
+/// order — by lock name, then claim name — each once those before it are granted, so two
+/// holders that need the same locks never each hold one and wait for the other.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HolderSet {
+    /// The holder's claims before this one in that order, not granted yet, as "claim (lock
+    /// name)": this one is queued after them.
+    pub earlier_not_granted: Vec<String>,
+    /// How many of the holder's other claims are not granted (in any order), or not made yet
+    /// (locks its [`crate::resources::LOCKS_ANNOTATION`] names, claimed by none of its
+    /// claims): its Job is resumed once none is left.
+    pub others_not_granted: usize,
+    /// A claim of the holder that expired before it was ever granted: the holder gives up the
+    /// whole set.
+    pub given_up: Option<String>,
+}
+
+impl HolderSet {
+    /// The set `claim` belongs to, from the holder's other claims (`siblings`; the claim
+    /// itself, if among them, is left out by its UID) and the locks the holder declares.
+    pub fn of(claim: &LockClaim, siblings: &[&LockClaim], declared: &[String]) -> Self {
+        let order = |c: &LockClaim| (c.spec.lock.clone(), c.metadata.name.clone());
+        let own = order(claim);
+        let mut set = HolderSet::default();
+        for lock in declared {
+            let claimed = *lock == claim.spec.lock || siblings.iter().any(|s| s.spec.lock == *lock);
+            if claimed {
+                continue;
+            }
+            set.others_not_granted += 1;
+            if *lock < claim.spec.lock {
+                set.earlier_not_granted
+                    .push(format!("a claim on lock {lock} (not made yet)"));
+            }
+        }
+        for sibling in siblings
+            .iter()
+            .filter(|s| s.metadata.uid != claim.metadata.uid)
+            .filter(|s| s.metadata.deletion_timestamp.is_none())
+        {
+            let status = sibling.status.clone().unwrap_or_default();
+            let name = format!(
+                "{} (lock {})",
+                sibling.metadata.name.as_deref().unwrap_or_default(),
+                sibling.spec.lock
+            );
+            match status.phase {
+                ClaimPhase::Granted => continue,
+                // The holder ended: every claim of it is released in turn.
+                ClaimPhase::Released => continue,
+                ClaimPhase::Expired if status.granted_at.is_none() => {
+                    set.given_up.get_or_insert(name.clone());
+                }
+                _ => {}
+            }
+            set.others_not_granted += 1;
+            if order(sibling) < own {
+                set.earlier_not_granted.push(name);
+            }
+        }
+        set.earlier_not_granted.sort();
+        set
+    }
 }
 
 impl ClaimFacts {
@@ -117,6 +185,7 @@ impl ClaimFacts {
                 .conditions
                 .iter()
                 .any(|c| c.type_ == "Granted" && c.reason == LEASE_LAPSED),
+            holder_set: HolderSet::default(),
         }
     }
 }
@@ -278,7 +347,16 @@ pub fn decide(
         HolderState::Lapsed(why) => return lapsed(why, lock, queue, queued),
         HolderState::SuspendedJob | HolderState::Running => {
             let lock = lock.expect("validated");
+            if let Some(expired) = &claim.holder_set.given_up {
+                let message = format!(
+                    "its holder's claim {expired} expired before it was granted: the holder gives up every lock it asked for"
+                );
+                return Step::end(ClaimPhase::Expired, "Expired", message, queued);
+            }
             return match queue {
+                QueueState::NotQueued if !claim.holder_set.earlier_not_granted.is_empty() => {
+                    after_earlier_claims(spec, claim, now)
+                }
                 QueueState::NotQueued => Step::nothing(QueueAction::Enqueue),
                 QueueState::SessionEnded => Step::nothing(QueueAction::Keep),
                 QueueState::Lost(why) => Step::end(
@@ -298,6 +376,27 @@ pub fn decide(
         }
     };
     Step::end(phase, reason, message, queued)
+}
+
+/// A claim whose holder has earlier claims not granted yet: it is queued after them (see
+/// [`HolderSet`]), unless its wait times out first.
+fn after_earlier_claims(spec: &LockClaimSpec, claim: &ClaimFacts, now: Timestamp) -> Step {
+    match wait_left(spec, claim, now) {
+        Err(why) => Step::end(ClaimPhase::Expired, "Expired", why, false),
+        Ok(left) => Step::show(Outcome {
+            phase: ClaimPhase::Pending,
+            position: None,
+            sequence: None,
+            znode: None,
+            fencing_token: None,
+            message: format!(
+                "queued once its holder's earlier claims are granted: {}",
+                claim.holder_set.earlier_not_granted.join(", ")
+            ),
+            reason: "AfterEarlierClaims",
+        })
+        .then_look_again(left),
+    }
 }
 
 /// The `Granted` condition's reason when a Lease holder stopped renewing.
@@ -457,15 +556,22 @@ fn granted(
         );
         return Step::end(ClaimPhase::Expired, "Expired", message, true);
     }
+    let others = claim.holder_set.others_not_granted;
+    let message = match others {
+        0 => format!("granted to {holder_name}, fencing token {fencing_token}"),
+        _ => format!(
+            "granted to {holder_name}, fencing token {fencing_token}; it starts once its {others} other claim(s) are granted too"
+        ),
+    };
     Step {
-        resume_job: *holder == HolderState::SuspendedJob,
+        resume_job: *holder == HolderState::SuspendedJob && others == 0,
         ..Step::show(Outcome {
             phase: ClaimPhase::Granted,
             position: None,
             sequence: Some(node.sequence),
             znode: Some(node.path.clone()),
             fencing_token: Some(fencing_token),
-            message: format!("granted to {holder_name}, fencing token {fencing_token}"),
+            message,
             reason: "Granted",
         })
     }
@@ -647,6 +753,7 @@ mod tests {
             released_at: None,
             fencing_token: None,
             lapsed: false,
+            holder_set: HolderSet::default(),
         }
     }
 
@@ -1069,5 +1176,132 @@ mod tests {
         let (tallies, notice) = transition(&waiting, &expiry, created, at(9));
         assert_eq!(tallies, [Tally::Expired]);
         assert!(notice.unwrap().warning);
+    }
+
+    fn claim_of(name: &str, lock: &str, uid: &str, status: serde_json::Value) -> LockClaim {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "lockkeeper.dev/v1alpha1", "kind": "LockClaim",
+            "metadata": {"name": name, "namespace": "team", "uid": uid},
+            "spec": {"lock": lock, "holder": {"kind": "Job", "name": "migrate"}},
+            "status": status,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_holders_claims_are_queued_in_lock_order_each_after_the_ones_before_it_are_granted() {
+        let a = claim_of("c-a", "a", "1", serde_json::json!({"phase": "Waiting"}));
+        let b = claim_of("c-b", "b", "2", serde_json::json!({}));
+        let c = claim_of("c-c", "c", "3", serde_json::json!({"phase": "Granted"}));
+        let all = [&a, &b, &c];
+        let set_b = HolderSet::of(&b, &all, &[]);
+        assert_eq!(set_b.earlier_not_granted, ["c-a (lock a)"]);
+        assert_eq!(set_b.others_not_granted, 1);
+        // The first in the order waits for nobody; a granted claim counts for nobody.
+        assert!(HolderSet::of(&a, &all, &[]).earlier_not_granted.is_empty());
+        assert_eq!(HolderSet::of(&c, &all, &[]).others_not_granted, 2);
+        // A holder that declares locks a, b and d: c-b waits for c-a, and c-c, ahead of d's
+        // claim in the order, does not wait for it; nobody starts before it is made.
+        let declared = ["a", "b", "d"].map(String::from);
+        let set_c = HolderSet::of(&c, &all, &declared);
+        assert_eq!(set_c.earlier_not_granted, ["c-a (lock a)", "c-b (lock b)"]);
+        assert_eq!(set_c.others_not_granted, 3);
+        let alone = HolderSet::of(&b, &[&b], &declared);
+        assert_eq!(
+            alone.earlier_not_granted,
+            ["a claim on lock a (not made yet)"]
+        );
+        assert_eq!(alone.others_not_granted, 2);
+
+        let mut b_facts = facts(ClaimPhase::Pending);
+        b_facts.holder_set = set_b;
+        let step = decide(
+            &spec(ClaimMode::Exclusive, None),
+            &b_facts,
+            Some(&mutex(None)),
+            &HolderState::SuspendedJob,
+            &QueueState::NotQueued,
+            at(1),
+        );
+        assert_eq!(
+            step.queue,
+            QueueAction::Keep,
+            "not queued before c-a is granted"
+        );
+        let outcome = step.outcome.expect("says why it waits");
+        assert_eq!(outcome.phase, ClaimPhase::Pending);
+        assert!(
+            outcome.message.contains("c-a (lock a)"),
+            "{}",
+            outcome.message
+        );
+        // Once c-a is granted, c-b is queued.
+        b_facts.holder_set = HolderSet::default();
+        let step = decide(
+            &spec(ClaimMode::Exclusive, None),
+            &b_facts,
+            Some(&mutex(None)),
+            &HolderState::SuspendedJob,
+            &QueueState::NotQueued,
+            at(2),
+        );
+        assert_eq!(step.queue, QueueAction::Enqueue);
+    }
+
+    #[test]
+    fn a_job_with_several_claims_is_resumed_only_by_the_grant_of_the_last() {
+        let granted = QueueState::Granted {
+            fencing_token: 4,
+            node: node(4),
+        };
+        let mut first = facts(ClaimPhase::Waiting);
+        first.holder_set.others_not_granted = 1;
+        let step = decide(
+            &spec(ClaimMode::Exclusive, None),
+            &first,
+            Some(&mutex(None)),
+            &HolderState::SuspendedJob,
+            &granted,
+            at(1),
+        );
+        assert_eq!(phase_of(&step), Some(ClaimPhase::Granted));
+        assert!(!step.resume_job, "the other claim is not granted yet");
+        let last = facts(ClaimPhase::Waiting);
+        let step = decide(
+            &spec(ClaimMode::Exclusive, None),
+            &last,
+            Some(&mutex(None)),
+            &HolderState::SuspendedJob,
+            &granted,
+            at(1),
+        );
+        assert!(step.resume_job);
+    }
+
+    #[test]
+    fn a_holder_whose_claim_expired_ungranted_gives_up_the_claims_it_holds() {
+        let expired = claim_of("c-b", "b", "2", serde_json::json!({"phase": "Expired"}));
+        let held = claim_of(
+            "c-a",
+            "a",
+            "1",
+            serde_json::json!({"phase": "Granted", "grantedAt": "2026-01-01T00:00:00Z"}),
+        );
+        let mut facts_a = facts(ClaimPhase::Granted);
+        facts_a.holder_set = HolderSet::of(&held, &[&held, &expired], &[]);
+        let step = decide(
+            &spec(ClaimMode::Exclusive, None),
+            &facts_a,
+            Some(&mutex(None)),
+            &HolderState::SuspendedJob,
+            &QueueState::Granted {
+                fencing_token: 2,
+                node: node(2),
+            },
+            at(1),
+        );
+        assert_eq!(phase_of(&step), Some(ClaimPhase::Expired));
+        assert_eq!(step.queue, QueueAction::Dequeue, "its grant is given back");
+        assert!(!step.resume_job);
     }
 }

@@ -20,8 +20,10 @@ use super::holder_writes::{self, Applied};
 use super::installation::{self, Serving};
 use super::status;
 use crate::claim_lifecycle::holders;
-use crate::claim_lifecycle::{self, ClaimFacts, HolderState, LockFacts, QueueAction, QueueState};
-use crate::resources::{ClaimPhase, DistributedLock, HolderKind, LockClaim};
+use crate::claim_lifecycle::{
+    self, ClaimFacts, HolderSet, HolderState, LockFacts, QueueAction, QueueState,
+};
+use crate::resources::{ClaimPhase, DistributedLock, HolderKind, LockClaim, declared_locks};
 use crate::zookeeper::EngineError;
 use crate::zookeeper::znode_name::ContenderId;
 
@@ -162,6 +164,35 @@ async fn read_holder(ctx: &Context, claim: &LockClaim) -> Result<HolderState, Er
     })
 }
 
+/// What `claim`'s status says, and what its holder's other claims, and the locks a holder
+/// Job declares, say (see [`HolderSet`]).
+fn claim_facts(ctx: &Context, claim: &LockClaim) -> ClaimFacts {
+    let mut facts = ClaimFacts::of(claim);
+    let namespace = claim.namespace().unwrap_or_default();
+    let holder = &claim.spec.holder;
+    let siblings: Vec<Arc<LockClaim>> = ctx
+        .caches
+        .index
+        .of_holder(&namespace, holder.kind, &holder.name)
+        .iter()
+        .filter_map(|sibling| ctx.caches.claims.get(sibling))
+        .collect();
+    let declared = match holder.kind {
+        HolderKind::Job => ctx
+            .caches
+            .jobs
+            .get(&ObjectRef::new(&holder.name).within(&namespace))
+            .map(|job| declared_locks(job.metadata.annotations.as_ref()))
+            .unwrap_or_default(),
+        HolderKind::Pod | HolderKind::Lease => Vec::new(),
+    };
+    if siblings.len() > 1 || !declared.is_empty() {
+        let siblings: Vec<&LockClaim> = siblings.iter().map(AsRef::as_ref).collect();
+        facts.holder_set = HolderSet::of(claim, &siblings, &declared);
+    }
+    facts
+}
+
 /// What a claim's decision reads besides its queue state: its lock, its holder, itself.
 struct Observed {
     lock: Option<Arc<DistributedLock>>,
@@ -232,7 +263,7 @@ async fn observe(
     let now = Timestamp::now();
     let lock_facts = lock.as_deref().map(LockFacts::of);
     let (mut holder, holder_check) = holder_state(ctx, claim, now);
-    let facts = ClaimFacts::of(claim);
+    let facts = claim_facts(ctx, claim);
     if holder == HolderState::Missing && !facts.phase.is_final() {
         // The pod or job cache may lag behind a holder made just before its claim (and a
         // claim may already be queued by then): ask the API before reporting the holder
@@ -385,7 +416,7 @@ fn older_claim_due(
             let (holder, _) = holder_state(ctx, &other, now);
             let step = claim_lifecycle::decide(
                 &other.spec,
-                &ClaimFacts::of(&other),
+                &claim_facts(ctx, &other),
                 lock,
                 &holder,
                 &queue,

@@ -6,9 +6,15 @@ use k8s_openapi::api::batch::v1::{Job, JobSpec, JobStatus};
 use k8s_openapi::api::core::v1::{Pod, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
+use crate::resources::LOCKS_ANNOTATION;
+
 fn metadata(meta: &mut ObjectMeta) {
     meta.managed_fields = None;
-    meta.annotations = None;
+    // Of the annotations, only the locks a holder asks for are read.
+    meta.annotations = meta.annotations.take().and_then(|mut annotations| {
+        let locks = annotations.remove(LOCKS_ANNOTATION)?;
+        Some([(LOCKS_ANNOTATION.to_string(), locks)].into())
+    });
 }
 
 /// A pod: its name and phase (when it ended).

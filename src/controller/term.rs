@@ -104,6 +104,7 @@ pub async fn lead(
             pods: inputs.pods,
             jobs: inputs.jobs,
             triggered,
+            siblings: claim_triggers.clone(),
         },
         namespace,
         runner.clone(),
@@ -165,6 +166,8 @@ struct ClaimInputs {
     pods: Writer<Pod>,
     jobs: Writer<Job>,
     triggered: mpsc::UnboundedReceiver<ObjectRef<LockClaim>>,
+    /// Where a changed claim's siblings (its holder's other claims) are sent.
+    siblings: mpsc::UnboundedSender<ObjectRef<LockClaim>>,
 }
 
 fn claims_controller(
@@ -180,6 +183,7 @@ fn claims_controller(
         inputs.claims,
         ctx.caches.index.clone(),
         inputs.departed,
+        inputs.siblings,
     );
     let lock_watch = watches::locks(
         api(client, namespace),

@@ -12,12 +12,12 @@ use std::time::Duration;
 use futures::{Stream, StreamExt, TryStreamExt};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
-use kube::Resource;
 use kube::api::Api;
 use kube::runtime::reflector::store::Writer;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::utils::Backoff;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::{Resource, ResourceExt};
 use tokio::sync::mpsc;
 
 use super::claim_index::ClaimIndex;
@@ -126,12 +126,15 @@ pub fn jobs(
 }
 
 /// Claims. Besides the cache, the watch keeps the index of claims by lock and by holder that
-/// pod, job and lock changes are mapped through, and tells of claims that went.
+/// pod, job and lock changes are mapped through, tells of claims that went, and sends the
+/// other claims of a changed claim's holder to `siblings` (a holder with several locks is
+/// queued for each in turn, and starts with all of them: see [`crate::claim_lifecycle::HolderSet`]).
 pub fn claims(
     api: Api<LockClaim>,
     cache: Writer<LockClaim>,
     index: ClaimIndex,
     departed: mpsc::UnboundedSender<Departure>,
+    siblings: mpsc::UnboundedSender<ObjectRef<LockClaim>>,
 ) -> impl Stream<Item = Changes<LockClaim>> + Send + 'static {
     watch_or_relist(api)
         .modify(slim::without_managed_fields::<LockClaim>)
@@ -141,6 +144,15 @@ pub fn claims(
             index.observe(event);
             if let Some(departure) = Departure::of(event) {
                 let _ = departed.send(departure);
+            }
+            if let watcher::Event::Apply(claim) | watcher::Event::Delete(claim) = event {
+                let holder = &claim.spec.holder;
+                let namespace = claim.namespace().unwrap_or_default();
+                for sibling in index.of_holder(&namespace, holder.kind, &holder.name) {
+                    if sibling.name != claim.name_any() {
+                        let _ = siblings.send(sibling);
+                    }
+                }
             }
         })
         .applied_objects()

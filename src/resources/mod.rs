@@ -15,6 +15,29 @@ pub use lock_claim::{
 
 use kube::CustomResourceExt;
 
+/// The annotation of a holder Job that asks for several locks: their names, comma-separated
+/// (`lockkeeper.dev/locks: "a,b"`). The Job is resumed once it holds every one of them; without
+/// it, once it holds every lock its claims name — claims made after the Job may then come too
+/// late to hold it back.
+pub const LOCKS_ANNOTATION: &str = "lockkeeper.dev/locks";
+
+/// The lock names a holder's [`LOCKS_ANNOTATION`] lists.
+pub fn declared_locks(
+    annotations: Option<&std::collections::BTreeMap<String, String>>,
+) -> Vec<String> {
+    annotations
+        .and_then(|a| a.get(LOCKS_ANNOTATION))
+        .map(|locks| {
+            locks
+                .split(',')
+                .map(str::trim)
+                .filter(|lock| !lock.is_empty())
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The file names in `crds/` and the YAML of each CRD, as `lockkeeper crd` prints them.
 pub fn crd_documents() -> Vec<(&'static str, String)> {
     let yaml = |crd| {
