@@ -1178,6 +1178,23 @@ mod tests {
         assert!(notice.unwrap().warning);
     }
 
+    /// An exclusive claim of a Job on a Mutex without limits.
+    fn decide_on_a_mutex(
+        facts: &ClaimFacts,
+        holder: &HolderState,
+        queue: &QueueState,
+        now: Timestamp,
+    ) -> Step {
+        decide(
+            &spec(ClaimMode::Exclusive, None),
+            facts,
+            Some(&mutex(None)),
+            holder,
+            queue,
+            now,
+        )
+    }
+
     fn claim_of(name: &str, lock: &str, uid: &str, status: serde_json::Value) -> LockClaim {
         serde_json::from_value(serde_json::json!({
             "apiVersion": "lockkeeper.dev/v1alpha1", "kind": "LockClaim",
@@ -1215,10 +1232,8 @@ mod tests {
 
         let mut b_facts = facts(ClaimPhase::Pending);
         b_facts.holder_set = set_b;
-        let step = decide(
-            &spec(ClaimMode::Exclusive, None),
+        let step = decide_on_a_mutex(
             &b_facts,
-            Some(&mutex(None)),
             &HolderState::SuspendedJob,
             &QueueState::NotQueued,
             at(1),
@@ -1237,10 +1252,8 @@ mod tests {
         );
         // Once c-a is granted, c-b is queued.
         b_facts.holder_set = HolderSet::default();
-        let step = decide(
-            &spec(ClaimMode::Exclusive, None),
+        let step = decide_on_a_mutex(
             &b_facts,
-            Some(&mutex(None)),
             &HolderState::SuspendedJob,
             &QueueState::NotQueued,
             at(2),
@@ -1256,25 +1269,11 @@ mod tests {
         };
         let mut first = facts(ClaimPhase::Waiting);
         first.holder_set.others_not_granted = 1;
-        let step = decide(
-            &spec(ClaimMode::Exclusive, None),
-            &first,
-            Some(&mutex(None)),
-            &HolderState::SuspendedJob,
-            &granted,
-            at(1),
-        );
+        let step = decide_on_a_mutex(&first, &HolderState::SuspendedJob, &granted, at(1));
         assert_eq!(phase_of(&step), Some(ClaimPhase::Granted));
         assert!(!step.resume_job, "the other claim is not granted yet");
         let last = facts(ClaimPhase::Waiting);
-        let step = decide(
-            &spec(ClaimMode::Exclusive, None),
-            &last,
-            Some(&mutex(None)),
-            &HolderState::SuspendedJob,
-            &granted,
-            at(1),
-        );
+        let step = decide_on_a_mutex(&last, &HolderState::SuspendedJob, &granted, at(1));
         assert!(step.resume_job);
     }
 
@@ -1289,10 +1288,8 @@ mod tests {
         );
         let mut facts_a = facts(ClaimPhase::Granted);
         facts_a.holder_set = HolderSet::of(&held, &[&held, &expired], &[]);
-        let step = decide(
-            &spec(ClaimMode::Exclusive, None),
+        let step = decide_on_a_mutex(
             &facts_a,
-            Some(&mutex(None)),
             &HolderState::SuspendedJob,
             &QueueState::Granted {
                 fencing_token: 2,
