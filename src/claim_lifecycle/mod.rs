@@ -4,6 +4,8 @@
 
 #[cfg(test)]
 mod fixture_tests;
+#[cfg(test)]
+mod holder_set_model;
 pub mod holders;
 
 use std::time::Duration;
