@@ -50,24 +50,30 @@ impl FastLane {
     }
 }
 
-/// Runs the fast lane's reconciles until `stopping` is cancelled, then lets those under way
-/// finish. A reconcile that failed, or asks to be looked at again, is handed to kube-runtime
-/// (`claim_triggers`), which runs it again and keeps its retries and requeues.
+/// Runs the fast lane's reconciles, at most `concurrency` at once, until `stopping` is
+/// cancelled, then lets those under way finish. A claim already ended (a pod that ended long
+/// ago, seen again when the watch lists) is left to kube-runtime. A reconcile that failed, or
+/// asks to be looked at again, is handed to kube-runtime (`claim_triggers`), which runs it
+/// again and keeps its retries and requeues.
 pub async fn run(
     ctx: Arc<Context>,
     mut requests: mpsc::UnboundedReceiver<ObjectRef<LockClaim>>,
     claim_triggers: mpsc::UnboundedSender<ObjectRef<LockClaim>>,
+    concurrency: usize,
     stopping: CancellationToken,
 ) {
     let mut running = JoinSet::new();
     loop {
         tokio::select! {
-            Some(claim) = requests.recv() => {
+            Some(claim) = requests.recv(), if running.len() < concurrency.max(1) => {
+                let Some(cached) = ctx.caches.claims.get(&claim) else {
+                    continue;
+                };
+                if cached.status.as_ref().is_some_and(|s| s.phase.is_final()) {
+                    continue;
+                }
                 let (ctx, triggers) = (ctx.clone(), claim_triggers.clone());
                 running.spawn(async move {
-                    let Some(cached) = ctx.caches.claims.get(&claim) else {
-                        return;
-                    };
                     let done = matches!(
                         claims::reconcile(cached, ctx).await,
                         Ok(action) if action == Action::await_change()

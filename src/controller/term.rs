@@ -117,6 +117,7 @@ pub async fn lead(
         ctx.clone(),
         inputs.fast_lane,
         claim_triggers.clone(),
+        config.concurrent_reconciles.into(),
         stopping.clone(),
     );
     tokio::select! {
