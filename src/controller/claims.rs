@@ -122,23 +122,8 @@ fn holder_state(
     claim: &LockClaim,
     now: Timestamp,
 ) -> (HolderState, Option<Duration>) {
-    let namespace = claim.namespace().unwrap_or_default();
-    let name = &claim.spec.holder.name;
-    let (pod, job) = match claim.spec.holder.kind {
-        HolderKind::Pod => (
-            ctx.caches
-                .pods
-                .get(&ObjectRef::new(name).within(&namespace)),
-            None,
-        ),
-        HolderKind::Job => (
-            None,
-            ctx.caches
-                .jobs
-                .get(&ObjectRef::new(name).within(&namespace)),
-        ),
-        HolderKind::Lease => (None, None),
-    };
+    let pod = ctx.cached_holder_pod(claim);
+    let job = ctx.cached_holder_job(claim);
     holders::holder_state(claim, pod.as_deref(), job.as_deref(), now)
 }
 
@@ -177,15 +162,10 @@ fn claim_facts(ctx: &Context, claim: &LockClaim) -> ClaimFacts {
         .iter()
         .filter_map(|sibling| ctx.caches.claims.get(sibling))
         .collect();
-    let declared = match holder.kind {
-        HolderKind::Job => ctx
-            .caches
-            .jobs
-            .get(&ObjectRef::new(&holder.name).within(&namespace))
-            .map(|job| declared_locks(job.metadata.annotations.as_ref()))
-            .unwrap_or_default(),
-        HolderKind::Pod | HolderKind::Lease => Vec::new(),
-    };
+    let declared = ctx
+        .cached_holder_job(claim)
+        .map(|job| declared_locks(job.metadata.annotations.as_ref()))
+        .unwrap_or_default();
     if siblings.len() > 1 || !declared.is_empty() {
         let siblings: Vec<&LockClaim> = siblings.iter().map(AsRef::as_ref).collect();
         facts.holder_set = HolderSet::of(claim, &siblings, &declared);

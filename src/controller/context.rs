@@ -24,9 +24,14 @@ use super::stale_copies::StaleCopies;
 use super::telemetry::Metrics;
 use crate::claim_lifecycle::Node;
 use crate::lock_rules::Mode;
-use crate::resources::{DistributedLock, Installation, LockClaim};
+use crate::resources::{DistributedLock, HolderKind, Installation, LockClaim};
 use crate::zookeeper::znode_name::{ContenderId, ContenderNode};
 use crate::zookeeper::{Contender, EngineError, LockEngine, LockSpec, SessionStatus};
+
+/// The claim's holder, by name in the claim's namespace.
+fn holder_ref<K: kube::Resource<DynamicType = ()>>(claim: &LockClaim) -> ObjectRef<K> {
+    ObjectRef::new(&claim.spec.holder.name).within(&claim.namespace().unwrap_or_default())
+}
 
 /// What a reconcile works with, by lifetime: the process's connections, the term's watch
 /// caches, and what the term keeps of its own work.
@@ -90,6 +95,20 @@ pub struct Term {
 pub type Fences = HashMap<ObjectRef<DistributedLock>, Instant>;
 
 impl Context {
+    /// The claim's holder Pod, as the pod cache has it (none for other holder kinds).
+    pub fn cached_holder_pod(&self, claim: &LockClaim) -> Option<Arc<Pod>> {
+        (claim.spec.holder.kind == HolderKind::Pod)
+            .then(|| self.caches.pods.get(&holder_ref(claim)))
+            .flatten()
+    }
+
+    /// The claim's holder Job, as the Job cache has it (none for other holder kinds).
+    pub fn cached_holder_job(&self, claim: &LockClaim) -> Option<Arc<Job>> {
+        (claim.spec.holder.kind == HolderKind::Job)
+            .then(|| self.caches.jobs.get(&holder_ref(claim)))
+            .flatten()
+    }
+
     /// The API of kind `K` in the namespace of `object` (a claim's holder, its lock, itself).
     pub fn api_beside<K>(&self, object: &impl ResourceExt) -> kube::Api<K>
     where

@@ -7,7 +7,6 @@
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, Preconditions};
-use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
@@ -27,11 +26,7 @@ pub enum Applied {
 pub async fn resume_job(ctx: &Context, claim: &LockClaim) -> Result<Applied, kube::Error> {
     let jobs: Api<Job> = ctx.api_beside(claim);
     let name = &claim.spec.holder.name;
-    let cached = ctx
-        .caches
-        .jobs
-        .get(&ObjectRef::new(name).within(&claim.namespace().unwrap_or_default()));
-    let job = match cached {
+    let job = match ctx.cached_holder_job(claim) {
         Some(job) => job.as_ref().clone(),
         None => match jobs.get_opt(name).await? {
             Some(job) => job,

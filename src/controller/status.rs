@@ -18,7 +18,7 @@ pub const MANAGER: &str = "lockkeeper";
 /// merge patch of what differs, carrying the object's resourceVersion: the write gets 409 if
 /// the object changed since it was read, so what is derived from the transition (events,
 /// metrics) happens once, from the latest object. A merge patch, not server-side apply: the
-/// controller is the only writer of status, and kube-apiserver takes about a third more
+/// controller is the only writer of status, and kube-apiserver takes about a fifth more
 /// merge patches than applies per second (the bench's capacity figures).
 pub async fn write<K, S>(
     api: &Api<K>,
