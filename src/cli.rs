@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::client::claim_client::ClaimError;
+use crate::client::lock_set::{self, LockArg};
 use crate::lock_rules::{Verdict, WaitTarget};
 use crate::resources::{ClaimMode, LockType};
 use crate::zookeeper::{EngineConfig, EngineError, LockEngine, LockQueue, LockSpec};
@@ -78,27 +79,33 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct GateArgs {
-    /// The DistributedLock, in the pod's namespace.
-    #[arg(long)]
-    pub lock: String,
+    /// A DistributedLock in the pod's namespace, as NAME or NAME:MODE; repeat it for several
+    /// locks: the pod starts once all are granted.
+    #[arg(long, required = true)]
+    pub lock: Vec<LockArg>,
+    /// The mode of every --lock that names none.
     #[arg(long, value_enum, ignore_case = true, default_value_t = ClaimMode::Exclusive)]
     pub mode: ClaimMode,
-    /// Give up after waiting this long (exit 75); the claim expires too. Default: wait.
+    /// Give up after waiting this long for all the locks (exit 75); the claims expire too
+    /// and those granted are released. Default: wait.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub timeout: Option<Duration>,
-    /// Write the fencing token here (e.g. on an emptyDir shared with the main containers).
+    /// Write the fencing token here (e.g. on an emptyDir shared with the main containers);
+    /// with several locks, a `LOCK=TOKEN` line for each.
     #[arg(long)]
     pub token_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// The DistributedLock.
-    #[arg(long)]
-    pub lock: String,
-    /// The lock's namespace (default: the kubeconfig context's).
+    /// A DistributedLock, as NAME or NAME:MODE; repeat it for several locks: the command
+    /// runs once all are granted.
+    #[arg(long, required = true)]
+    pub lock: Vec<LockArg>,
+    /// The locks' namespace (default: the kubeconfig context's).
     #[arg(long, short = 'n')]
     pub namespace: Option<String>,
+    /// The mode of every --lock that names none.
     #[arg(long, value_enum, ignore_case = true, default_value_t = ClaimMode::Exclusive)]
     pub mode: ClaimMode,
     /// If this process dies without releasing, the lock is released this long after its
@@ -109,7 +116,9 @@ pub struct RunArgs {
     /// Exit 76 if the grant ends while the command runs (the command gets SIGTERM).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub timeout: Option<Duration>,
-    /// The command and its arguments; it gets LOCKKEEPER_FENCING_TOKEN in its environment.
+    /// The command and its arguments. Its environment has LOCKKEEPER_FENCING_TOKENS
+    /// (LOCK=TOKEN,…) and LOCKKEEPER_FENCING_TOKEN_<LOCK> for each lock (the name in capitals,
+    /// `-` and `.` as `_`), and LOCKKEEPER_FENCING_TOKEN when there is one lock.
     #[arg(last = true, required = true, num_args = 1..)]
     pub command: Vec<String>,
 }
@@ -226,12 +235,11 @@ fn exit(result: Result<u8, ClaimError>) -> ExitCode {
     }
 }
 
-async fn gate(args: GateArgs) -> Result<i64, ClaimError> {
+async fn gate(args: GateArgs) -> Result<Vec<i64>, ClaimError> {
     let pod = crate::client::gate::PodIdentity::from_env()?;
     let client = kube::Client::try_default().await?;
     let request = crate::client::gate::GateRequest {
-        lock: args.lock,
-        mode: args.mode,
+        locks: lock_set::wanted_locks(&args.lock, args.mode).map_err(ClaimError::Usage)?,
         timeout: args.timeout,
         token_file: args.token_file,
     };
@@ -239,13 +247,14 @@ async fn gate(args: GateArgs) -> Result<i64, ClaimError> {
 }
 
 async fn run(args: RunArgs) -> Result<u8, ClaimError> {
+    let locks = lock_set::wanted_locks(&args.lock, args.mode).map_err(ClaimError::Usage)?;
+    lock_set::distinct_token_variables(&locks).map_err(ClaimError::Usage)?;
     let client = kube::Client::try_default().await?;
     let request = crate::client::run::RunRequest {
-        lock: args.lock,
+        locks,
         namespace: args
             .namespace
             .unwrap_or_else(|| client.default_namespace().to_string()),
-        mode: args.mode,
         lease_duration: args.lease_duration,
         timeout: args.timeout,
         command: args.command,

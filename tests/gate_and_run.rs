@@ -176,7 +176,7 @@ async fn a_gate_restarted_after_its_grant_adopts_the_claim_and_a_gate_that_times
         .unwrap();
     assert_eq!(gave_up.status.code(), Some(75), "{}", log_of(&log));
     assert!(
-        log_of(&log).contains("lock cache was not granted"),
+        log_of(&log).contains("lock cache not granted"),
         "{}",
         log_of(&log)
     );
@@ -192,6 +192,211 @@ async fn a_gate_restarted_after_its_grant_adopts_the_claim_and_a_gate_that_times
     assert_eq!(bare.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&bare.stderr).contains("POD_NAME is not set"));
     cluster.stop().await;
+}
+
+/// Several locks through `lockkeeper gate` and `lockkeeper run`: each takes its locks in name
+/// order (whatever order they are given in), starts only when all are granted, gets every
+/// token, and a gate that gives up releases the lock it already holds. A run and a gate that
+/// ask for `a` and `b` in opposite orders do not deadlock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gate_and_run_take_several_locks_in_one_order_and_start_only_with_all() {
+    let cluster = Cluster::start().await;
+    cluster.apply_gate_rbac();
+    cluster.lock("a", json!({"type": "Mutex"})).await;
+    cluster.lock("b", json!({"type": "ReadWrite"})).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ns = cluster.namespace.clone();
+    // `lockkeeper run -n NS --lock L… OPTIONS -- sh -c SCRIPT` in the test's directory.
+    let lockkeeper_run = |locks: &[&str], options: &[&str], script: &str, log: &str| {
+        let mut run = cluster.lockkeeper();
+        run.args(["run", "-n", &ns]);
+        for lock in locks {
+            run.args(["--lock", lock]);
+        }
+        run.args(options)
+            .args(["--", "sh", "-c", script])
+            .current_dir(dir.path())
+            .stderr(std::fs::File::create(dir.path().join(log)).unwrap());
+        run
+    };
+    let until_file = |name: &str| format!("while [ ! -e {name} ]; do sleep 0.05; done");
+    // A run holds b until told to stop.
+    let mut b_holder = lockkeeper_run(&["b"], &[], &until_file("stop-b"), "b-holder.log")
+        .spawn()
+        .unwrap();
+    let held_b = run_claim_on(&cluster, "b", &[]).await;
+    cluster.wait_phase(&held_b, ClaimPhase::Granted).await;
+
+    // A gate asks for b (shared) and a: it takes a, waits for b, and the pod does not start.
+    let pod = cluster.gated_pod("both").await;
+    let token_file = dir.path().join("both.token");
+    let gate_log = dir.path().join("both-gate.log");
+    let mut gate = cluster.gate(
+        &pod,
+        &[
+            "--lock",
+            "b:shared",
+            "--lock",
+            "a",
+            "--token-file",
+            token_file.to_str().unwrap(),
+        ],
+        &gate_log,
+    );
+    cluster.wait_phase("both-a", ClaimPhase::Granted).await;
+    cluster.wait_phase("both-b", ClaimPhase::Waiting).await;
+
+    // A run asks for b and a the other way round. It queues on a (behind the pod) and holds
+    // its claim on b back until a is granted: it never holds b while the pod waits for it.
+    let mut crossed = lockkeeper_run(
+        &["b", "a"],
+        &[],
+        "echo $LOCKKEEPER_FENCING_TOKENS > crossed.tokens",
+        "crossed.log",
+    )
+    .spawn()
+    .unwrap();
+    let crossed_a = run_claim_on(&cluster, "a", &[]).await;
+    let crossed_b = run_claim_on(&cluster, "b", std::slice::from_ref(&held_b)).await;
+    cluster.wait_phase(&crossed_a, ClaimPhase::Waiting).await;
+    cluster.wait_phase(&crossed_b, ClaimPhase::Pending).await;
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert!(
+        gate.try_wait().unwrap().is_none(),
+        "the pod starts only with both locks: {}",
+        log_of(&gate_log)
+    );
+
+    std::fs::write(dir.path().join("stop-b"), "").unwrap();
+    assert!(b_holder.wait().unwrap().success());
+    let status = gate.wait().unwrap();
+    assert!(status.success(), "{}", log_of(&gate_log));
+    let (a, b) = (
+        cluster.claim_status("both-a").await,
+        cluster.claim_status("both-b").await,
+    );
+    assert_eq!(
+        (a.phase, b.phase),
+        (ClaimPhase::Granted, ClaimPhase::Granted)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&token_file).unwrap(),
+        format!(
+            "a={}\nb={}\n",
+            a.fencing_token.unwrap(),
+            b.fencing_token.unwrap()
+        ),
+        "a line per lock, in lock order"
+    );
+    assert!(
+        !dir.path().join("crossed.tokens").exists(),
+        "the crossed run waits while the pod holds both"
+    );
+
+    // The pod ends: both locks go to the crossed run, which runs with both tokens.
+    cluster.set_pod_phase("both", "Succeeded").await;
+    let status = crossed.wait().unwrap();
+    assert!(
+        status.success(),
+        "{}",
+        log_of(&dir.path().join("crossed.log"))
+    );
+    let tokens = std::fs::read_to_string(dir.path().join("crossed.tokens")).unwrap();
+    let tokens: Vec<(String, i64)> = tokens
+        .trim()
+        .split(',')
+        .map(|pair| {
+            let (lock, token) = pair.split_once('=').expect("LOCK=TOKEN");
+            (lock.to_string(), token.parse().expect("a token"))
+        })
+        .collect();
+    assert_eq!(tokens.len(), 2, "{tokens:?}");
+    assert_eq!((tokens[0].0.as_str(), tokens[1].0.as_str()), ("a", "b"));
+    assert!(
+        tokens[0].1 > a.fencing_token.unwrap() && tokens[1].1 > b.fencing_token.unwrap(),
+        "tokens grow past the pod's: {tokens:?}"
+    );
+    assert!(run_claims(&cluster).await.is_empty(), "both runs released");
+
+    // A pod that may wait 2 s for a and b while b is held gives up, and lets go of a.
+    let mut b_holder = lockkeeper_run(&["b"], &[], &until_file("stop-b-again"), "b-again.log")
+        .spawn()
+        .unwrap();
+    let held_b = run_claim_on(&cluster, "b", &[]).await;
+    cluster.wait_phase(&held_b, ClaimPhase::Granted).await;
+    let impatient = cluster.gated_pod("impatient").await;
+    let log = dir.path().join("impatient.log");
+    let gave_up = cluster
+        .gate(
+            &impatient,
+            &["--lock", "a", "--lock", "b", "--timeout", "2s"],
+            &log,
+        )
+        .wait()
+        .unwrap();
+    assert_eq!(gave_up.code(), Some(75), "{}", log_of(&log));
+    assert!(
+        log_of(&log).contains("lock b not granted"),
+        "{}",
+        log_of(&log)
+    );
+    assert_eq!(cluster.phase("impatient-b").await, ClaimPhase::Expired);
+    assert_eq!(
+        cluster.phase_if_exists("impatient-a").await,
+        None,
+        "the claim on a was released"
+    );
+    let try_a = lockkeeper_run(&["a"], &["--timeout", "0s"], "true", "try-a.log")
+        .status()
+        .unwrap();
+    assert!(
+        try_a.success(),
+        "a is free again: {}",
+        log_of(&dir.path().join("try-a.log"))
+    );
+    std::fs::write(dir.path().join("stop-b-again"), "").unwrap();
+    assert!(b_holder.wait().unwrap().success());
+
+    // Bad input: the same lock twice, a mode that is none.
+    for (args, says) in [
+        (
+            &["--lock", "a", "--lock", "a:shared"][..],
+            "lock a is asked for twice",
+        ),
+        (&["--lock", "a:read"][..], "a:Shared"),
+    ] {
+        let refused = cluster
+            .lockkeeper()
+            .args(["run", "-n", &ns])
+            .args(args)
+            .args(["--", "true"])
+            .output()
+            .unwrap();
+        assert_eq!(refused.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+    cluster.stop().await;
+}
+
+/// The name of a claim that a `lockkeeper run` made on `lock`, other than those in `not`.
+async fn run_claim_on(cluster: &Cluster, lock: &str, not: &[String]) -> String {
+    let found = cluster
+        .poll(
+            std::time::Duration::from_secs(30),
+            &format!("a run made a claim on {lock}"),
+            || async {
+                run_claims(cluster)
+                    .await
+                    .into_iter()
+                    .map(|c| c.name_any())
+                    .filter(|name| !not.contains(name))
+                    .find(|name| name.starts_with(&format!("{lock}-run-")))
+            },
+            Option::is_some,
+        )
+        .await;
+    found.expect("polled until found")
 }
 
 /// The claims `lockkeeper run` made, by name.

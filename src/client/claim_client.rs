@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 use futures::StreamExt;
-use futures::stream::BoxStream;
+use futures::stream::{BoxStream, SelectAll};
 use kube::api::{Api, DeleteParams, ObjectMeta, PostParams, Preconditions};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
@@ -45,10 +45,13 @@ pub const API_PATIENCE: Duration = Duration::from_secs(60);
 pub enum ClaimError {
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
+    /// The command line asks for something that cannot be done (exit 2, as clap does).
+    #[error("{0}")]
+    Usage(String),
     #[error("{0} is not set; an init container gets it from the downward API (see examples/)")]
     MissingEnv(&'static str),
-    #[error("lock {lock} was not granted: {reason}")]
-    NotGranted { lock: String, reason: String },
+    #[error("{locks} not granted: {reason}")]
+    NotGranted { locks: String, reason: String },
     #[error("claim {0} was deleted before it was granted")]
     Deleted(String),
     #[error("claim {name} already exists and is not this holder's: {why}")]
@@ -67,11 +70,12 @@ pub enum ClaimError {
 
 impl ClaimError {
     /// The process exit code: 75 when the lock was not granted, 127 when the command could
-    /// not start (as shells do), 1 otherwise.
+    /// not start (as shells do), 2 for a bad command line (as clap does), 1 otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
             ClaimError::NotGranted { .. } => EXIT_NOT_GRANTED,
             ClaimError::Spawn { .. } => 127,
+            ClaimError::Usage(_) => 2,
             _ => 1,
         }
     }
@@ -109,32 +113,51 @@ pub enum ClaimUpdate {
     Deleted,
 }
 
-/// One claim, followed through kube-runtime's `watch_object` on its name, which reports a
-/// claim that disappeared while the watch was down as deleted. Dropped watches, API errors
-/// and relists are retried with kube-runtime's backoff.
+/// What one claim's watch yields, `None` once it ended.
+type WatchItem = Option<Result<Option<LockClaim>, watcher::Error>>;
+
+/// A holder's claims, each followed through kube-runtime's `watch_object` on its name, which
+/// reports a claim that disappeared while the watch was down as deleted. Dropped watches, API
+/// errors and relists are retried with kube-runtime's backoff.
 pub struct ClaimWatch {
-    stream: BoxStream<'static, Result<Option<LockClaim>, watcher::Error>>,
+    stream: SelectAll<BoxStream<'static, (usize, WatchItem)>>,
 }
 
 impl ClaimWatch {
-    pub fn new(api: Api<LockClaim>, name: &str) -> Self {
+    pub fn new(api: &Api<LockClaim>, names: &[String]) -> Self {
+        let streams = names.iter().enumerate().map(|(index, name)| {
+            watcher::watch_object(api.clone(), name)
+                .default_backoff()
+                .map(Some)
+                // A watch that ends (it should not) reports its claim as gone.
+                .chain(futures::stream::once(async { None }))
+                .map(move |item| (index, item))
+                .boxed()
+        });
         ClaimWatch {
-            stream: watcher::watch_object(api, name).default_backoff().boxed(),
+            stream: futures::stream::select_all(streams),
         }
     }
 
-    pub async fn next(&mut self) -> ClaimUpdate {
+    /// The next change of one of the claims, with its place in the names watched.
+    pub async fn next(&mut self) -> (usize, ClaimUpdate) {
         loop {
             match self.stream.next().await {
-                Some(Ok(Some(claim))) => return ClaimUpdate::Changed(Box::new(claim)),
-                Some(Ok(None)) | None => return ClaimUpdate::Deleted,
-                Some(Err(err)) => tracing::warn!(error = %err, "watching the claim; retrying"),
+                Some((index, Some(Ok(Some(claim))))) => {
+                    return (index, ClaimUpdate::Changed(Box::new(claim)));
+                }
+                Some((index, Some(Ok(None)) | None)) => return (index, ClaimUpdate::Deleted),
+                Some((_, Some(Err(err)))) => {
+                    tracing::warn!(error = %err, "watching the claim; retrying")
+                }
+                // Every watch ended, each reported as a deletion first.
+                None => return (0, ClaimUpdate::Deleted),
             }
         }
     }
 }
 
-/// How the wait for a grant ended.
+/// How the wait for one claim's grant ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decision {
     Granted {
@@ -176,36 +199,54 @@ pub fn progress(status: &LockClaimStatus) -> String {
     line
 }
 
-/// Follows the claim until it is decided, printing each change of its standing on stderr.
-pub async fn wait_for_decision(
+/// How the wait for all of a holder's claims ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every claim is granted: their fencing tokens, in the order of the names watched.
+    Granted(Vec<i64>),
+    /// The claim at this place ended without a grant; the holder gives up the whole set.
+    Refused { index: usize, reason: String },
+}
+
+/// Follows the claims until all are granted at once or one is refused, printing each change
+/// of a claim's standing on stderr. A grant that is lost again while others wait (the
+/// controller queues it anew) counts as not granted.
+pub async fn wait_for_grants(
     watch: &mut ClaimWatch,
-    claim_name: &str,
-) -> Result<Decision, ClaimError> {
-    let mut last_line = String::new();
+    names: &[String],
+) -> Result<Outcome, ClaimError> {
+    let mut tokens: Vec<Option<i64>> = vec![None; names.len()];
+    let mut last_lines = vec![String::new(); names.len()];
     loop {
-        let claim = match watch.next().await {
+        let (index, update) = watch.next().await;
+        let claim = match update {
             ClaimUpdate::Changed(claim) => claim,
-            ClaimUpdate::Deleted => return Err(ClaimError::Deleted(claim_name.to_string())),
+            ClaimUpdate::Deleted => return Err(ClaimError::Deleted(names[index].clone())),
         };
         let status = claim.status.unwrap_or_default();
         let line = progress(&status);
-        if line != last_line {
-            eprintln!("lockkeeper: claim {claim_name}: {line}");
-            last_line = line;
+        if line != last_lines[index] {
+            eprintln!("lockkeeper: claim {}: {line}", names[index]);
+            last_lines[index] = line;
         }
-        if let Some(decision) = decision(&status) {
-            return Ok(decision);
+        tokens[index] = match decision(&status) {
+            Some(Decision::Granted { fencing_token }) => Some(fencing_token),
+            Some(Decision::Refused(reason)) => return Ok(Outcome::Refused { index, reason }),
+            None => None,
+        };
+        if tokens.iter().all(Option::is_some) {
+            return Ok(Outcome::Granted(tokens.into_iter().flatten().collect()));
         }
     }
 }
 
-/// [`wait_for_decision`], given up `timeout` + [`EXPIRY_GRACE`] from now: `Ok(None)` then.
-pub async fn wait_for_decision_within(
+/// [`wait_for_grants`], given up `timeout` + [`EXPIRY_GRACE`] from now: `Ok(None)` then.
+pub async fn wait_for_grants_within(
     watch: &mut ClaimWatch,
-    claim_name: &str,
+    names: &[String],
     timeout: Option<Duration>,
-) -> Result<Option<Decision>, ClaimError> {
-    let wait = wait_for_decision(watch, claim_name);
+) -> Result<Option<Outcome>, ClaimError> {
+    let wait = wait_for_grants(watch, names);
     match timeout {
         None => wait.await.map(Some),
         Some(timeout) => match tokio::time::timeout(timeout + EXPIRY_GRACE, wait).await {
@@ -213,6 +254,20 @@ pub async fn wait_for_decision_within(
             Err(_) => Ok(None),
         },
     }
+}
+
+/// Deletes each of a holder's claims in turn ([`delete_claim`]): releases what it holds and
+/// takes it out of the queues.
+pub async fn release_all<'a>(
+    api: &Api<LockClaim>,
+    claims: impl IntoIterator<Item = &'a LockClaim>,
+    patience: Duration,
+) -> Result<(), ClaimError> {
+    for claim in claims {
+        let uid = claim.meta().uid.clone().unwrap_or_default();
+        delete_claim(api, &claim.name_any(), &uid, patience).await?;
+    }
+    Ok(())
 }
 
 /// Deletes the claim (the controller then takes it out of the ZooKeeper queue) and waits up
@@ -386,7 +441,7 @@ mod tests {
     #[test]
     fn exit_codes_tell_a_refusal_from_a_failure() {
         let refused = ClaimError::NotGranted {
-            lock: "db".into(),
+            locks: "lock db".into(),
             reason: "timeout".into(),
         };
         assert_eq!(refused.exit_code(), EXIT_NOT_GRANTED);

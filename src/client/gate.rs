@@ -1,17 +1,19 @@
 //! `lockkeeper gate`: the init container. It makes (or adopts, after a restart) the pod's
-//! claim, owned by the pod so that it goes with it, waits on a watch until the claim is
-//! granted, writes the fencing token for the main containers and exits 0. The lock is then
-//! held until the pod ends: the controller follows the pod, not this process.
+//! claims, one per lock and owned by the pod so that they go with it, in lock-name order (see
+//! [`crate::client::lock_set`]), waits on watches until all are granted, writes the fencing
+//! tokens for the main containers and exits 0. The locks are then held until the pod ends:
+//! the controller follows the pod, not this process.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, ObjectMeta};
-use kube::{Client, Resource, ResourceExt};
+use kube::{Client, ResourceExt};
 
-use crate::client::claim_client::{self, Adoption, ClaimError, ClaimWatch, Decision};
-use crate::resources::{ClaimMode, HolderKind, HolderRef, LockClaim, LockClaimSpec};
+use crate::client::claim_client::{self, Adoption, ClaimError, ClaimWatch, Outcome};
+use crate::client::lock_set::{self, WantedLock};
+use crate::resources::{HolderKind, HolderRef, LockClaim, LockClaimSpec};
 
 /// The pod the gate runs in, from the downward API.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,9 +41,10 @@ impl PodIdentity {
 
 #[derive(Clone, Debug)]
 pub struct GateRequest {
-    pub lock: String,
-    pub mode: ClaimMode,
-    /// Give up (exit non-zero) after waiting this long; the claim expires at the same time.
+    /// In lock-name order, each once ([`lock_set::wanted_locks`]).
+    pub locks: Vec<WantedLock>,
+    /// Give up (exit non-zero) after waiting this long for all the locks; the claims expire
+    /// at the same time.
     pub timeout: Option<Duration>,
     pub token_file: Option<PathBuf>,
 }
@@ -64,19 +67,19 @@ pub fn claim_name(pod: &PodIdentity, lock: &str) -> String {
     format!("{head}-{uid}")
 }
 
-pub fn claim_for(pod: &PodIdentity, request: &GateRequest) -> LockClaim {
+pub fn claim_for(pod: &PodIdentity, wanted: &WantedLock, timeout: Option<Duration>) -> LockClaim {
     let mut claim = LockClaim::new(
-        &claim_name(pod, &request.lock),
+        &claim_name(pod, &wanted.lock),
         LockClaimSpec {
-            lock: request.lock.clone(),
-            mode: request.mode,
+            lock: wanted.lock.clone(),
+            mode: wanted.mode,
             holder: HolderRef {
                 kind: HolderKind::Pod,
                 name: pod.name.clone(),
             },
             lease_duration_seconds: None,
             renew_time: None,
-            wait_timeout_seconds: request.timeout.map(claim_client::whole_seconds),
+            wait_timeout_seconds: timeout.map(claim_client::whole_seconds),
         },
     );
     claim.metadata = ObjectMeta {
@@ -94,7 +97,7 @@ pub fn claim_for(pod: &PodIdentity, request: &GateRequest) -> LockClaim {
 }
 
 /// Whether an existing claim of the gate's name is this pod's.
-pub fn adoption(pod: &PodIdentity, request: &GateRequest, existing: &LockClaim) -> Adoption {
+pub fn adoption(pod: &PodIdentity, wanted: &WantedLock, existing: &LockClaim) -> Adoption {
     let owner_uids: Vec<&str> = existing
         .owner_references()
         .iter()
@@ -112,7 +115,7 @@ pub fn adoption(pod: &PodIdentity, request: &GateRequest, existing: &LockClaim) 
     if !owner_uids.contains(&pod.uid.as_str()) {
         return Adoption::Replace;
     }
-    if existing.spec.lock != request.lock || existing.spec.mode != request.mode {
+    if existing.spec.lock != wanted.lock || existing.spec.mode != wanted.mode {
         return Adoption::Foreign(format!(
             "it asks for lock {} in mode {:?}",
             existing.spec.lock, existing.spec.mode
@@ -121,59 +124,84 @@ pub fn adoption(pod: &PodIdentity, request: &GateRequest, existing: &LockClaim) 
     Adoption::Adopt
 }
 
-/// Waits until the pod's claim is granted and returns its fencing token, written to the
-/// token file when one is asked for.
+/// Waits until all the pod's claims are granted and returns their fencing tokens (in the
+/// request's lock order), written to the token file when one is asked for. A gate that gives
+/// up (a claim expired, or the wait timed out) releases the claims it holds.
 pub async fn gate(
     client: Client,
     pod: PodIdentity,
     request: GateRequest,
-) -> Result<i64, ClaimError> {
+) -> Result<Vec<i64>, ClaimError> {
     let api: Api<LockClaim> = Api::namespaced(client, &pod.namespace);
-    let wanted = claim_for(&pod, &request);
-    let claim =
-        claim_client::create_or_adopt(&api, &wanted, |existing| adoption(&pod, &request, existing))
-            .await?;
-    let name = claim.name_any();
-    eprintln!(
-        "lockkeeper: pod {}/{} waits for lock {} ({:?}) with claim {name}",
-        pod.namespace, pod.name, request.lock, request.mode
-    );
-    let mut watch = ClaimWatch::new(api.clone(), &name);
-    let decided =
-        match claim_client::wait_for_decision_within(&mut watch, &name, request.timeout).await? {
-            Some(decided) => decided,
-            None => {
-                // Leave the queue, so the lock is never granted to a pod that gave up.
-                let uid = claim.meta().uid.clone().unwrap_or_default();
-                claim_client::delete_claim(&api, &name, &uid, Duration::from_secs(10)).await?;
-                let waited = request.timeout.unwrap_or_default();
-                Decision::Refused(format!(
-                    "not granted within {}",
-                    humantime::format_duration(waited)
-                ))
-            }
-        };
-    match decided {
-        Decision::Granted { fencing_token } => {
-            if let Some(path) = &request.token_file {
-                write_token(path, fencing_token)?;
-            }
-            println!("{fencing_token}");
-            eprintln!(
-                "lockkeeper: lock {} granted to pod {} (fencing token {fencing_token})",
-                request.lock, pod.name
-            );
-            Ok(fencing_token)
-        }
-        Decision::Refused(reason) => Err(ClaimError::NotGranted {
-            lock: request.lock,
-            reason,
-        }),
+    // One after another in lock order: the controller then sees each claim's earlier ones.
+    let mut claims = Vec::new();
+    for wanted in &request.locks {
+        let claim = claim_client::create_or_adopt(
+            &api,
+            &claim_for(&pod, wanted, request.timeout),
+            |existing| adoption(&pod, wanted, existing),
+        )
+        .await?;
+        eprintln!(
+            "lockkeeper: pod {}/{} waits for lock {} ({:?}) with claim {}",
+            pod.namespace,
+            pod.name,
+            wanted.lock,
+            wanted.mode,
+            claim.name_any()
+        );
+        claims.push(claim);
     }
+    let names: Vec<String> = claims.iter().map(ResourceExt::name_any).collect();
+    let mut watch = ClaimWatch::new(&api, &names);
+    let outcome = claim_client::wait_for_grants_within(&mut watch, &names, request.timeout).await?;
+    let (refused, locks, reason) = match outcome {
+        Some(Outcome::Granted(tokens)) => {
+            let granted: Vec<(&str, i64)> = request
+                .locks
+                .iter()
+                .map(|w| w.lock.as_str())
+                .zip(tokens.iter().copied())
+                .collect();
+            let lines = lock_set::token_lines(&granted);
+            if let Some(path) = &request.token_file {
+                write_tokens(path, &lines)?;
+            }
+            print!("{lines}");
+            eprintln!(
+                "lockkeeper: {} granted to pod {} (fencing tokens {tokens:?})",
+                lock_set::describe(&request.locks),
+                pod.name
+            );
+            return Ok(tokens);
+        }
+        Some(Outcome::Refused { index, reason }) => (
+            Some(index),
+            lock_set::describe(&request.locks[index..=index]),
+            reason,
+        ),
+        None => (
+            None,
+            lock_set::describe(&request.locks),
+            format!(
+                "not granted within {}",
+                humantime::format_duration(request.timeout.unwrap_or_default())
+            ),
+        ),
+    };
+    // Leave the queues, so no lock is held or granted for a pod that gave up. The refused
+    // claim stays: its status says why.
+    let others = claims
+        .iter()
+        .enumerate()
+        .filter(|(index, _)| Some(*index) != refused)
+        .map(|(_, claim)| claim);
+    claim_client::release_all(&api, others, Duration::from_secs(10)).await?;
+    Err(ClaimError::NotGranted { locks, reason })
 }
 
-/// Writes the token and a newline, atomically (a reader never sees half a token).
-pub fn write_token(path: &Path, token: i64) -> Result<(), ClaimError> {
+/// Writes the token lines ([`lock_set::token_lines`]) atomically: a reader never sees half.
+pub fn write_tokens(path: &Path, lines: &str) -> Result<(), ClaimError> {
     let error = |source| ClaimError::TokenFile {
         path: path.to_path_buf(),
         source,
@@ -182,13 +210,14 @@ pub fn write_token(path: &Path, token: i64) -> Result<(), ClaimError> {
         std::fs::create_dir_all(dir).map_err(error)?;
     }
     let partial = path.with_extension("partial");
-    std::fs::write(&partial, format!("{token}\n")).map_err(error)?;
+    std::fs::write(&partial, lines).map_err(error)?;
     std::fs::rename(&partial, path).map_err(error)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::resources::ClaimMode;
 
     fn pod(name: &str, uid: &str) -> PodIdentity {
         PodIdentity {
@@ -198,14 +227,14 @@ mod tests {
         }
     }
 
-    fn request(lock: &str) -> GateRequest {
-        GateRequest {
+    fn wanted(lock: &str) -> WantedLock {
+        WantedLock {
             lock: lock.into(),
             mode: ClaimMode::Exclusive,
-            timeout: Some(Duration::from_millis(1500)),
-            token_file: None,
         }
     }
+
+    const TIMEOUT: Option<Duration> = Some(Duration::from_millis(1500));
 
     #[test]
     fn one_claim_per_pod_and_lock_with_a_valid_name() {
@@ -217,7 +246,7 @@ mod tests {
 
     #[test]
     fn the_claim_is_owned_by_the_pod_and_expires_with_the_gate() {
-        let claim = claim_for(&pod("web-0", "uid-1"), &request("db"));
+        let claim = claim_for(&pod("web-0", "uid-1"), &wanted("db"), TIMEOUT);
         assert_eq!(
             claim.spec.holder,
             HolderRef {
@@ -233,22 +262,22 @@ mod tests {
 
     #[test]
     fn a_restarted_gate_adopts_its_claim_and_replaces_an_earlier_pods() {
-        let ours = claim_for(&pod("web-0", "uid-1"), &request("db"));
+        let ours = claim_for(&pod("web-0", "uid-1"), &wanted("db"), TIMEOUT);
         assert_eq!(
-            adoption(&pod("web-0", "uid-1"), &request("db"), &ours),
+            adoption(&pod("web-0", "uid-1"), &wanted("db"), &ours),
             Adoption::Adopt
         );
         // The pod was made again under the same name (StatefulSet): the old claim goes.
         assert_eq!(
-            adoption(&pod("web-0", "uid-2"), &request("db"), &ours),
+            adoption(&pod("web-0", "uid-2"), &wanted("db"), &ours),
             Adoption::Replace
         );
-        let other = claim_for(&pod("batch", "uid-9"), &request("db"));
+        let other = claim_for(&pod("batch", "uid-9"), &wanted("db"), TIMEOUT);
         assert!(matches!(
-            adoption(&pod("web-0", "uid-1"), &request("db"), &other),
+            adoption(&pod("web-0", "uid-1"), &wanted("db"), &other),
             Adoption::Foreign(why) if why.contains("batch")
         ));
-        let mut shared = request("db");
+        let mut shared = wanted("db");
         shared.mode = ClaimMode::Shared;
         assert!(matches!(
             adoption(&pod("web-0", "uid-1"), &shared, &ours),
@@ -260,9 +289,12 @@ mod tests {
     fn the_token_file_is_written_whole() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("lock/token");
-        write_token(&path, 4294967301).unwrap();
+        write_tokens(&path, "4294967301\n").unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "4294967301\n");
-        write_token(&path, 4294967400).unwrap();
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "4294967400\n");
+        write_tokens(&path, "a=4294967400\nb=7\n").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "a=4294967400\nb=7\n"
+        );
     }
 }

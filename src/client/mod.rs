@@ -1,7 +1,8 @@
-//! The clients that take a lock for a workload through the Kubernetes API: `lockkeeper gate`
-//! (an init container: waits for its pod's claim) and `lockkeeper run` (holds a claim while a
-//! command runs), on the claim client they share.
+//! The clients that take locks for a workload through the Kubernetes API: `lockkeeper gate`
+//! (an init container: waits for its pod's claims) and `lockkeeper run` (holds claims while a
+//! command runs), on the claim client and the lock set they share.
 
 pub mod claim_client;
 pub mod gate;
+pub mod lock_set;
 pub mod run;

@@ -1,7 +1,9 @@
-//! `lockkeeper run --lock NAME -- COMMAND…`: hold a lock while a command runs, from anywhere
-//! with a kubeconfig. The claim's holder is a Lease that this process renews; if the process
-//! dies without cleanup, the controller releases the lock once the lease runs out. On exit or
-//! signal the claim is deleted (released) and the command's exit code is passed through.
+//! `lockkeeper run --lock NAME [--lock NAME…] -- COMMAND…`: hold one or several locks while a
+//! command runs, from anywhere with a kubeconfig. The claims' holder is a Lease that this
+//! process renews; if the process dies without cleanup, the controller releases the locks
+//! once the lease runs out. The claims are made in lock-name order ([`lock_set`]) and the
+//! command starts once all are granted. On exit or signal the claims are deleted (released)
+//! and the command's exit code is passed through.
 
 use std::process::ExitStatus;
 use std::time::Duration;
@@ -9,18 +11,19 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams};
-use kube::{Client, Resource, ResourceExt};
+use kube::{Client, ResourceExt};
 use nix::sys::signal::Signal;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::client::claim_client::{self, ClaimError, ClaimUpdate, ClaimWatch, Decision};
-use crate::resources::{ClaimMode, ClaimPhase, HolderKind, HolderRef, LockClaim, LockClaimSpec};
+use crate::client::claim_client::{self, ClaimError, ClaimUpdate, ClaimWatch, Outcome};
+use crate::client::lock_set::{self, WantedLock};
+use crate::resources::{ClaimPhase, HolderKind, HolderRef, LockClaim, LockClaimSpec};
 
 #[derive(Clone, Debug)]
 pub struct RunRequest {
-    pub lock: String,
+    /// In lock-name order, each once ([`lock_set::wanted_locks`]).
+    pub locks: Vec<WantedLock>,
     pub namespace: String,
-    pub mode: ClaimMode,
     /// The lock is released this long after the last renewal if this process dies.
     pub lease_duration: Duration,
     /// Give up after waiting this long (0: try once); the command then does not run.
@@ -59,34 +62,42 @@ pub fn holder_name() -> String {
     format!("{}-{}", host.trim_matches(['-', '.']), std::process::id())
 }
 
-pub fn claim_for(request: &RunRequest, holder: &str, now: Timestamp) -> LockClaim {
+/// The run's claims, one per lock in the request's order, named `<lock>-run-<suffix>` with
+/// one random suffix for the run. Named here rather than by the server (generateName): a
+/// create retried after an error that hid its success then finds its own claim instead of
+/// making a second one.
+pub fn claims_for(request: &RunRequest, holder: &str, now: Timestamp) -> Vec<LockClaim> {
     let lease_seconds = claim_client::whole_seconds(request.lease_duration).max(1) as u32;
-    let mut claim = LockClaim::new(
-        "",
-        LockClaimSpec {
-            lock: request.lock.clone(),
-            mode: request.mode,
-            holder: HolderRef {
-                kind: HolderKind::Lease,
-                name: holder.to_string(),
-            },
-            lease_duration_seconds: Some(lease_seconds),
-            renew_time: Some(MicroTime(now)),
-            wait_timeout_seconds: request.timeout.map(claim_client::whole_seconds),
-        },
-    );
-    // Named here rather than by the server (generateName): a create retried after an error
-    // that hid its success then finds its own claim instead of making a second one.
-    let prefix: String = request.lock.chars().take(200).collect();
     let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
-    claim.metadata = ObjectMeta {
-        name: Some(format!(
-            "{}-run-{suffix}",
-            prefix.trim_end_matches(['-', '.'])
-        )),
-        ..claim_client::client_metadata(&request.namespace, "lockkeeper-run")
-    };
-    claim
+    request
+        .locks
+        .iter()
+        .map(|wanted| {
+            let mut claim = LockClaim::new(
+                "",
+                LockClaimSpec {
+                    lock: wanted.lock.clone(),
+                    mode: wanted.mode,
+                    holder: HolderRef {
+                        kind: HolderKind::Lease,
+                        name: holder.to_string(),
+                    },
+                    lease_duration_seconds: Some(lease_seconds),
+                    renew_time: Some(MicroTime(now)),
+                    wait_timeout_seconds: request.timeout.map(claim_client::whole_seconds),
+                },
+            );
+            let prefix: String = wanted.lock.chars().take(200).collect();
+            claim.metadata = ObjectMeta {
+                name: Some(format!(
+                    "{}-run-{suffix}",
+                    prefix.trim_end_matches(['-', '.'])
+                )),
+                ..claim_client::client_metadata(&request.namespace, "lockkeeper-run")
+            };
+            claim
+        })
+        .collect()
 }
 
 /// The exit code a shell would report: the command's, or 128 + the signal that ended it.
@@ -99,33 +110,49 @@ pub fn exit_code(status: ExitStatus) -> u8 {
     }
 }
 
-/// Takes the lock, runs the command while holding it, releases it, and returns the command's
-/// exit code.
+/// Takes the locks, runs the command while holding them all, releases them, and returns the
+/// command's exit code.
 pub async fn run(client: Client, request: RunRequest) -> Result<u8, ClaimError> {
     let api: Api<LockClaim> = Api::namespaced(client, &request.namespace);
     let holder = holder_name();
-    let wanted = claim_for(&request, &holder, Timestamp::now());
-    let claim = claim_client::create_or_adopt(&api, &wanted, |existing| {
-        if existing.spec.holder == wanted.spec.holder {
-            claim_client::Adoption::Adopt
-        } else {
-            claim_client::Adoption::Foreign(format!(
-                "held by {:?} {}",
-                existing.spec.holder.kind, existing.spec.holder.name
-            ))
-        }
-    })
-    .await?;
-    let name = claim.name_any();
-    let uid = claim.meta().uid.clone().unwrap_or_default();
-    eprintln!(
-        "lockkeeper: {holder} waits for lock {}/{} ({:?}) with claim {name}",
-        request.namespace, request.lock, request.mode
-    );
-    let renewal = tokio::spawn(renew(api.clone(), name.clone(), request.lease_duration));
-    let outcome = hold_and_run(&api, &name, &request).await;
+    let mut claims = Vec::new();
+    let outcome = make_claims_and_run(&api, &request, &holder, &mut claims).await;
+    claim_client::release_all(&api, &claims, RELEASE_PATIENCE).await?;
+    outcome
+}
+
+async fn make_claims_and_run(
+    api: &Api<LockClaim>,
+    request: &RunRequest,
+    holder: &str,
+    claims: &mut Vec<LockClaim>,
+) -> Result<u8, ClaimError> {
+    // One after another in lock order: the controller then sees each claim's earlier ones.
+    for wanted in claims_for(request, holder, Timestamp::now()) {
+        let claim = claim_client::create_or_adopt(api, &wanted, |existing| {
+            if existing.spec.holder == wanted.spec.holder {
+                claim_client::Adoption::Adopt
+            } else {
+                claim_client::Adoption::Foreign(format!(
+                    "held by {:?} {}",
+                    existing.spec.holder.kind, existing.spec.holder.name
+                ))
+            }
+        })
+        .await?;
+        eprintln!(
+            "lockkeeper: {holder} waits for lock {}/{} ({:?}) with claim {}",
+            request.namespace,
+            claim.spec.lock,
+            claim.spec.mode,
+            claim.name_any()
+        );
+        claims.push(claim);
+    }
+    let names: Vec<String> = claims.iter().map(ResourceExt::name_any).collect();
+    let renewal = tokio::spawn(renew(api.clone(), names.clone(), request.lease_duration));
+    let outcome = hold_and_run(api, &names, request).await;
     renewal.abort();
-    claim_client::delete_claim(&api, &name, &uid, RELEASE_PATIENCE).await?;
     outcome
 }
 
@@ -156,38 +183,39 @@ impl Signals {
 
 async fn hold_and_run(
     api: &Api<LockClaim>,
-    name: &str,
+    names: &[String],
     request: &RunRequest,
 ) -> Result<u8, ClaimError> {
     let mut signals = Signals::new().map_err(|source| ClaimError::Spawn {
         command: "signal handlers".into(),
         source,
     })?;
-    let mut watch = ClaimWatch::new(api.clone(), name);
-    let refused = |reason: String| ClaimError::NotGranted {
-        lock: request.lock.clone(),
+    let mut watch = ClaimWatch::new(api, names);
+    let refused = |locks: &[WantedLock], reason: String| ClaimError::NotGranted {
+        locks: lock_set::describe(locks),
         reason,
     };
-    let fencing_token = {
-        let wait = claim_client::wait_for_decision_within(&mut watch, name, request.timeout);
+    let tokens = {
+        let wait = claim_client::wait_for_grants_within(&mut watch, names, request.timeout);
         tokio::select! {
             decided = wait => match decided? {
-                Some(Decision::Granted { fencing_token }) => fencing_token,
-                Some(Decision::Refused(reason)) => return Err(refused(reason)),
-                None => return Err(refused("the wait timed out".into())),
+                Some(Outcome::Granted(tokens)) => tokens,
+                Some(Outcome::Refused { index, reason }) => {
+                    return Err(refused(&request.locks[index..=index], reason))
+                }
+                None => return Err(refused(&request.locks, "the wait timed out".into())),
             },
             signal = signals.recv() => return Ok(128 + signal as u8),
         }
     };
     eprintln!(
-        "lockkeeper: lock {} granted (fencing token {fencing_token}); running {:?}",
-        request.lock, request.command
+        "lockkeeper: {} granted (fencing tokens {tokens:?}); running {:?}",
+        lock_set::describe(&request.locks),
+        request.command
     );
     let mut child = tokio::process::Command::new(&request.command[0])
         .args(&request.command[1..])
-        .env("LOCKKEEPER_FENCING_TOKEN", fencing_token.to_string())
-        .env("LOCKKEEPER_LOCK", &request.lock)
-        .env("LOCKKEEPER_CLAIM", name)
+        .envs(workload_env(&request.locks, names, &tokens))
         .spawn()
         .map_err(|source| ClaimError::Spawn {
             command: request.command.join(" "),
@@ -220,7 +248,8 @@ async fn hold_and_run(
                 }
                 return Ok(exit_code(status));
             }
-            update = watch.next(), if lost_at.is_none() => {
+            (index, update) = watch.next(), if lost_at.is_none() => {
+                let lock = &request.locks[index].lock;
                 let reason = match update {
                     ClaimUpdate::Deleted => Some("the claim was deleted".to_string()),
                     ClaimUpdate::Changed(claim) => {
@@ -229,7 +258,7 @@ async fn hold_and_run(
                     }
                 };
                 if let Some(reason) = reason {
-                    eprintln!("lockkeeper: lock {} is no longer held ({reason}); stopping the command", request.lock);
+                    eprintln!("lockkeeper: lock {lock} is no longer held ({reason}); stopping the command");
                     send(Signal::SIGTERM);
                     lost_at = Some(tokio::time::Instant::now());
                     lost = true;
@@ -245,21 +274,58 @@ async fn hold_and_run(
     }
 }
 
-/// Renews the claim's lease a few times per lease duration, from the claim's creation to
-/// its release. A failed renewal is retried at the next tick; if renewals keep failing the
-/// controller ends the grant and the watch stops the command.
-async fn renew(api: Api<LockClaim>, name: String, lease_duration: Duration) {
+/// What the command finds in its environment: `LOCKKEEPER_FENCING_TOKENS` (`LOCK=TOKEN,…`) and
+/// `LOCKKEEPER_FENCING_TOKEN_<LOCK>` for each lock, `LOCKKEEPER_LOCK` and `LOCKKEEPER_CLAIM`
+/// (comma-separated with several), and with one lock `LOCKKEEPER_FENCING_TOKEN`.
+pub fn workload_env(
+    locks: &[WantedLock],
+    claims: &[String],
+    tokens: &[i64],
+) -> Vec<(String, String)> {
+    let join = |items: Vec<String>| items.join(",");
+    let mut env = vec![
+        (
+            "LOCKKEEPER_FENCING_TOKENS".to_string(),
+            join(
+                locks
+                    .iter()
+                    .zip(tokens)
+                    .map(|(w, token)| format!("{}={token}", w.lock))
+                    .collect(),
+            ),
+        ),
+        (
+            "LOCKKEEPER_LOCK".to_string(),
+            join(locks.iter().map(|w| w.lock.clone()).collect()),
+        ),
+        ("LOCKKEEPER_CLAIM".to_string(), claims.join(",")),
+    ];
+    for (wanted, token) in locks.iter().zip(tokens) {
+        env.push((lock_set::token_variable(&wanted.lock), token.to_string()));
+    }
+    if let [token] = tokens {
+        env.push(("LOCKKEEPER_FENCING_TOKEN".to_string(), token.to_string()));
+    }
+    env
+}
+
+/// Renews the claims' lease a few times per lease duration, from their creation to their
+/// release. A failed renewal is retried at the next tick; if renewals keep failing the
+/// controller ends the grants and the watch stops the command.
+async fn renew(api: Api<LockClaim>, names: Vec<String>, lease_duration: Duration) {
     let mut ticks = tokio::time::interval((lease_duration / 3).max(Duration::from_millis(200)));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticks.tick().await;
     loop {
         ticks.tick().await;
         let patch = serde_json::json!({"spec": {"renewTime": MicroTime(Timestamp::now())}});
-        if let Err(err) = api
-            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
-            tracing::warn!(claim = %name, error = %err, "renewing the lease failed; retrying");
+        for name in &names {
+            if let Err(err) = api
+                .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                tracing::warn!(claim = %name, error = %err, "renewing the lease failed; retrying");
+            }
         }
     }
 }
@@ -268,11 +334,15 @@ async fn renew(api: Api<LockClaim>, name: String, lease_duration: Duration) {
 mod tests {
     use super::*;
 
+    use crate::resources::ClaimMode;
+
     fn request() -> RunRequest {
         RunRequest {
-            lock: "reports".into(),
+            locks: vec![WantedLock {
+                lock: "reports".into(),
+                mode: ClaimMode::Shared,
+            }],
             namespace: "batch".into(),
-            mode: ClaimMode::Shared,
             lease_duration: Duration::from_millis(2500),
             timeout: Some(Duration::ZERO),
             command: vec!["true".into()],
@@ -282,14 +352,14 @@ mod tests {
     #[test]
     fn the_claim_is_a_renewed_lease_with_a_name_of_its_own() {
         let now: Timestamp = "2026-11-21T10:00:00Z".parse().unwrap();
-        let claim = claim_for(&request(), "build-7-123", now);
+        let claim = claims_for(&request(), "build-7-123", now).remove(0);
         let name = claim.metadata.name.clone().unwrap();
         assert!(
             name.starts_with("reports-run-") && name.len() == "reports-run-".len() + 8,
             "{name}"
         );
         assert_ne!(
-            claim_for(&request(), "build-7-123", now).metadata.name,
+            claims_for(&request(), "build-7-123", now)[0].metadata.name,
             claim.metadata.name
         );
         assert_eq!(claim.metadata.namespace.as_deref(), Some("batch"));
@@ -298,6 +368,38 @@ mod tests {
         assert_eq!(claim.spec.renew_time, Some(MicroTime(now)));
         assert_eq!(claim.spec.wait_timeout_seconds, Some(0), "a try-lock");
         assert_eq!(claim.spec.mode, ClaimMode::Shared);
+    }
+
+    #[test]
+    fn several_locks_share_one_holder_and_give_every_token_to_the_command() {
+        let mut two = request();
+        two.locks.push(WantedLock {
+            lock: "schema".into(),
+            mode: ClaimMode::Exclusive,
+        });
+        let claims = claims_for(&two, "build-7-123", "2026-11-21T10:00:00Z".parse().unwrap());
+        let names: Vec<String> = claims
+            .iter()
+            .map(|c| c.metadata.name.clone().unwrap())
+            .collect();
+        assert!(names[0].starts_with("reports-run-") && names[1].starts_with("schema-run-"));
+        assert_eq!(
+            names[0].rsplit('-').next(),
+            names[1].rsplit('-').next(),
+            "one suffix for the run: {names:?}"
+        );
+        assert!(claims.iter().all(|c| c.spec.holder.name == "build-7-123"));
+        let env = workload_env(&two.locks, &names, &[7, 9]);
+        let get = |key: &str| env.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+        assert_eq!(
+            get("LOCKKEEPER_FENCING_TOKENS").unwrap(),
+            "reports=7,schema=9"
+        );
+        assert_eq!(get("LOCKKEEPER_FENCING_TOKEN_SCHEMA").unwrap(), "9");
+        assert_eq!(get("LOCKKEEPER_LOCK").unwrap(), "reports,schema");
+        assert_eq!(get("LOCKKEEPER_FENCING_TOKEN"), None, "ambiguous with two");
+        let one = workload_env(&request().locks, &names[..1], &[7]);
+        assert!(one.contains(&("LOCKKEEPER_FENCING_TOKEN".to_string(), "7".to_string())));
     }
 
     #[test]
