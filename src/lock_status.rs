@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use k8s_openapi::jiff::Timestamp;
 
+use crate::lock_history::history;
 use crate::resources::conditions;
 use crate::resources::{ClaimPhase, DistributedLockStatus, Installation, LockClaim, LockHolder};
 use crate::zookeeper::LockQueue;
@@ -18,14 +19,22 @@ pub struct LockFacts<'a> {
     pub queue: Result<(&'a str, &'a LockQueue), String>,
     /// The cached claims of the lock, by UID.
     pub claims: &'a HashMap<String, &'a LockClaim>,
+    /// Grants of the lock's claims deleted while they held, not in its status yet.
+    pub departed: &'a [crate::resources::GrantRecord],
+    /// How many grants the lock's history keeps.
+    pub history_limit: usize,
+}
+
+/// What the lock's status should be.
+#[derive(Debug, PartialEq)]
+pub struct WantedStatus {
+    pub status: DistributedLockStatus,
+    /// A grant ended in the queue before its claim said how: look again soon to record it.
+    pub look_again: bool,
 }
 
 /// The lock's status, served by `here`.
-pub fn lock_status(
-    facts: &LockFacts,
-    here: &Installation,
-    now: Timestamp,
-) -> DistributedLockStatus {
+pub fn lock_status(facts: &LockFacts, here: &Installation, now: Timestamp) -> WantedStatus {
     let ready = |state: &str, reason: &str, message: String| {
         vec![conditions::condition(
             "Ready",
@@ -39,11 +48,15 @@ pub fn lock_status(
     };
     let (dir, queue) = match &facts.queue {
         Err(problem) => {
-            return DistributedLockStatus {
-                conditions: ready("False", "InvalidSpec", problem.clone()),
-                observed_generation: facts.generation,
-                served_by: Some(here.clone()),
-                ..Default::default()
+            return WantedStatus {
+                status: DistributedLockStatus {
+                    conditions: ready("False", "InvalidSpec", problem.clone()),
+                    observed_generation: facts.generation,
+                    served_by: Some(here.clone()),
+                    history: facts.current.history.clone(),
+                    ..Default::default()
+                },
+                look_again: false,
             };
         }
         Ok(queue) => *queue,
@@ -53,15 +66,27 @@ pub fn lock_status(
         let names: Vec<&str> = holders.iter().map(|h| h.claim.as_str()).collect();
         names.join(",")
     });
-    DistributedLockStatus {
-        held_by,
-        holders,
-        waiting: queue.waiting() as u32,
-        external_holders: external,
-        zookeeper_path: Some(dir.to_string()),
-        conditions: ready("True", "Serving", "queued in ZooKeeper".into()),
-        observed_generation: facts.generation,
-        served_by: Some(here.clone()),
+    let history = history(
+        &facts.current.history,
+        &holders,
+        facts.claims,
+        facts.departed,
+        facts.history_limit,
+        now,
+    );
+    WantedStatus {
+        status: DistributedLockStatus {
+            held_by,
+            holders,
+            waiting: queue.waiting() as u32,
+            external_holders: external,
+            zookeeper_path: Some(dir.to_string()),
+            conditions: ready("True", "Serving", "queued in ZooKeeper".into()),
+            observed_generation: facts.generation,
+            served_by: Some(here.clone()),
+            history: history.records,
+        },
+        look_again: history.unsettled,
     }
 }
 
@@ -158,8 +183,10 @@ status: {phase: Waiting}
             generation: Some(3),
             queue: Ok(("/lockkeeper/team/api", &queue)),
             claims: &claims,
+            departed: &[],
+            history_limit: 10,
         };
-        let status = lock_status(&facts, &here(), Timestamp::UNIX_EPOCH);
+        let status = lock_status(&facts, &here(), Timestamp::UNIX_EPOCH).status;
         assert_eq!(status.held_by.as_deref(), Some("sync-1"));
         assert_eq!(status.holders.len(), 1);
         assert_eq!(status.holders[0].fencing_token, 101);
@@ -172,6 +199,16 @@ status: {phase: Waiting}
         assert_eq!(status.served_by, Some(here()));
         assert_eq!(status.observed_generation, Some(3));
         assert_eq!(status.conditions[0].reason, "Serving");
+        let history: Vec<(&str, i64)> = status
+            .history
+            .iter()
+            .map(|r| (r.claim.as_str(), r.fencing_token))
+            .collect();
+        assert_eq!(
+            history,
+            vec![("sync-1", 101)],
+            "the claim's grant is recorded"
+        );
     }
 
     #[test]
@@ -183,8 +220,10 @@ status: {phase: Waiting}
             generation: Some(1),
             queue: Err("a Semaphore needs permits".into()),
             claims: &claims,
+            departed: &[],
+            history_limit: 10,
         };
-        let status = lock_status(&facts, &here(), Timestamp::UNIX_EPOCH);
+        let status = lock_status(&facts, &here(), Timestamp::UNIX_EPOCH).status;
         let ready = &status.conditions[0];
         assert_eq!(
             (

@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use lockkeeper::resources::ClaimPhase;
-use lockkeeper::resources::{DistributedLock, LockClaim};
+use lockkeeper::resources::{DistributedLock, GrantOutcome, LockClaim};
 use lockkeeper_testkit::api_fault_proxy::ErrorRule;
 use lockkeeper_testkit::{
     ControlPlane, ControlPlaneOptions, KubernetesVersion, PeerKind, PeerLibrary, PeerProcess,
@@ -151,6 +151,83 @@ async fn jobs_needing_the_same_two_locks_start_only_with_both_and_never_deadlock
                     .await;
             }
             completed.push(holder);
+        }
+    }
+    cluster.stop().await;
+}
+
+/// A lock keeps its last grants in `status.history`, each with its holder, token, times and
+/// how it ended, after the claims are gone; `historyLimit` bounds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locks_history_keeps_its_last_grants_and_how_each_ended() {
+    let cluster = Cluster::start().await;
+    cluster
+        .lock("audited", json!({"type": "Mutex", "historyLimit": 4}))
+        .await;
+    let mut tokens = Vec::new();
+    // Five holders in turn, each ending another way; the last still holds.
+    for (name, end) in [
+        ("first", "pod succeeds"),
+        ("second", "pod fails"),
+        ("third", "claim deleted"),
+        ("fourth", "pod deleted"),
+        ("fifth", "holds"),
+    ] {
+        cluster.pod_with_claim(name, "audited").await;
+        cluster.wait_phase(name, ClaimPhase::Granted).await;
+        tokens.push(cluster.claim_status(name).await.fencing_token.unwrap());
+        let claims = cluster.api::<LockClaim>();
+        match end {
+            "pod succeeds" => cluster.set_pod_phase(name, "Succeeded").await,
+            "pod fails" => cluster.set_pod_phase(name, "Failed").await,
+            "claim deleted" => {
+                claims.delete(name, &Default::default()).await.unwrap();
+            }
+            "pod deleted" => {
+                cluster
+                    .api::<Pod>()
+                    .delete(name, &Default::default())
+                    .await
+                    .unwrap();
+            }
+            _ => {}
+        }
+        if end == "pod succeeds" || end == "pod fails" {
+            cluster.wait_phase(name, ClaimPhase::Released).await;
+        }
+    }
+    let locks = cluster.api::<DistributedLock>();
+    let history = cluster
+        .poll(
+            Duration::from_secs(30),
+            "the history shows how the four ended grants ended",
+            || async {
+                let lock = locks.get("audited").await.unwrap();
+                lock.status.unwrap_or_default().history
+            },
+            |history| history.len() == 4 && history[..3].iter().all(|r| r.outcome.is_some()),
+        )
+        .await;
+    let seen: Vec<(&str, i64, Option<GrantOutcome>)> = history
+        .iter()
+        .map(|r| (r.claim.as_str(), r.fencing_token, r.outcome))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("second", tokens[1], Some(GrantOutcome::Failed)),
+            ("third", tokens[2], Some(GrantOutcome::ClaimDeleted)),
+            ("fourth", tokens[3], Some(GrantOutcome::HolderDeleted)),
+            ("fifth", tokens[4], None),
+        ],
+        "the last 4 grants, oldest first; the first one dropped"
+    );
+    for record in &history {
+        assert_eq!(record.holder.name, record.claim);
+        let granted = record.granted_at.as_ref().expect("grantedAt").0;
+        match &record.released_at {
+            Some(released) => assert!(released.0 >= granted, "{record:?}"),
+            None => assert!(record.outcome.is_none(), "{record:?}"),
         }
     }
     cluster.stop().await;
@@ -1298,8 +1375,10 @@ async fn two_hundred_claims_through_dropped_watches_500s_and_409s_are_each_grant
         counts.values().all(|n| *n == 1),
         "Granted once each: {counts:?}"
     );
-    let released = events_by_claim(&cluster, "Released").await;
-    assert!(released.is_empty(), "no Released events: {released:?}");
+    for reason in ["HolderSucceeded", "HolderFailed", "HolderDeleted", "Released"] {
+        let released = events_by_claim(&cluster, reason).await;
+        assert!(released.is_empty(), "no {reason} events: {released:?}");
+    }
     cluster.stop().await;
 }
 

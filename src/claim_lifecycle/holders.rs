@@ -37,7 +37,8 @@ pub fn pod_state(name: &str, pod: Option<&Pod>) -> HolderState {
         return HolderState::Missing;
     };
     match pod.status.as_ref().and_then(|s| s.phase.as_deref()) {
-        Some(phase @ ("Succeeded" | "Failed")) => HolderState::Ended(format!("Pod {name} {phase}")),
+        Some("Succeeded") => HolderState::Ended(format!("Pod {name} Succeeded")),
+        Some("Failed") => HolderState::Failed(format!("Pod {name} Failed")),
         _ => HolderState::Running,
     }
 }
@@ -56,7 +57,11 @@ pub fn job_state(name: &str, job: Option<&Job>) -> HolderState {
                 .find(|c| c.status == "True" && matches!(c.type_.as_str(), "Complete" | "Failed"))
         });
     if let Some(condition) = finished {
-        return HolderState::Ended(format!("Job {name} {}", condition.type_));
+        let why = format!("Job {name} {}", condition.type_);
+        return match condition.type_.as_str() {
+            "Complete" => HolderState::Ended(why),
+            _ => HolderState::Failed(why),
+        };
     }
     if job.spec.as_ref().and_then(|s| s.suspend) == Some(true) {
         HolderState::SuspendedJob
@@ -110,7 +115,7 @@ mod tests {
         );
         assert_eq!(
             pod_state("p", Some(&pod("Failed"))),
-            HolderState::Ended("Pod p Failed".into())
+            HolderState::Failed("Pod p Failed".into())
         );
 
         let job = |value: serde_json::Value| -> Job { serde_json::from_value(value).unwrap() };

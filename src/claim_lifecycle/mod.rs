@@ -51,8 +51,11 @@ pub enum HolderState {
     /// A Job that waits, suspended, for the grant.
     SuspendedJob,
     Running,
-    /// The grant (or the wait) ends: the reason says why, e.g. "Pod web-0 Succeeded".
+    /// The holder succeeded (a Pod) or completed (a Job): the grant (or the wait) ends, the
+    /// text says why, e.g. "Pod web-0 Succeeded".
     Ended(String),
+    /// The holder failed: the grant (or the wait) ends, e.g. "Job nightly Failed".
+    Failed(String),
     /// A Lease holder that stopped renewing: it may still be working, so a grant it held is
     /// held back from the next claim for the lock's lock-delay.
     Lapsed(String),
@@ -342,10 +345,11 @@ pub fn decide(
         ),
         HolderState::Missing => (
             ClaimPhase::Released,
-            "Released",
+            HOLDER_DELETED,
             format!("{holder_name} was deleted"),
         ),
-        HolderState::Ended(why) => (ClaimPhase::Released, "Released", why.clone()),
+        HolderState::Ended(why) => (ClaimPhase::Released, HOLDER_SUCCEEDED, why.clone()),
+        HolderState::Failed(why) => (ClaimPhase::Released, HOLDER_FAILED, why.clone()),
         HolderState::Lapsed(why) => return lapsed(why, lock, queue, queued),
         HolderState::SuspendedJob | HolderState::Running => {
             let lock = lock.expect("validated");
@@ -403,6 +407,12 @@ fn after_earlier_claims(spec: &LockClaimSpec, claim: &ClaimFacts, now: Timestamp
 
 /// The `Granted` condition's reason when a Lease holder stopped renewing.
 pub const LEASE_LAPSED: &str = "LeaseLapsed";
+/// The `Granted` condition's reason when the holder Pod succeeded or the Job completed.
+pub const HOLDER_SUCCEEDED: &str = "HolderSucceeded";
+/// The `Granted` condition's reason when the holder Pod or Job failed.
+pub const HOLDER_FAILED: &str = "HolderFailed";
+/// The `Granted` condition's reason when the holder Pod or Job was deleted.
+pub const HOLDER_DELETED: &str = "HolderDeleted";
 
 /// A claim whose Lease holder stopped renewing is released. A grant it held keeps its node in
 /// the queue for the lock's lock-delay, so that nobody is granted the lock while the old
@@ -609,11 +619,17 @@ pub fn status_after(
     } else {
         "False"
     };
+    // An ended grant keeps its token on the claim: the lock's history reads it from there
+    // when the grant began and ended between two of the lock's refreshes.
+    let fencing_token = match ended {
+        true => outcome.fencing_token.or(current.fencing_token),
+        false => outcome.fencing_token,
+    };
     LockClaimStatus {
         phase: outcome.phase,
         position: outcome.position,
         sequence: outcome.sequence,
-        fencing_token: outcome.fencing_token,
+        fencing_token,
         znode: outcome.znode.clone(),
         granted_at,
         released_at,
@@ -702,7 +718,9 @@ pub fn transition(
 fn worth_an_event(outcome: &Outcome) -> bool {
     match outcome.phase {
         ClaimPhase::Pending | ClaimPhase::Waiting => false,
-        ClaimPhase::Released => outcome.reason != "Released",
+        ClaimPhase::Released => {
+            ![HOLDER_SUCCEEDED, HOLDER_FAILED, HOLDER_DELETED].contains(&outcome.reason)
+        }
         ClaimPhase::Granted | ClaimPhase::Expired | ClaimPhase::Lost | ClaimPhase::Invalid => true,
     }
 }
@@ -1116,7 +1134,11 @@ mod tests {
         );
         assert_eq!(lost.granted_at, Some(Time(at(10))));
         assert_eq!(lost.released_at, Some(Time(at(30))));
-        assert_eq!(lost.fencing_token, None);
+        assert_eq!(
+            lost.fencing_token,
+            Some(42),
+            "the ended grant's token stays"
+        );
         assert_eq!(lost.message.as_deref(), Some("the grant was lost"));
         let condition = &lost.conditions[0];
         assert_eq!(
@@ -1150,7 +1172,7 @@ mod tests {
             transition(&granted, &grant, created, at(6)),
             (Vec::new(), None)
         );
-        let release = outcome(ClaimPhase::Released, "Released", "Pod a Succeeded");
+        let release = outcome(ClaimPhase::Released, HOLDER_SUCCEEDED, "Pod a Succeeded");
         let (tallies, notice) = transition(&granted, &release, created, at(9));
         assert_eq!(
             tallies,

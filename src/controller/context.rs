@@ -88,6 +88,8 @@ pub struct Term {
     pub fast_lane: FastLane,
     /// One reconcile at a time per claim, whichever path runs it.
     pub turns: Turns,
+    /// Grants of claims deleted while they held, for their locks' history.
+    pub departed_grants: super::departed_grants::DepartedGrants,
 }
 
 /// Locks nobody is granted before an instant: their grants were lost abnormally, and the

@@ -20,14 +20,17 @@ use tokio_util::sync::CancellationToken;
 
 use super::claims;
 use super::context::Context;
-use crate::resources::{DistributedLock, LockClaim};
+use crate::lock_history;
+use crate::resources::{DistributedLock, GrantRecord, LockClaim};
 
 /// What the claims watch said about claims going.
 pub enum Departure {
-    /// The claim of this UID, on this lock, was deleted.
+    /// The claim of this UID, on this lock, was deleted; if it showed a grant, that grant
+    /// ended then (for the lock's history).
     Deleted {
         uid: String,
         lock: ObjectRef<DistributedLock>,
+        grant: Option<GrantRecord>,
     },
     /// The watch listed every claim again.
     Relisted,
@@ -40,6 +43,7 @@ impl Departure {
             watcher::Event::Delete(claim) => Some(Departure::Deleted {
                 uid: claim.uid().unwrap_or_default(),
                 lock: claim.lock_ref(),
+                grant: lock_history::deleted_grant(claim, k8s_openapi::jiff::Timestamp::now()),
             }),
             watcher::Event::InitDone => Some(Departure::Relisted),
             _ => None,
@@ -67,7 +71,12 @@ pub async fn follow(
             () = stopping.cancelled() => None,
         };
         match departure {
-            Some(Departure::Deleted { uid, lock }) => leave(&ctx, &uid, &lock).await,
+            Some(Departure::Deleted { uid, lock, grant }) => {
+                if let Some(grant) = grant {
+                    ctx.term.departed_grants.add(lock.clone(), grant);
+                }
+                leave(&ctx, &uid, &lock).await
+            }
             Some(Departure::Relisted) => leave_unlisted(&ctx).await,
             None => return,
         }
@@ -124,8 +133,10 @@ mod tests {
     #[test]
     fn deletes_and_completed_relists_are_departures() {
         let deleted = Departure::of(&watcher::Event::Delete(claim("u1")));
-        assert!(matches!(deleted, Some(Departure::Deleted { uid, lock })
-            if uid == "u1" && lock == ObjectRef::new("db").within("team")));
+        assert!(
+            matches!(deleted, Some(Departure::Deleted { uid, lock, grant: None })
+            if uid == "u1" && lock == ObjectRef::new("db").within("team"))
+        );
         assert!(matches!(
             Departure::of(&watcher::Event::InitDone),
             Some(Departure::Relisted)

@@ -42,7 +42,7 @@ impl FastLane {
 
     /// Reconciles the claims of a holder that ended now: they release their grants.
     pub fn holder_changed(&self, holder: &HolderState, claims: &[ObjectRef<LockClaim>]) {
-        if matches!(holder, HolderState::Ended(_)) {
+        if matches!(holder, HolderState::Ended(_) | HolderState::Failed(_)) {
             for claim in claims {
                 self.reconcile(claim.clone());
             }

@@ -17,8 +17,10 @@ use super::installation::{self, Serving};
 use super::retries::Retries;
 use super::status;
 use super::throttle::Pacer;
-use crate::lock_status::{LockFacts, lock_status};
-use crate::resources::{DistributedLock, DistributedLockStatus, Installation, LockClaim};
+use crate::lock_status::{LockFacts, WantedStatus, lock_status};
+use crate::resources::{
+    DEFAULT_HISTORY_LIMIT, DistributedLock, DistributedLockStatus, Installation, LockClaim,
+};
 use crate::zookeeper::LockQueue;
 
 /// The lock controller's context: the claim controller's, and what only the lock controller
@@ -116,6 +118,13 @@ async fn refresh(lock: &Arc<DistributedLock>, ctx: &LockContext) -> Result<Actio
     let current = lock.status.clone().unwrap_or_default();
     let queue = read_queue(lock, ctx).await?;
     let claims = ctx.claims_of(lock);
+    let history_limit = lock.spec.history_limit.unwrap_or(DEFAULT_HISTORY_LIMIT) as usize;
+    let departed_grants = &ctx.shared.term.departed_grants;
+    let lock_ref = ObjectRef::from_obj(lock.as_ref());
+    if history_limit == 0 {
+        departed_grants.forget(&lock_ref);
+    }
+    let departed = departed_grants.of(&lock_ref, &current.history);
     let by_uid: HashMap<String, &LockClaim> = claims
         .iter()
         .filter_map(|claim| Some((claim.uid()?, claim.as_ref())))
@@ -128,9 +137,18 @@ async fn refresh(lock: &Arc<DistributedLock>, ctx: &LockContext) -> Result<Actio
             .map(|(dir, queue)| (dir.as_str(), queue))
             .map_err(Clone::clone),
         claims: &by_uid,
+        departed: &departed,
+        history_limit: lock.spec.history_limit.unwrap_or(DEFAULT_HISTORY_LIMIT) as usize,
     };
     // Decide.
-    let wanted = lock_status(&facts, here, Timestamp::now());
+    let WantedStatus {
+        status: wanted,
+        look_again,
+    } = lock_status(&facts, here, Timestamp::now());
+    let settled = match look_again {
+        true => Action::requeue(REFRESH_INTERVAL),
+        false => Action::await_change(),
+    };
     // Act.
     if let Ok((_, queue)) = &queue {
         ctx.shared
@@ -139,13 +157,13 @@ async fn refresh(lock: &Arc<DistributedLock>, ctx: &LockContext) -> Result<Actio
             .queue_length(&lock.name_any(), queue.waiting() as u32);
     }
     if wanted == current {
-        return Ok(Action::await_change());
+        return Ok(settled);
     }
     if !ctx.shared.zookeeper_connected() {
         // Read from queues that may be out of date: see Context::zookeeper_connected.
         return Ok(Action::requeue(super::claims::DISCONNECTED_RETRY));
     }
-    write_status(lock, ctx, &wanted).await
+    write_status(lock, ctx, &wanted, settled).await
 }
 
 /// The lock's ZooKeeper directory and queue; or why its spec cannot be served.
@@ -174,6 +192,7 @@ async fn write_status(
     lock: &DistributedLock,
     ctx: &LockContext,
     wanted: &DistributedLockStatus,
+    then: Action,
 ) -> Result<Action, Error> {
     let api: Api<DistributedLock> = ctx.shared.api_beside(lock);
     match status::write(&api, lock, lock.status.as_ref(), wanted).await {
@@ -184,7 +203,7 @@ async fn write_status(
         }
         written => {
             written.during(Step::WriteLockStatus)?;
-            Ok(Action::await_change())
+            Ok(then)
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod claim_index;
 pub mod claims;
 pub mod contenders;
 pub mod context;
+pub mod departed_grants;
 pub mod departures;
 pub mod error;
 pub mod fast_lane;

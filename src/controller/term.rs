@@ -67,6 +67,7 @@ pub fn begin(process: Arc<Process>) -> (Arc<Context>, TermInputs) {
             resumed: tokio::sync::watch::channel(false).0,
             fast_lane,
             turns: Default::default(),
+            departed_grants: Default::default(),
         },
     });
     let inputs = TermInputs {

@@ -65,7 +65,14 @@ pub struct DistributedLockSpec {
     /// that share it. Default: `<root>/<namespace>/<name>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zookeeper: Option<ZooKeeperLocation>,
+    /// How many of the last grants `status.history` keeps (default 10; 0 keeps none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub history_limit: Option<u32>,
 }
+
+/// Grants `status.history` keeps when `historyLimit` is not set.
+pub const DEFAULT_HISTORY_LIMIT: u32 = 10;
 
 // What kind of lock: `spec.type`; also `--type` of `lockkeeper queue` (a plain comment: a doc
 // comment would enter the CRD schema).
@@ -146,6 +153,55 @@ pub struct DistributedLockStatus {
     /// the lock alone, with a warning event.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub served_by: Option<Installation>,
+    /// The last grants of the lock to claims, oldest first (at most `spec.historyLimit`):
+    /// who held it, with what token, from when to when, and how each grant ended. Kept after
+    /// the claims and their events are gone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100))]
+    pub history: Vec<GrantRecord>,
+}
+
+/// One grant of the lock, in `status.history`.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GrantRecord {
+    /// The LockClaim's name.
+    #[schemars(length(max = 253))]
+    pub claim: String,
+    pub holder: HolderRef,
+    pub mode: ClaimMode,
+    pub fencing_token: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub granted_at: Option<Time>,
+    /// When the grant ended; not set while it holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub released_at: Option<Time>,
+    /// How the grant ended; not set while it holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<GrantOutcome>,
+}
+
+/// How a grant ended.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GrantOutcome {
+    /// The holder Pod succeeded, or the holder Job completed.
+    Succeeded,
+    /// The holder Pod or Job failed.
+    Failed,
+    /// The holder Pod or Job was deleted.
+    HolderDeleted,
+    /// The claim was deleted (how `lockkeeper run` releases, or by hand).
+    ClaimDeleted,
+    /// A Lease holder stopped renewing.
+    LeaseLapsed,
+    /// Held longer than `maxHoldSeconds`, or given up with the holder's other claims.
+    Expired,
+    /// Lost with the controller's ZooKeeper session, or taken by another client.
+    Lost,
+    /// Released by hand (`kubectl lock release`).
+    Revoked,
+    /// Released for another reason.
+    Released,
 }
 
 /// One lockkeeper installation: its controller replicas, which share a ZooKeeper ensemble and
