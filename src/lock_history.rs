@@ -166,6 +166,7 @@ fn ended_as(claim: &LockClaim) -> Option<GrantOutcome> {
         },
         ClaimPhase::Expired => GrantOutcome::Expired,
         ClaimPhase::Lost => GrantOutcome::Lost,
+        ClaimPhase::Revoked => GrantOutcome::Revoked,
         ClaimPhase::Pending | ClaimPhase::Waiting | ClaimPhase::Granted | ClaimPhase::Invalid => {
             return None;
         }

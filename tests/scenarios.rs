@@ -1375,7 +1375,12 @@ async fn two_hundred_claims_through_dropped_watches_500s_and_409s_are_each_grant
         counts.values().all(|n| *n == 1),
         "Granted once each: {counts:?}"
     );
-    for reason in ["HolderSucceeded", "HolderFailed", "HolderDeleted", "Released"] {
+    for reason in [
+        "HolderSucceeded",
+        "HolderFailed",
+        "HolderDeleted",
+        "Released",
+    ] {
         let released = events_by_claim(&cluster, reason).await;
         assert!(released.is_empty(), "no {reason} events: {released:?}");
     }

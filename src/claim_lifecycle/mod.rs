@@ -16,7 +16,7 @@ use k8s_openapi::jiff::Timestamp;
 use crate::resources::conditions;
 use crate::resources::{
     ClaimMode, ClaimPhase, DistributedLock, HolderKind, LockClaim, LockClaimSpec, LockClaimStatus,
-    LockType,
+    LockType, Revocation, revocation,
 };
 
 /// The lock as the claim needs it; `None` when it does not exist.
@@ -102,9 +102,12 @@ pub struct ClaimFacts {
     pub released_at: Option<Timestamp>,
     /// `status.fencingToken`: the token of the grant the status shows.
     pub fencing_token: Option<i64>,
-    /// The claim ended because its Lease holder stopped renewing (its `Granted` condition says
-    /// `LeaseLapsed`).
-    pub lapsed: bool,
+    /// The claim ended in a way that holds a grant it held back for the lock's lock-delay: its
+    /// Lease holder stopped renewing, or it was revoked (its `Granted` condition says
+    /// `LeaseLapsed` or `Revoked`).
+    pub held_back: bool,
+    /// A request to revoke the claim (`kubectl lock release`), from its annotations.
+    pub revocation: Option<Revocation>,
     /// The holder's other claims (none for a holder with one lock).
     pub holder_set: HolderSet,
 }
@@ -122,8 +125,8 @@ pub struct HolderSet {
     /// (locks its [`crate::resources::LOCKS_ANNOTATION`] names, claimed by none of its
     /// claims): its Job is resumed once none is left.
     pub others_not_granted: usize,
-    /// A claim of the holder that expired before it was ever granted: the holder gives up the
-    /// whole set.
+    /// A claim of the holder that expired (or was revoked) before it was ever granted: the
+    /// holder gives up the whole set.
     pub given_up: Option<String>,
 }
 
@@ -160,9 +163,11 @@ impl HolderSet {
                 ClaimPhase::Granted => continue,
                 // The holder ended: every claim of it is released in turn.
                 ClaimPhase::Released => continue,
-                ClaimPhase::Expired if status.granted_at.is_none() => {
+                ClaimPhase::Expired | ClaimPhase::Revoked if status.granted_at.is_none() => {
                     set.given_up.get_or_insert(name.clone());
                 }
+                // Revoked after its grant: the holder runs on with the rest.
+                ClaimPhase::Revoked => continue,
                 _ => {}
             }
             set.others_not_granted += 1;
@@ -186,10 +191,11 @@ impl ClaimFacts {
             message: status.message,
             released_at: status.released_at.map(|t| t.0),
             fencing_token: status.fencing_token,
-            lapsed: status
+            held_back: status
                 .conditions
                 .iter()
-                .any(|c| c.type_ == "Granted" && c.reason == LEASE_LAPSED),
+                .any(|c| c.type_ == "Granted" && (c.reason == LEASE_LAPSED || c.reason == REVOKED)),
+            revocation: revocation(claim),
             holder_set: HolderSet::default(),
         }
     }
@@ -332,6 +338,9 @@ pub fn decide(
         }
         return Step::nothing(leave_if(queued));
     }
+    if let Some(revocation) = &claim.revocation {
+        return revoked(revocation, lock, queue, queued);
+    }
     if let Err(message) = validate(spec, lock) {
         return Step::end(ClaimPhase::Invalid, "Invalid", message, queued);
     }
@@ -355,7 +364,7 @@ pub fn decide(
             let lock = lock.expect("validated");
             if let Some(expired) = &claim.holder_set.given_up {
                 let message = format!(
-                    "its holder's claim {expired} expired before it was granted: the holder gives up every lock it asked for"
+                    "its holder's claim {expired} ended before it was granted: the holder gives up every lock it asked for"
                 );
                 return Step::end(ClaimPhase::Expired, "Expired", message, queued);
             }
@@ -407,6 +416,8 @@ fn after_earlier_claims(spec: &LockClaimSpec, claim: &ClaimFacts, now: Timestamp
 
 /// The `Granted` condition's reason when a Lease holder stopped renewing.
 pub const LEASE_LAPSED: &str = "LeaseLapsed";
+/// The `Granted` condition's reason when the claim was revoked by hand.
+pub const REVOKED: &str = "Revoked";
 /// The `Granted` condition's reason when the holder Pod succeeded or the Job completed.
 pub const HOLDER_SUCCEEDED: &str = "HolderSucceeded";
 /// The `Granted` condition's reason when the holder Pod or Job failed.
@@ -437,7 +448,46 @@ fn lapsed(why: &str, lock: Option<&LockFacts>, queue: &QueueState, queued: bool)
     }
 }
 
-/// How much longer the node of a lapsed lease's grant is held, if it still is.
+/// A claim revoked by hand ends `Revoked`. A grant it held ends as on a loss: its node is held
+/// for the lock's lock-delay (the holder may still be working), and the holder is evicted
+/// where the lock asks for it.
+fn revoked(
+    revocation: &Revocation,
+    lock: Option<&LockFacts>,
+    queue: &QueueState,
+    queued: bool,
+) -> Step {
+    let message = format!(
+        "revoked by {}: {}",
+        revocation.requested_by, revocation.reason
+    );
+    if !matches!(queue, QueueState::Granted { .. }) {
+        return Step::end(ClaimPhase::Revoked, REVOKED, message, queued);
+    }
+    let evict_holder = lock.is_some_and(|lock| lock.evict_on_loss);
+    let delay = lock
+        .and_then(|lock| lock.lock_delay)
+        .filter(|d| !d.is_zero());
+    let step = match delay {
+        Some(delay) => Step::end(
+            ClaimPhase::Revoked,
+            REVOKED,
+            format!(
+                "{message}; the lock is held back for its lockDelaySeconds ({}s)",
+                delay.as_secs()
+            ),
+            false,
+        )
+        .then_look_again(Some(delay)),
+        None => Step::end(ClaimPhase::Revoked, REVOKED, message, true),
+    };
+    Step {
+        evict_holder,
+        ..step
+    }
+}
+
+/// How much longer the node of a lapsed lease's or revoked grant is held, if it still is.
 fn lapse_hold_left(
     claim: &ClaimFacts,
     lock: Option<&LockFacts>,
@@ -446,7 +496,7 @@ fn lapse_hold_left(
     let delay = lock?.lock_delay?;
     // `releasedAt` has whole seconds: the release may have come up to a second later.
     let held = elapsed(claim.released_at?, now).saturating_sub(Duration::from_secs(1));
-    (claim.lapsed && held < delay).then(|| delay - held)
+    (claim.held_back && held < delay).then(|| delay - held)
 }
 
 /// A claim in line: its place, unless it has waited too long for a first grant. A claim
@@ -607,7 +657,7 @@ pub fn status_after(
     };
     let ended = matches!(
         outcome.phase,
-        ClaimPhase::Released | ClaimPhase::Expired | ClaimPhase::Lost
+        ClaimPhase::Released | ClaimPhase::Expired | ClaimPhase::Lost | ClaimPhase::Revoked
     );
     let released_at = match ended {
         true if current.phase != outcome.phase => Some(Time(now)),
@@ -688,7 +738,9 @@ pub fn transition(
                 .flatten()
                 .collect()
         }
-        ClaimPhase::Released if before.phase == ClaimPhase::Granted => vec![Tally::Released],
+        ClaimPhase::Released | ClaimPhase::Revoked if before.phase == ClaimPhase::Granted => {
+            vec![Tally::Released]
+        }
         ClaimPhase::Expired => vec![Tally::Expired],
         ClaimPhase::Lost => vec![Tally::Lost],
         _ => Vec::new(),
@@ -701,7 +753,7 @@ pub fn transition(
     let notice = worth_an_event(outcome).then(|| Notice {
         warning: matches!(
             outcome.phase,
-            ClaimPhase::Lost | ClaimPhase::Invalid | ClaimPhase::Expired
+            ClaimPhase::Lost | ClaimPhase::Invalid | ClaimPhase::Expired | ClaimPhase::Revoked
         ),
         reason: outcome.reason,
         action: format!("{:?}", outcome.phase),
@@ -721,7 +773,11 @@ fn worth_an_event(outcome: &Outcome) -> bool {
         ClaimPhase::Released => {
             ![HOLDER_SUCCEEDED, HOLDER_FAILED, HOLDER_DELETED].contains(&outcome.reason)
         }
-        ClaimPhase::Granted | ClaimPhase::Expired | ClaimPhase::Lost | ClaimPhase::Invalid => true,
+        ClaimPhase::Granted
+        | ClaimPhase::Expired
+        | ClaimPhase::Lost
+        | ClaimPhase::Invalid
+        | ClaimPhase::Revoked => true,
     }
 }
 
@@ -772,7 +828,8 @@ mod tests {
             message: None,
             released_at: None,
             fencing_token: None,
-            lapsed: false,
+            held_back: false,
+            revocation: None,
             holder_set: HolderSet::default(),
         }
     }

@@ -179,7 +179,9 @@ pub fn decision(status: &LockClaimStatus) -> Option<Decision> {
         ClaimPhase::Granted => status
             .fencing_token
             .map(|fencing_token| Decision::Granted { fencing_token }),
-        ClaimPhase::Expired | ClaimPhase::Released => Some(Decision::Refused(reason())),
+        ClaimPhase::Expired | ClaimPhase::Released | ClaimPhase::Revoked => {
+            Some(Decision::Refused(reason()))
+        }
         ClaimPhase::Pending | ClaimPhase::Waiting | ClaimPhase::Lost | ClaimPhase::Invalid => None,
     }
 }

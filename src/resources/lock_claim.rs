@@ -123,12 +123,19 @@ pub enum ClaimPhase {
     Lost,
     /// The claim cannot be served as it is: `message` says why.
     Invalid,
+    /// Released by hand (`kubectl lock release`): `message` says why and who asked. A grant
+    /// it held ends as on a loss: the lock is held back for its lock-delay, and the holder
+    /// evicted where the lock asks for it.
+    Revoked,
 }
 
 impl ClaimPhase {
     /// Phases a claim never leaves.
     pub fn is_final(self) -> bool {
-        matches!(self, ClaimPhase::Released | ClaimPhase::Expired)
+        matches!(
+            self,
+            ClaimPhase::Released | ClaimPhase::Expired | ClaimPhase::Revoked
+        )
     }
 }
 

@@ -38,6 +38,37 @@ pub fn declared_locks(
         .unwrap_or_default()
 }
 
+/// The annotation that asks the controller to revoke a claim (`kubectl lock release` sets
+/// it): the reason, in words. The claim then ends `Revoked`.
+pub const REVOKE_ANNOTATION: &str = "lockkeeper.dev/revoke";
+/// Who asked for the revocation, as the API server named them to `kubectl lock release`.
+pub const REVOKE_REQUESTED_BY_ANNOTATION: &str = "lockkeeper.dev/revoke-requested-by";
+
+/// A request to revoke a claim.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Revocation {
+    pub reason: String,
+    pub requested_by: String,
+}
+
+/// The revocation the claim's annotations ask for, if any.
+pub fn revocation(claim: &LockClaim) -> Option<Revocation> {
+    let annotations = claim.metadata.annotations.as_ref()?;
+    let reason = annotations.get(REVOKE_ANNOTATION)?;
+    Some(Revocation {
+        reason: match reason.trim() {
+            "" => "no reason given".to_string(),
+            reason => reason.to_string(),
+        },
+        requested_by: annotations
+            .get(REVOKE_REQUESTED_BY_ANNOTATION)
+            .map(|by| by.trim())
+            .filter(|by| !by.is_empty())
+            .unwrap_or("someone unnamed")
+            .to_string(),
+    })
+}
+
 /// The file names in `crds/` and the YAML of each CRD, as `lockkeeper crd` prints them.
 pub fn crd_documents() -> Vec<(&'static str, String)> {
     let yaml = |crd| {
