@@ -30,7 +30,7 @@ pub enum Departure {
     Deleted {
         uid: String,
         lock: ObjectRef<DistributedLock>,
-        grant: Option<GrantRecord>,
+        grant: Option<Box<GrantRecord>>,
     },
     /// The watch listed every claim again.
     Relisted,
@@ -43,7 +43,8 @@ impl Departure {
             watcher::Event::Delete(claim) => Some(Departure::Deleted {
                 uid: claim.uid().unwrap_or_default(),
                 lock: claim.lock_ref(),
-                grant: lock_history::deleted_grant(claim, k8s_openapi::jiff::Timestamp::now()),
+                grant: lock_history::deleted_grant(claim, k8s_openapi::jiff::Timestamp::now())
+                    .map(Box::new),
             }),
             watcher::Event::InitDone => Some(Departure::Relisted),
             _ => None,
@@ -73,7 +74,7 @@ pub async fn follow(
         match departure {
             Some(Departure::Deleted { uid, lock, grant }) => {
                 if let Some(grant) = grant {
-                    ctx.term.departed_grants.add(lock.clone(), grant);
+                    ctx.term.departed_grants.add(lock.clone(), *grant);
                 }
                 leave(&ctx, &uid, &lock).await
             }
