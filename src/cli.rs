@@ -214,7 +214,7 @@ pub async fn main() -> ExitCode {
             .await
             .map_err(Into::into),
         Command::Gate(args) => return exit(gate(args).await.map(|_| 0)),
-        Command::Run(args) => return exit(run(args).await),
+        Command::Run(args) => return run_command(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -223,6 +223,12 @@ pub async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `lockkeeper run` (and `kubectl lock run`): holds the locks while the command runs, and
+/// exits with the command's code.
+pub async fn run_command(args: RunArgs) -> ExitCode {
+    exit(run(args).await)
 }
 
 fn exit(result: Result<u8, ClaimError>) -> ExitCode {
@@ -282,7 +288,7 @@ pub fn log_filter() -> tracing_subscriber::EnvFilter {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,zookeeper_client=error"))
 }
 
-fn init_logging(format: LogFormat) {
+pub fn init_logging(format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(log_filter())
         .with_writer(std::io::stderr);

@@ -10,6 +10,7 @@
 //! - [`client`]: `lockkeeper gate` and `lockkeeper run`, which make a claim and follow it
 //!   through the Kubernetes API.
 //! - [`cli`]: the `lockkeeper` command.
+//! - [`plugin`]: `kubectl lock`, the kubectl plugin (`kubectl-lock`).
 
 pub mod claim_lifecycle;
 pub mod cli;
@@ -18,5 +19,6 @@ pub mod controller;
 pub mod lock_history;
 pub mod lock_rules;
 pub mod lock_status;
+pub mod plugin;
 pub mod resources;
 pub mod zookeeper;
