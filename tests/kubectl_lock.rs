@@ -114,7 +114,7 @@ async fn kubectl_lock_lists_explains_releases_and_shows_history() {
             "claim waiter waits for lock db (Mutex, Exclusive): 1 ahead of it in line.",
             "Holding the lock now:",
             "claim holder: Pod holder, held for",
-            "the Pod is running",
+            "the Pod is Pending",
         ] {
             assert!(why.contains(says), "{target}: {says:?} missing:\n{why}");
         }
@@ -219,6 +219,21 @@ async fn kubectl_lock_lists_explains_releases_and_shows_history() {
     );
     let empty = stdout(&lock(&["history", "reports"]));
     assert!(empty.contains("no grants on record"), "{empty}");
+
+    // why job/NAME: the claims a Job holds.
+    cluster.suspended_job("nightly").await;
+    cluster
+        .claim(
+            "nightly",
+            json!({"lock": "reports", "holder": {"kind": "Job", "name": "nightly"}}),
+        )
+        .await;
+    cluster.wait_phase("nightly", ClaimPhase::Granted).await;
+    let why_job = stdout(&lock(&["why", "job/nightly"]));
+    assert!(
+        why_job.contains("claim nightly holds lock reports (Semaphore(2), Exclusive)"),
+        "{why_job}"
+    );
 
     // run: the same as lockkeeper run.
     let ran = lock(&[

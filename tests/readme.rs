@@ -76,6 +76,30 @@ const COMMANDS: &[(&str, &str)] = &[
         "a synopsis; tests/gate_and_run.rs runs run with each flag",
     ),
     (
+        "lockkeeper run --lock orders-db --lock search-index:Shared -- ./reindex.sh",
+        "a synopsis; tests/gate_and_run.rs runs run and gate with several locks and modes",
+    ),
+    (
+        "PATH=$PWD/target/debug:$PATH kubectl lock list [-A]",
+        "tests/kubectl_lock.rs runs kubectl lock list and list -A with the plugin's directory on the PATH",
+    ),
+    (
+        "kubectl lock why CLAIM | claim/NAME | pod/NAME | job/NAME",
+        "a synopsis; tests/kubectl_lock.rs runs each form",
+    ),
+    (
+        "kubectl lock history LOCK",
+        "a synopsis; tests/kubectl_lock.rs",
+    ),
+    (
+        "kubectl lock release CLAIM [--reason TEXT] [--yes]",
+        "a synopsis; tests/kubectl_lock.rs, asked and with --yes",
+    ),
+    (
+        "kubectl lock run --lock NAME[:MODE] [...] -- COMMAND",
+        "a synopsis; tests/kubectl_lock.rs",
+    ),
+    (
         "make controlplane",
         "tests/sandbox.rs (up.sh starts the same controlplane launcher)",
     ),

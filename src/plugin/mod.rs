@@ -343,33 +343,26 @@ impl Session {
             if found.contains_key(&key) {
                 continue;
             }
-            let state = match holder.kind {
-                HolderKind::Pod => self
-                    .api::<Pod>()
-                    .get_opt(&holder.name)
-                    .await
-                    .map(|pod| holders::pod_state(&holder.name, pod.as_ref())),
-                HolderKind::Job => self
-                    .api::<Job>()
-                    .get_opt(&holder.name)
-                    .await
-                    .map(|job| holders::job_state(&holder.name, job.as_ref())),
+            let liveness = match holder.kind {
+                HolderKind::Pod => match self.api::<Pod>().get_opt(&holder.name).await {
+                    Ok(pod) => {
+                        let phase = pod
+                            .as_ref()
+                            .and_then(|p| p.status.as_ref())
+                            .and_then(|s| s.phase.clone())
+                            .unwrap_or_else(|| "Pending".into());
+                        liveness_of(holders::pod_state(&holder.name, pod.as_ref()), phase)
+                    }
+                    Err(err) => unknown(holder.kind, err),
+                },
+                HolderKind::Job => match self.api::<Job>().get_opt(&holder.name).await {
+                    Ok(job) => liveness_of(
+                        holders::job_state(&holder.name, job.as_ref()),
+                        "running".into(),
+                    ),
+                    Err(err) => unknown(holder.kind, err),
+                },
                 HolderKind::Lease => continue,
-            };
-            let liveness = match state {
-                Ok(HolderState::Missing) => Liveness::Missing,
-                Ok(HolderState::Ended(why) | HolderState::Failed(why)) => Liveness::Ended(why),
-                Ok(HolderState::SuspendedJob) => {
-                    Liveness::Alive("suspended, waiting for its locks".into())
-                }
-                Ok(HolderState::Running | HolderState::Lapsed(_)) => {
-                    Liveness::Alive("running".into())
-                }
-                Err(kube::Error::Api(status)) if status.code == 403 => Liveness::Unknown(format!(
-                    "no permission to read {}s",
-                    format!("{:?}", holder.kind).to_lowercase()
-                )),
-                Err(err) => Liveness::Unknown(err.to_string()),
             };
             found.insert(key, liveness);
         }
@@ -479,6 +472,26 @@ impl Session {
                 "a user the API server did not name".into()
             }
         }
+    }
+}
+
+/// What a holder's state says of whether it runs; `running` says how, in words.
+fn liveness_of(state: HolderState, running: String) -> Liveness {
+    match state {
+        HolderState::Missing => Liveness::Missing,
+        HolderState::Ended(why) | HolderState::Failed(why) => Liveness::Ended(why),
+        HolderState::SuspendedJob => Liveness::Alive("suspended, waiting for its locks".into()),
+        HolderState::Running | HolderState::Lapsed(_) => Liveness::Alive(running),
+    }
+}
+
+fn unknown(kind: HolderKind, err: kube::Error) -> Liveness {
+    match err {
+        kube::Error::Api(status) if status.code == 403 => Liveness::Unknown(format!(
+            "no permission to read {}s",
+            format!("{kind:?}").to_lowercase()
+        )),
+        err => Liveness::Unknown(err.to_string()),
     }
 }
 

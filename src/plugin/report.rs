@@ -287,12 +287,21 @@ pub fn why(facts: &WhyFacts) -> String {
             .lock_claims
             .iter()
             .find(|c| c.name_any() == holder.claim);
+        let ended = holder_claim
+            .and_then(|c| c.status.as_ref())
+            .filter(|s| s.phase.is_final());
+        let standing = match ended {
+            Some(status) => format!(
+                "its claim ended {:?}, and its place is kept until the lock-delay has passed",
+                status.phase
+            ),
+            None => alive(&holder.holder, holder_claim, facts),
+        };
         out.push(format!(
-            "  - claim {}: {}{held}, fencing token {}; {}",
+            "  - claim {}: {}{held}, fencing token {}; {standing}",
             holder.claim,
             holder_text(&holder.holder),
             holder.fencing_token,
-            alive(&holder.holder, holder_claim, facts)
         ));
     }
     if lock_status.external_holders > 0 {
