@@ -1,7 +1,7 @@
 # lockkeeper — `make sandbox` starts the local sandbox, `make test` runs every test.
 SHELL := /bin/bash
 CARGO ?= cargo
-DEBIAN_PACKAGES := zookeeper python3-kazoo libcurator-recipes-java fonts-dejavu-core openssl
+DEBIAN_PACKAGES := zookeeper python3-kazoo libcurator-recipes-java fonts-dejavu-core openssl prometheus
 SANDBOX_DIR ?= $(CURDIR)/.sandbox
 SANDBOX_ZK_PORT ?= 2181
 SANDBOX_API_PORT ?= 6443

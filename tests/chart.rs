@@ -274,7 +274,9 @@ fn cluster_wide_values_render_a_cluster_role_digest_credentials_and_a_service_mo
         [
             "ClusterRole",
             "ClusterRoleBinding",
+            "ConfigMap",
             "Deployment",
+            "PrometheusRule",
             "Service",
             "ServiceAccount",
             "ServiceMonitor"
@@ -595,8 +597,13 @@ async fn cluster_wide_and_bundled_renders_apply_with_kubectl() {
     let release = format!("lk-{}", &namespace[4..]);
     // A plain cluster has no Prometheus Operator: the ServiceMonitor's CRD, in its group and
     // kind, so that the rendered ServiceMonitor applies.
-    cluster.kubectl_ok(&["apply", "-f", "-"], SERVICE_MONITOR_CRD);
-    cluster::wait_established(&cluster.client, "servicemonitors.monitoring.coreos.com").await;
+    for (crd, name) in [
+        (SERVICE_MONITOR_CRD, "servicemonitors.monitoring.coreos.com"),
+        (PROMETHEUS_RULE_CRD, "prometheusrules.monitoring.coreos.com"),
+    ] {
+        cluster.kubectl_ok(&["apply", "-f", "-"], crd);
+        cluster::wait_established(&cluster.client, name).await;
+    }
     let cluster_wide = template(
         &release,
         &namespace,
@@ -608,6 +615,8 @@ async fn cluster_wide_and_bundled_renders_apply_with_kubectl() {
         format!("clusterrole.rbac.authorization.k8s.io/{release}-lockkeeper created"),
         format!("clusterrolebinding.rbac.authorization.k8s.io/{release}-lockkeeper created"),
         format!("servicemonitor.monitoring.coreos.com/{release}-lockkeeper created"),
+        format!("prometheusrule.monitoring.coreos.com/{release}-lockkeeper created"),
+        format!("configmap/{release}-lockkeeper-dashboard created"),
         format!("deployment.apps/{release}-lockkeeper created"),
     ] {
         assert!(applied.contains(&object), "{object}:\n{applied}");
@@ -655,6 +664,221 @@ spec:
           type: object
           x-kubernetes-preserve-unknown-fields: true
 "#;
+
+const PROMETHEUS_RULE_CRD: &str = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: prometheusrules.monitoring.coreos.com
+spec:
+  group: monitoring.coreos.com
+  scope: Namespaced
+  names: {kind: PrometheusRule, plural: prometheusrules, singular: prometheusrule, listKind: PrometheusRuleList}
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema:
+        openAPIV3Schema:
+          type: object
+          x-kubernetes-preserve-unknown-fields: true
+"#;
+
+/// The metric names a PromQL expression uses (`lockkeeper_…`), without the `_total`,
+/// `_bucket`, `_sum` and `_count` suffixes the exposition adds.
+fn metric_families(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = expr;
+    while let Some(at) = rest.find("lockkeeper_") {
+        let name: String = rest[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        rest = &rest[at + name.len()..];
+        let family = ["_total", "_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .unwrap_or(&name);
+        names.push(family.to_string());
+    }
+    names
+}
+
+/// The Grafana dashboard and the PrometheusRule (both off by default): the dashboard's JSON
+/// loads and each query and alert uses only metrics the controller exports, and the rules
+/// pass `promtool check rules` and `promtool test rules` (each alert fires on a series that
+/// should fire it, and not before).
+#[test]
+fn the_dashboard_and_alerts_use_the_controllers_metrics_and_pass_promtool() {
+    let defaults = rendered(
+        "locks",
+        "platform",
+        &["--values", &values_file("default-values.yaml")],
+    );
+    assert!(
+        !kinds(&defaults)
+            .iter()
+            .any(|k| k == "PrometheusRule" || k == "ConfigMap"),
+        "off by default"
+    );
+    let docs = rendered(
+        "locks",
+        "platform",
+        &["--values", &values_file("cluster-wide-values.yaml")],
+    );
+    // Every family the controller exports, each with a series (an empty family is not shown).
+    let metrics = lockkeeper::controller::telemetry::Metrics::new();
+    metrics.granted("db");
+    metrics.released("db");
+    metrics.expired("db");
+    metrics.lost("db");
+    metrics.waited("db", std::time::Duration::from_secs(1));
+    metrics.held("db", std::time::Duration::from_secs(1));
+    metrics.queue_length("db", 1);
+    let now = k8s_openapi::jiff::Timestamp::now();
+    metrics.lock_summary("db", 1, Some(now), Some(now));
+    drop(metrics.reconcile_started("LockClaim"));
+    metrics.reconcile_failed(
+        "LockClaim",
+        lockkeeper::controller::error::Step::WriteClaimStatus,
+    );
+    let exported = metrics.render();
+    let is_exported = |family: &str| exported.contains(&format!("# TYPE {family} "));
+
+    let dashboard_map = one(&docs, "ConfigMap");
+    assert_eq!(
+        dashboard_map["metadata"]["labels"]["grafana_dashboard"],
+        "1"
+    );
+    assert_eq!(
+        dashboard_map["metadata"]["annotations"]["grafana_folder"],
+        "Platform"
+    );
+    let dashboard: Value = serde_json::from_str(
+        dashboard_map["data"]["lockkeeper.json"]
+            .as_str()
+            .expect("the dashboard's JSON"),
+    )
+    .expect("the dashboard is JSON");
+    let panels = dashboard["panels"].as_array().expect("panels");
+    let titles: Vec<&str> = panels.iter().filter_map(|p| p["title"].as_str()).collect();
+    for shown in [
+        "Holders",
+        "Queue length",
+        "Wait time",
+        "Hold time",
+        "losses",
+        "ZooKeeper session",
+    ] {
+        assert!(
+            titles.iter().any(|t| t.contains(shown)),
+            "{shown}: {titles:?}"
+        );
+    }
+    for panel in panels {
+        let targets = panel["targets"].as_array().expect("targets");
+        assert!(!targets.is_empty(), "{panel}");
+        for target in targets {
+            let expr = target["expr"].as_str().expect("an expression");
+            let families = metric_families(expr);
+            assert!(!families.is_empty(), "{expr}");
+            for family in families {
+                assert!(
+                    is_exported(&family),
+                    "{family} (in {expr:?}) is not exported:\n{exported}"
+                );
+            }
+        }
+    }
+
+    let rule = one(&docs, "PrometheusRule");
+    assert_eq!(rule["metadata"]["labels"]["release"], "prometheus");
+    let groups = &rule["spec"];
+    let alerts: Vec<&str> = groups["groups"][0]["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let expr = r["expr"].as_str().unwrap();
+            for family in metric_families(expr) {
+                assert!(
+                    is_exported(&family),
+                    "{family} (in {expr:?}) is not exported"
+                );
+            }
+            r["alert"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(
+        alerts,
+        [
+            "LockkeeperClaimWaitingTooLong",
+            "LockkeeperGrantHeldTooLong",
+            "LockkeeperZooKeeperSessionLost",
+            "LockkeeperGrantsLost",
+            "LockkeeperNoLeader"
+        ]
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.yaml");
+    std::fs::write(&rules, serde_yaml::to_string(groups).unwrap()).unwrap();
+    let promtool = |args: &[&str]| {
+        let output = std::process::Command::new("promtool")
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .expect("promtool runs (make deps installs Debian's prometheus package)");
+        assert!(
+            output.status.success(),
+            "promtool {args:?}:\n{}",
+            text(&output)
+        );
+    };
+    promtool(&["check", "rules", "rules.yaml"]);
+    // The wait alert at 1800 s (the values' threshold): a claim made at time 0 is not waiting
+    // too long at 25 min, and is at 35 min. The session alert needs 2 minutes down.
+    std::fs::write(
+        dir.path().join("tests.yaml"),
+        r#"rule_files: [rules.yaml]
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+      - series: 'lockkeeper_oldest_wait_started_timestamp_seconds{lock="db"}'
+        values: '0x40'
+      - series: 'lockkeeper_zookeeper_session_connected{pod="lk-0"}'
+        values: '1 0 0 0 0'
+      - series: 'lockkeeper_leader{pod="lk-0"}'
+        values: '1x40'
+    alert_rule_test:
+      - eval_time: 25m
+        alertname: LockkeeperClaimWaitingTooLong
+        exp_alerts: []
+      - eval_time: 35m
+        alertname: LockkeeperClaimWaitingTooLong
+        exp_alerts:
+          - exp_labels: {severity: warning, lock: db}
+            exp_annotations:
+              summary: "A claim on lock db has waited more than 1800s"
+              description: "Find out who holds it and why: kubectl lock why <claim>, kubectl lock list -A."
+      - eval_time: 2m
+        alertname: LockkeeperZooKeeperSessionLost
+        exp_alerts: []
+      - eval_time: 4m
+        alertname: LockkeeperZooKeeperSessionLost
+        exp_alerts:
+          - exp_labels: {severity: critical, pod: lk-0}
+            exp_annotations:
+              summary: "lockkeeper replica lk-0 has no ZooKeeper session"
+              description: "No grants move while the leader is cut off from ZooKeeper; grants it held are marked Lost."
+      - eval_time: 10m
+        alertname: LockkeeperNoLeader
+        exp_alerts: []
+"#,
+    )
+    .unwrap();
+    promtool(&["test", "rules", "tests.yaml"]);
+}
 
 #[test]
 fn the_plain_kubectl_manifest_is_the_charts_default_render() {

@@ -19,7 +19,8 @@ use super::status;
 use super::throttle::Pacer;
 use crate::lock_status::{LockFacts, WantedStatus, lock_status};
 use crate::resources::{
-    DEFAULT_HISTORY_LIMIT, DistributedLock, DistributedLockStatus, Installation, LockClaim,
+    ClaimPhase, DEFAULT_HISTORY_LIMIT, DistributedLock, DistributedLockStatus, Installation,
+    LockClaim,
 };
 use crate::zookeeper::LockQueue;
 
@@ -151,10 +152,30 @@ async fn refresh(lock: &Arc<DistributedLock>, ctx: &LockContext) -> Result<Actio
     };
     // Act.
     if let Ok((_, queue)) = &queue {
-        ctx.shared
-            .process
-            .metrics
-            .queue_length(&lock.name_any(), queue.waiting() as u32);
+        let metrics = &ctx.shared.process.metrics;
+        metrics.queue_length(&lock.name_any(), queue.waiting() as u32);
+        let oldest_wait = claims
+            .iter()
+            .filter(|c| {
+                let phase = c.status.as_ref().map(|s| s.phase).unwrap_or_default();
+                matches!(
+                    phase,
+                    ClaimPhase::Pending | ClaimPhase::Waiting | ClaimPhase::Lost
+                )
+            })
+            .filter_map(|c| c.metadata.creation_timestamp.as_ref().map(|t| t.0))
+            .min();
+        let oldest_grant = wanted
+            .holders
+            .iter()
+            .filter_map(|h| h.granted_at.as_ref().map(|t| t.0))
+            .min();
+        metrics.lock_summary(
+            &lock.name_any(),
+            wanted.holders.len() as u32 + wanted.external_holders,
+            oldest_wait,
+            oldest_grant,
+        );
     }
     if wanted == current {
         return Ok(settled);

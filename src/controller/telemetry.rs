@@ -60,6 +60,9 @@ struct LockMetrics {
     wait_seconds: Seconds<LockLabel>,
     hold_seconds: Seconds<LockLabel>,
     queue_length: Family<LockLabel, Gauge>,
+    holders: Family<LockLabel, Gauge>,
+    oldest_wait_started: Family<LockLabel, Gauge>,
+    oldest_grant_started: Family<LockLabel, Gauge>,
 }
 
 impl LockMetrics {
@@ -91,6 +94,24 @@ impl LockMetrics {
                 r,
                 "queue_length",
                 "Contenders waiting on a lock",
+                Family::default(),
+            ),
+            holders: registered(
+                r,
+                "holders",
+                "Holders of a lock, claims and outside clients",
+                Family::default(),
+            ),
+            oldest_wait_started: registered(
+                r,
+                "oldest_wait_started_timestamp_seconds",
+                "When the lock's longest-waiting claim was made (Unix time); absent when none waits",
+                Family::default(),
+            ),
+            oldest_grant_started: registered(
+                r,
+                "oldest_grant_started_timestamp_seconds",
+                "When the lock's longest-held current grant began (Unix time); absent when none holds",
                 Family::default(),
             ),
         }
@@ -217,6 +238,31 @@ impl Metrics {
             .queue_length
             .get_or_create(&Self::lock(lock))
             .set(waiting.into());
+    }
+    /// What a lock's refresh saw: its holders, and since when its longest wait and longest
+    /// hold have lasted (timestamps, so that an alert on `time() - …` needs no refresh).
+    pub fn lock_summary(
+        &self,
+        lock: &str,
+        holders: u32,
+        oldest_wait: Option<k8s_openapi::jiff::Timestamp>,
+        oldest_grant: Option<k8s_openapi::jiff::Timestamp>,
+    ) {
+        let label = Self::lock(lock);
+        self.locks.holders.get_or_create(&label).set(holders.into());
+        for (family, since) in [
+            (&self.locks.oldest_wait_started, oldest_wait),
+            (&self.locks.oldest_grant_started, oldest_grant),
+        ] {
+            match since {
+                Some(at) => {
+                    family.get_or_create(&label).set(at.as_second());
+                }
+                None => {
+                    family.remove(&label);
+                }
+            }
+        }
     }
     /// A reconcile of `controller` starts: counted now, timed until the guard drops.
     pub fn reconcile_started(&self, controller: &str) -> ReconcileTiming {
