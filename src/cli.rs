@@ -264,6 +264,7 @@ async fn run(args: RunArgs) -> Result<u8, ClaimError> {
         lease_duration: args.lease_duration,
         timeout: args.timeout,
         command: args.command,
+        runs_in_pod: crate::client::run::runs_in_pod_from_env(),
     };
     crate::client::run::run(client, request).await
 }

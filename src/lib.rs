@@ -5,6 +5,7 @@
 //!   with Curator and kazoo.
 //! - [`resources`]: the DistributedLock and LockClaim custom resources.
 //! - [`claim_lifecycle`]: what happens next to a claim, and what its holder's state is (pure).
+//! - [`deadlock`]: the wait-for graph of holders, and the cycles in it (pure).
 //! - [`lock_status`]: what a lock's status says (pure), with [`lock_history`], its last grants.
 //! - [`controller`]: `lockkeeper controller`, Kubernetes I/O around the engine.
 //! - [`client`]: `lockkeeper gate` and `lockkeeper run`, which make a claim and follow it
@@ -16,6 +17,7 @@ pub mod claim_lifecycle;
 pub mod cli;
 pub mod client;
 pub mod controller;
+pub mod deadlock;
 pub mod lock_history;
 pub mod lock_rules;
 pub mod lock_status;

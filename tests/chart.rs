@@ -10,7 +10,7 @@ mod cluster;
 
 use std::process::{Command, Output};
 
-use cluster::{Cluster, PATIENCE, helm_binary, output_text as text, repo};
+use cluster::{Cluster, PATIENCE, helm_binary, http_get, output_text as text, repo};
 use k8s_openapi::api::core::v1::Secret;
 use lockkeeper_testkit::zookeeper_server::free_port;
 use serde_json::Value;
@@ -431,16 +431,6 @@ fn bad_values_are_refused_at_install_time_naming_the_value() {
 }
 
 /// Reads `GET path` from 127.0.0.1:port: (status line, body).
-fn http_get(port: u16, path: &str) -> Option<(String, String)> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let (head, body) = response.split_once("\r\n\r\n")?;
-    Some((head.lines().next()?.to_string(), body.to_string()))
-}
-
 /// The value of a rendered env entry as the kubelet would give it: plain, the pod's name,
 /// or a Secret's key.
 async fn resolve(cluster: &Cluster, pod_name: &str, value: &Value) -> String {
@@ -816,6 +806,7 @@ fn the_dashboard_and_alerts_use_the_controllers_metrics_and_pass_promtool() {
             "LockkeeperGrantHeldTooLong",
             "LockkeeperZooKeeperSessionLost",
             "LockkeeperGrantsLost",
+            "LockkeeperDeadlock",
             "LockkeeperNoLeader"
         ]
     );
@@ -873,6 +864,9 @@ tests:
               description: "No grants move while the leader is cut off from ZooKeeper; grants it held are marked Lost."
       - eval_time: 10m
         alertname: LockkeeperNoLeader
+        exp_alerts: []
+      - eval_time: 10m
+        alertname: LockkeeperDeadlock
         exp_alerts: []
 "#,
     )

@@ -379,6 +379,136 @@ async fn gate_and_run_take_several_locks_in_one_order_and_start_only_with_all() 
     cluster.stop().await;
 }
 
+/// A deadlock outside the one-order path: pod p1 is gated on `a` and its container runs
+/// `lockkeeper run --lock b`, pod p2 the other way round. The controller reports it on every
+/// claim of the cycle (a `Deadlocked` condition naming it, a Warning event, the
+/// `lockkeeper_deadlocks_total` metric); once lock `a` asks for it (`deadlockPolicy:
+/// ExpireYoungest`) the youngest waiting claim expires, its run gives up, and the other run
+/// goes on once p2 ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadlock_built_with_gate_and_run_is_reported_and_broken_when_the_lock_asks() {
+    let mut cluster = Cluster::start_without_controller().await;
+    let metrics_port = cluster.start_controller_process_serving_metrics();
+    cluster.apply_gate_rbac();
+    cluster.lock("a", json!({"type": "Mutex"})).await;
+    cluster.lock("b", json!({"type": "Mutex"})).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ns = cluster.namespace.clone();
+    let mut pods = Vec::new();
+    for (pod, lock) in [("p1", "a"), ("p2", "b")] {
+        let made = cluster.gated_pod(pod).await;
+        let log = dir.path().join(format!("{pod}-gate.log"));
+        let gated = cluster.gate(&made, &["--lock", lock], &log).wait().unwrap();
+        assert!(gated.success(), "{}", log_of(&log));
+        pods.push(made);
+    }
+    // Each pod's container runs `lockkeeper run` on the other pod's lock.
+    let run_in = |pod: &str, lock: &str| {
+        let log = dir.path().join(format!("{pod}-run.log"));
+        let child = cluster
+            .lockkeeper()
+            .args(["run", "-n", &ns, "--lock", lock, "--", "true"])
+            .env("POD_NAME", pod)
+            .env("POD_NAMESPACE", &ns)
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        (child, log)
+    };
+    let (mut first, first_log) = run_in("p1", "b");
+    let first_claim = run_claim_on(&cluster, "b", &[]).await;
+    cluster.wait_phase(&first_claim, ClaimPhase::Waiting).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let (mut second, second_log) = run_in("p2", "a");
+    let second_claim = run_claim_on(&cluster, "a", &[]).await;
+
+    let members = ["p1-a", "p2-b", first_claim.as_str(), second_claim.as_str()];
+    for claim in members {
+        let status = cluster
+            .poll(
+                std::time::Duration::from_secs(30),
+                &format!("claim {claim} shows the deadlock"),
+                || cluster.claim_status(claim),
+                |s| {
+                    s.conditions
+                        .iter()
+                        .any(|c| c.type_ == "Deadlocked" && c.status == "True")
+                },
+            )
+            .await;
+        let condition = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Deadlocked")
+            .unwrap();
+        for named in [
+            format!(
+                "Pod {ns}/p1 waits (claim {first_claim}) for lock {ns}/b held by Pod {ns}/p2 (claim p2-b)"
+            ),
+            format!(
+                "Pod {ns}/p2 waits (claim {second_claim}) for lock {ns}/a held by Pod {ns}/p1 (claim p1-a)"
+            ),
+        ] {
+            assert!(
+                condition.message.contains(&named),
+                "{claim}: {named:?} missing: {}",
+                condition.message
+            );
+        }
+    }
+    let events: kube::Api<k8s_openapi::api::events::v1::Event> = cluster.api();
+    cluster
+        .eventually("a Warning event on each claim of the cycle", || async {
+            let list = events.list(&Default::default()).await.unwrap().items;
+            members.iter().all(|claim| {
+                list.iter().any(|e| {
+                    e.reason.as_deref() == Some("Deadlocked")
+                        && e.type_.as_deref() == Some("Warning")
+                        && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(claim)
+                })
+            })
+        })
+        .await;
+    let (status_line, body) = cluster::http_get(metrics_port, "/metrics").expect("/metrics");
+    assert!(status_line.contains("200"), "{status_line}");
+    assert!(body.contains("lockkeeper_deadlocks_total 1"), "{body}");
+    // Reported only: both runs still wait.
+    assert!(first.try_wait().unwrap().is_none() && second.try_wait().unwrap().is_none());
+
+    // Lock a asks to break it: the youngest waiter (the second run's claim) expires.
+    cluster
+        .api::<lockkeeper::resources::DistributedLock>()
+        .patch(
+            "a",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"deadlockPolicy": "ExpireYoungest"}})),
+        )
+        .await
+        .unwrap();
+    let gave_up = second.wait().unwrap();
+    assert_eq!(gave_up.code(), Some(75), "{}", log_of(&second_log));
+    assert!(
+        log_of(&second_log).contains("to break a deadlock"),
+        "{}",
+        log_of(&second_log)
+    );
+    cluster
+        .poll(
+            std::time::Duration::from_secs(30),
+            "the first run's claim no longer shows the deadlock",
+            || cluster.claim_status(&first_claim),
+            |s| {
+                s.phase == ClaimPhase::Waiting
+                    && !s.conditions.iter().any(|c| c.type_ == "Deadlocked")
+            },
+        )
+        .await;
+    cluster.set_pod_phase("p2", "Succeeded").await;
+    let done = first.wait().unwrap();
+    assert!(done.success(), "{}", log_of(&first_log));
+    cluster.stop().await;
+}
+
 /// The name of a claim that a `lockkeeper run` made on `lock`, other than those in `not`.
 async fn run_claim_on(cluster: &Cluster, lock: &str, not: &[String]) -> String {
     let found = cluster

@@ -108,8 +108,45 @@ pub struct ClaimFacts {
     pub held_back: bool,
     /// A request to revoke the claim (`kubectl lock release`), from its annotations.
     pub revocation: Option<Revocation>,
+    /// A deadlock the claim is in (found by the controller, see [`crate::deadlock`]).
+    pub deadlock: Option<InDeadlock>,
     /// The holder's other claims (none for a holder with one lock).
     pub holder_set: HolderSet,
+}
+
+/// A deadlock a claim is in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InDeadlock {
+    /// The cycle, in words.
+    pub description: String,
+    /// This waiting claim is expired to break the cycle (a lock on it asks for that).
+    pub victim: bool,
+}
+
+/// The condition a claim in a deadlock shows: `Deadlocked`, naming the cycle.
+pub const DEADLOCKED: &str = "Deadlocked";
+
+/// `status` with the `Deadlocked` condition while the claim is in a deadlock (and not ended),
+/// without it otherwise.
+pub fn with_deadlock(
+    mut status: LockClaimStatus,
+    deadlock: Option<&InDeadlock>,
+    current: &LockClaimStatus,
+    now: Timestamp,
+) -> LockClaimStatus {
+    status.conditions.retain(|c| c.type_ != DEADLOCKED);
+    if let Some(deadlock) = deadlock.filter(|_| !status.phase.is_final()) {
+        status.conditions.push(conditions::condition(
+            DEADLOCKED,
+            "True",
+            "WaitForCycle",
+            deadlock.description.clone(),
+            &current.conditions,
+            status.observed_generation,
+            now,
+        ));
+    }
+    status
 }
 
 /// What the holder's other claims say: a holder may ask for several locks (a claim each), and
@@ -196,6 +233,7 @@ impl ClaimFacts {
                 .iter()
                 .any(|c| c.type_ == "Granted" && (c.reason == LEASE_LAPSED || c.reason == REVOKED)),
             revocation: revocation(claim),
+            deadlock: None,
             holder_set: HolderSet::default(),
         }
     }
@@ -513,6 +551,13 @@ fn waiting(
         Ok(left) => left,
         Err(why) => return Step::end(ClaimPhase::Expired, "Expired", why, true),
     };
+    if let Some(deadlock) = claim.deadlock.as_ref().filter(|d| d.victim) {
+        let why = format!(
+            "expired to break a deadlock, as a lock in it asks (deadlockPolicy: ExpireYoungest); {}",
+            deadlock.description
+        );
+        return Step::end(ClaimPhase::Expired, DEADLOCKED, why, true);
+    }
     let in_line = |phase, reason, message| Outcome {
         phase,
         position: Some(position),
@@ -830,6 +875,7 @@ mod tests {
             fencing_token: None,
             held_back: false,
             revocation: None,
+            deadlock: None,
             holder_set: HolderSet::default(),
         }
     }

@@ -17,6 +17,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::client::claim_client::{self, ClaimError, ClaimUpdate, ClaimWatch, Outcome};
 use crate::client::lock_set::{self, WantedLock};
+use crate::deadlock::RUNS_IN_POD_ANNOTATION;
 use crate::resources::{ClaimPhase, HolderKind, HolderRef, LockClaim, LockClaimSpec};
 
 #[derive(Clone, Debug)]
@@ -29,6 +30,15 @@ pub struct RunRequest {
     /// Give up after waiting this long (0: try once); the command then does not run.
     pub timeout: Option<Duration>,
     pub command: Vec<String>,
+    /// The pod this run runs in (`NAMESPACE/NAME`, from `POD_NAMESPACE` and `POD_NAME`): its
+    /// claims say so, and the controller counts them as the pod's when it looks for deadlocks.
+    pub runs_in_pod: Option<String>,
+}
+
+/// `NAMESPACE/NAME` of the pod the process runs in, if the downward API says.
+pub fn runs_in_pod_from_env() -> Option<String> {
+    let var = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
+    Some(format!("{}/{}", var("POD_NAMESPACE")?, var("POD_NAME")?))
 }
 
 /// Exit code when the grant ended while the command ran (lost, expired, the claim deleted):
@@ -93,6 +103,10 @@ pub fn claims_for(request: &RunRequest, holder: &str, now: Timestamp) -> Vec<Loc
                     "{}-run-{suffix}",
                     prefix.trim_end_matches(['-', '.'])
                 )),
+                annotations: request
+                    .runs_in_pod
+                    .as_ref()
+                    .map(|pod| [(RUNS_IN_POD_ANNOTATION.to_string(), pod.clone())].into()),
                 ..claim_client::client_metadata(&request.namespace, "lockkeeper-run")
             };
             claim
@@ -346,6 +360,7 @@ mod tests {
             lease_duration: Duration::from_millis(2500),
             timeout: Some(Duration::ZERO),
             command: vec!["true".into()],
+            runs_in_pod: None,
         }
     }
 
@@ -389,6 +404,14 @@ mod tests {
             "one suffix for the run: {names:?}"
         );
         assert!(claims.iter().all(|c| c.spec.holder.name == "build-7-123"));
+        assert!(claims[0].metadata.annotations.is_none(), "not in a pod");
+        two.runs_in_pod = Some("batch/report-0".into());
+        let in_pod = claims_for(&two, "h", "2026-11-21T10:00:00Z".parse().unwrap());
+        assert_eq!(
+            crate::deadlock::process_of(&in_pod[1]).to_string(),
+            "Pod batch/report-0",
+            "counted as the pod's"
+        );
         let env = workload_env(&two.locks, &names, &[7, 9]);
         let get = |key: &str| env.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
         assert_eq!(

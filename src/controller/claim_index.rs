@@ -8,32 +8,46 @@ use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 
+use crate::deadlock::{Process, process_of};
 use crate::resources::{HolderKind, LockClaim};
 
-/// What a claim is found by: (namespace, lock name) and (namespace, holder kind, holder name).
+/// What a claim is found by: (namespace, lock name), (namespace, holder kind, holder name),
+/// and the process it belongs to when that is not its holder (a run in a pod).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum Key {
     Lock(String, String),
     Holder(String, HolderKind, String),
+    RunsIn(Process),
 }
 
-fn keys_of(claim: &LockClaim) -> [Key; 2] {
+fn keys_of(claim: &LockClaim) -> Vec<Key> {
     let namespace = claim.namespace().unwrap_or_default();
-    [
-        Key::Lock(namespace.clone(), claim.spec.lock.clone()),
-        Key::Holder(
-            namespace,
-            claim.spec.holder.kind,
-            claim.spec.holder.name.clone(),
-        ),
-    ]
+    let holder = Key::Holder(
+        namespace.clone(),
+        claim.spec.holder.kind,
+        claim.spec.holder.name.clone(),
+    );
+    let process = process_of(claim);
+    let mut keys = vec![
+        Key::Lock(namespace, claim.spec.lock.clone()),
+        holder.clone(),
+    ];
+    if Key::Holder(
+        process.namespace.clone(),
+        process.kind,
+        process.name.clone(),
+    ) != holder
+    {
+        keys.push(Key::RunsIn(process));
+    }
+    keys
 }
 
 #[derive(Default)]
 struct Index {
     claims: HashMap<Key, HashSet<ObjectRef<LockClaim>>>,
     /// Each claim's keys, to unlink it when it changes or goes.
-    keys: HashMap<ObjectRef<LockClaim>, [Key; 2]>,
+    keys: HashMap<ObjectRef<LockClaim>, Vec<Key>>,
 }
 
 impl Index {
@@ -124,6 +138,13 @@ impl ClaimIndex {
         name: &str,
     ) -> Vec<ObjectRef<LockClaim>> {
         self.find(&Key::Holder(namespace.into(), kind, name.into()))
+    }
+
+    /// The claims of a process: those its holder holds, and those of runs in it (a pod).
+    pub fn of_process(&self, process: &Process) -> Vec<ObjectRef<LockClaim>> {
+        let mut claims = self.of_holder(&process.namespace, process.kind, &process.name);
+        claims.extend(self.find(&Key::RunsIn(process.clone())));
+        claims
     }
 }
 

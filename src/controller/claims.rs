@@ -23,7 +23,9 @@ use crate::claim_lifecycle::holders;
 use crate::claim_lifecycle::{
     self, ClaimFacts, HolderSet, HolderState, LockFacts, QueueAction, QueueState,
 };
-use crate::resources::{ClaimPhase, DistributedLock, HolderKind, LockClaim, declared_locks};
+use crate::resources::{
+    ClaimPhase, DistributedLock, HolderKind, LockClaim, LockClaimStatus, declared_locks,
+};
 use crate::zookeeper::EngineError;
 use crate::zookeeper::znode_name::ContenderId;
 
@@ -170,6 +172,7 @@ fn claim_facts(ctx: &Context, claim: &LockClaim) -> ClaimFacts {
         let siblings: Vec<&LockClaim> = siblings.iter().map(AsRef::as_ref).collect();
         facts.holder_set = HolderSet::of(claim, &siblings, &declared);
     }
+    facts.deadlock = super::deadlocks::of_claim(ctx, claim);
     facts
 }
 
@@ -324,7 +327,16 @@ async fn act(
     if let Some(outcome) = &step.outcome {
         if let Some(wait) = place_write_delay(ctx, claim, outcome) {
             retry_write = Some(wait);
-        } else if write_status(ctx, claim, outcome, observed.now).await? == Written::Conflict {
+        } else if write_status(
+            ctx,
+            claim,
+            outcome,
+            observed.facts.deadlock.as_ref(),
+            observed.now,
+        )
+        .await?
+            == Written::Conflict
+        {
             // The decision was made on an old copy of the claim: nothing more is done on it.
             return Ok(Action::requeue(CONFLICT_RETRY));
         }
@@ -498,10 +510,16 @@ async fn write_status(
     ctx: &Context,
     claim: &LockClaim,
     outcome: &claim_lifecycle::Outcome,
+    deadlock: Option<&claim_lifecycle::InDeadlock>,
     now: Timestamp,
 ) -> Result<Written, Error> {
     let current = claim.status.clone().unwrap_or_default();
-    let wanted = claim_lifecycle::status_after(&current, outcome, claim.meta().generation, now);
+    let wanted = claim_lifecycle::with_deadlock(
+        claim_lifecycle::status_after(&current, outcome, claim.meta().generation, now),
+        deadlock,
+        &current,
+        now,
+    );
     if wanted == current {
         return Ok(Written::Yes);
     }
@@ -517,6 +535,22 @@ async fn write_status(
     let created = claim.meta().creation_timestamp.as_ref().map(|t| t.0);
     let transition = claim_lifecycle::transition(&current, outcome, created, Timestamp::now());
     status::record_transition(ctx, claim, transition).await;
+    let deadlocked = |s: &LockClaimStatus| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == claim_lifecycle::DEADLOCKED)
+    };
+    if let Some(deadlock) = deadlock.filter(|_| deadlocked(&wanted) && !deadlocked(&current)) {
+        status::publish(
+            ctx,
+            claim,
+            true,
+            claim_lifecycle::DEADLOCKED,
+            "Wait",
+            deadlock.description.clone(),
+        )
+        .await;
+    }
     let _ = ctx.term.lock_changed.send(claim.lock_ref());
     Ok(Written::Yes)
 }

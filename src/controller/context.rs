@@ -90,6 +90,8 @@ pub struct Term {
     pub turns: Turns,
     /// Grants of claims deleted while they held, for their locks' history.
     pub departed_grants: super::departed_grants::DepartedGrants,
+    /// Deadlocks found among the claims, by claim.
+    pub deadlocks: super::deadlocks::Deadlocks,
 }
 
 /// Locks nobody is granted before an instant: their grants were lost abnormally, and the

@@ -151,6 +151,15 @@ async fn refresh(lock: &Arc<DistributedLock>, ctx: &LockContext) -> Result<Actio
         false => Action::await_change(),
     };
     // Act.
+    let waiting: Vec<Arc<LockClaim>> = claims
+        .iter()
+        .filter(|c| {
+            let phase = c.status.as_ref().map(|s| s.phase).unwrap_or_default();
+            matches!(phase, ClaimPhase::Waiting | ClaimPhase::Lost)
+        })
+        .cloned()
+        .collect();
+    super::deadlocks::search_from(&ctx.shared, &waiting);
     if let Ok((_, queue)) = &queue {
         let metrics = &ctx.shared.process.metrics;
         metrics.queue_length(&lock.name_any(), queue.waiting() as u32);

@@ -13,6 +13,7 @@ pub mod claim_index;
 pub mod claims;
 pub mod contenders;
 pub mod context;
+pub mod deadlocks;
 pub mod departed_grants;
 pub mod departures;
 pub mod error;

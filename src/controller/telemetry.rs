@@ -63,6 +63,7 @@ struct LockMetrics {
     holders: Family<LockLabel, Gauge>,
     oldest_wait_started: Family<LockLabel, Gauge>,
     oldest_grant_started: Family<LockLabel, Gauge>,
+    deadlocks: Counter,
 }
 
 impl LockMetrics {
@@ -107,6 +108,12 @@ impl LockMetrics {
                 "oldest_wait_started_timestamp_seconds",
                 "When the lock's longest-waiting claim was made (Unix time); absent when none waits",
                 Family::default(),
+            ),
+            deadlocks: registered(
+                r,
+                "deadlocks",
+                "Deadlocks found among the claims (cycles of holders each waiting for the next)",
+                Counter::default(),
             ),
             oldest_grant_started: registered(
                 r,
@@ -238,6 +245,9 @@ impl Metrics {
             .queue_length
             .get_or_create(&Self::lock(lock))
             .set(waiting.into());
+    }
+    pub fn deadlock_found(&self) {
+        self.locks.deadlocks.inc();
     }
     /// What a lock's refresh saw: its holders, and since when its longest wait and longest
     /// hold have lasted (timestamps, so that an alert on `time() - …` needs no refresh).

@@ -68,6 +68,7 @@ pub fn begin(process: Arc<Process>) -> (Arc<Context>, TermInputs) {
             fast_lane,
             turns: Default::default(),
             departed_grants: Default::default(),
+            deadlocks: Default::default(),
         },
     });
     let inputs = TermInputs {

@@ -234,6 +234,9 @@ pub fn why(facts: &WhyFacts) -> String {
             if message.contains("other claim") {
                 out.push(format!("Its holder starts once its other claims are granted too: {message}."));
             }
+            if let Some(deadlock) = deadlocked(claim) {
+                out.push(format!("Its holder is in a {deadlock}."));
+            }
             return lines(out);
         }
         ClaimPhase::Released | ClaimPhase::Expired | ClaimPhase::Revoked => {
@@ -346,7 +349,23 @@ pub fn why(facts: &WhyFacts) -> String {
     if let Some(fence) = lock_delay(lock, facts) {
         out.push(fence);
     }
+    if let Some(deadlock) = deadlocked(claim) {
+        out.push(format!(
+            "It will wait forever unless the cycle is broken: {deadlock}."
+        ));
+    }
     lines(out)
+}
+
+/// The `Deadlocked` condition's message, if the claim is in a deadlock.
+fn deadlocked(claim: &LockClaim) -> Option<String> {
+    claim
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == crate::claim_lifecycle::DEADLOCKED && c.status == "True")
+        .map(|c| c.message.clone())
 }
 
 /// Whether the lock is held back by its lock-delay after a grant that ended abnormally.

@@ -65,10 +65,23 @@ pub struct DistributedLockSpec {
     /// that share it. Default: `<root>/<namespace>/<name>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zookeeper: Option<ZooKeeperLocation>,
+    /// What to do when a deadlock goes through this lock (holders each waiting for a lock the
+    /// next one holds): `Report` it on the claims (the default), or `ExpireYoungest`: expire
+    /// the youngest waiting claim of the cycle, breaking it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadlock_policy: Option<DeadlockPolicy>,
     /// How many of the last grants `status.history` keeps (default 10; 0 keeps none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 100))]
     pub history_limit: Option<u32>,
+}
+
+// What a deadlock through the lock brings: `spec.deadlockPolicy` (a plain comment: a doc
+// comment would enter the CRD schema).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeadlockPolicy {
+    Report,
+    ExpireYoungest,
 }
 
 /// Grants `status.history` keeps when `historyLimit` is not set.

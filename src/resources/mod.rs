@@ -6,8 +6,9 @@ pub mod distributed_lock;
 pub mod lock_claim;
 
 pub use distributed_lock::{
-    DEFAULT_HISTORY_LIMIT, DistributedLock, DistributedLockSpec, DistributedLockStatus,
-    GrantOutcome, GrantRecord, Installation, LockHolder, LockType, ZooKeeperLocation,
+    DEFAULT_HISTORY_LIMIT, DeadlockPolicy, DistributedLock, DistributedLockSpec,
+    DistributedLockStatus, GrantOutcome, GrantRecord, Installation, LockHolder, LockType,
+    ZooKeeperLocation,
 };
 pub use lock_claim::{
     ClaimMode, ClaimPhase, HolderKind, HolderRef, LockClaim, LockClaimSpec, LockClaimStatus,

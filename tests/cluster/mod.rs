@@ -327,6 +327,19 @@ impl Cluster {
     /// Starts `lockkeeper controller` as a process of its own that reaches ZooKeeper at
     /// `zookeeper` (a proxy that can cut it off).
     pub fn start_controller_process_via(&mut self, zookeeper: &str) {
+        self.start_controller_process_with(zookeeper, "127.0.0.1:0");
+    }
+
+    /// Starts `lockkeeper controller` as a process of its own, serving `/metrics` on a free
+    /// port, which it returns.
+    pub fn start_controller_process_serving_metrics(&mut self) -> u16 {
+        let port = lockkeeper_testkit::zookeeper_server::free_port().expect("a free port");
+        let zookeeper = self.zk.connect_string();
+        self.start_controller_process_with(&zookeeper, &format!("127.0.0.1:{port}"));
+        port
+    }
+
+    fn start_controller_process_with(&mut self, zookeeper: &str, metrics_addr: &str) {
         let config = self.controller_config();
         let mut command = self.lockkeeper();
         command
@@ -346,7 +359,7 @@ impl Cluster {
             ])
             .args([
                 "--metrics-addr",
-                "127.0.0.1:0",
+                metrics_addr,
                 "--identity",
                 &config.identity,
             ])
@@ -841,4 +854,15 @@ pub async fn wait_established(client: &Client, name: &str) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// `GET path` on 127.0.0.1:`port` (HTTP/1.0): the status line and the body.
+pub fn http_get(port: u16, path: &str) -> Option<(String, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    Some((head.lines().next()?.to_string(), body.to_string()))
 }
