@@ -150,12 +150,7 @@ pub fn history(
 /// How the claim's grant ended, if its status shows an end.
 fn ended_as(claim: &LockClaim) -> Option<GrantOutcome> {
     let status = claim.status.as_ref()?;
-    let reason = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Granted")
-        .map(|c| c.reason.as_str())
-        .unwrap_or_default();
+    let reason = status.granted_reason().unwrap_or_default();
     Some(match status.phase {
         ClaimPhase::Released => match reason {
             HOLDER_SUCCEEDED => GrantOutcome::Succeeded,

@@ -587,12 +587,10 @@ async fn cluster_wide_and_bundled_renders_apply_with_kubectl() {
     let release = format!("lk-{}", &namespace[4..]);
     // A plain cluster has no Prometheus Operator: the ServiceMonitor's CRD, in its group and
     // kind, so that the rendered ServiceMonitor applies.
-    for (crd, name) in [
-        (SERVICE_MONITOR_CRD, "servicemonitors.monitoring.coreos.com"),
-        (PROMETHEUS_RULE_CRD, "prometheusrules.monitoring.coreos.com"),
-    ] {
-        cluster.kubectl_ok(&["apply", "-f", "-"], crd);
-        cluster::wait_established(&cluster.client, name).await;
+    for kind in ["ServiceMonitor", "PrometheusRule"] {
+        cluster.kubectl_ok(&["apply", "-f", "-"], &monitoring_crd(kind));
+        let name = format!("{}s.monitoring.coreos.com", kind.to_lowercase());
+        cluster::wait_established(&cluster.client, &name).await;
     }
     let cluster_wide = template(
         &release,
@@ -636,15 +634,21 @@ async fn cluster_wide_and_bundled_renders_apply_with_kubectl() {
     cluster.stop().await;
 }
 
-const SERVICE_MONITOR_CRD: &str = r#"
+/// A CRD of the Prometheus Operator's group that takes any object of `kind`: a plain cluster
+/// has no Prometheus Operator, and the chart's ServiceMonitor and PrometheusRule need their
+/// kinds to apply.
+fn monitoring_crd(kind: &str) -> String {
+    let plural = format!("{}s", kind.to_lowercase());
+    format!(
+        r#"
 apiVersion: apiextensions.k8s.io/v1
 kind: CustomResourceDefinition
 metadata:
-  name: servicemonitors.monitoring.coreos.com
+  name: {plural}.monitoring.coreos.com
 spec:
   group: monitoring.coreos.com
   scope: Namespaced
-  names: {kind: ServiceMonitor, plural: servicemonitors, singular: servicemonitor, listKind: ServiceMonitorList}
+  names: {{kind: {kind}, plural: {plural}, singular: {singular}, listKind: {kind}List}}
   versions:
     - name: v1
       served: true
@@ -653,26 +657,10 @@ spec:
         openAPIV3Schema:
           type: object
           x-kubernetes-preserve-unknown-fields: true
-"#;
-
-const PROMETHEUS_RULE_CRD: &str = r#"
-apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata:
-  name: prometheusrules.monitoring.coreos.com
-spec:
-  group: monitoring.coreos.com
-  scope: Namespaced
-  names: {kind: PrometheusRule, plural: prometheusrules, singular: prometheusrule, listKind: PrometheusRuleList}
-  versions:
-    - name: v1
-      served: true
-      storage: true
-      schema:
-        openAPIV3Schema:
-          type: object
-          x-kubernetes-preserve-unknown-fields: true
-"#;
+"#,
+        singular = kind.to_lowercase()
+    )
+}
 
 /// The metric names a PromQL expression uses (`lockkeeper_…`), without the `_total`,
 /// `_bucket`, `_sum` and `_count` suffixes the exposition adds.

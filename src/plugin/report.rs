@@ -373,15 +373,9 @@ fn lock_delay(lock: &DistributedLock, facts: &WhyFacts) -> Option<String> {
     let delay = Duration::from_secs(lock.spec.lock_delay_seconds.filter(|d| *d > 0)?);
     facts.lock_claims.iter().find_map(|c| {
         let status = c.status.clone()?;
-        let reason = status
-            .conditions
-            .iter()
-            .find(|c| c.type_ == "Granted")
-            .map(|c| c.reason.clone())
-            .unwrap_or_default();
         let abnormal = status.phase == ClaimPhase::Lost
             || status.phase == ClaimPhase::Revoked
-            || reason == crate::claim_lifecycle::LEASE_LAPSED;
+            || status.granted_reason() == Some(crate::claim_lifecycle::LEASE_LAPSED);
         let ended = since(status.released_at?.0, facts.now);
         (abnormal && status.granted_at.is_some() && ended < delay).then(|| {
             format!(

@@ -168,3 +168,14 @@ pub struct LockClaimStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 }
+
+impl LockClaimStatus {
+    /// The reason of the `Granted` condition: how the claim's grant (or wait) last changed,
+    /// such as `Granted`, `HolderSucceeded`, `LeaseLapsed` or `Revoked`.
+    pub fn granted_reason(&self) -> Option<&str> {
+        self.conditions
+            .iter()
+            .find(|c| c.type_ == "Granted")
+            .map(|c| c.reason.as_str())
+    }
+}
