@@ -10,6 +10,7 @@
 //! ends at a grant just made of one, and both make that lock's waiters searched again.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use kube::ResourceExt;
 
@@ -56,8 +57,8 @@ pub fn process_of(claim: &LockClaim) -> Process {
 
 /// Where the search finds claims: by the process they belong to, and by their lock.
 pub trait Claims {
-    fn of_process(&self, process: &Process) -> Vec<LockClaim>;
-    fn of_lock(&self, namespace: &str, lock: &str) -> Vec<LockClaim>;
+    fn of_process(&self, process: &Process) -> Vec<Arc<LockClaim>>;
+    fn of_lock(&self, namespace: &str, lock: &str) -> Vec<Arc<LockClaim>>;
 }
 
 /// One step of a cycle: `waiter` (a claim of `from`) waits for `lock`, which `held_by` (a
@@ -163,6 +164,37 @@ fn holds(claim: &LockClaim) -> bool {
 /// How deep the search goes: cycles longer than this are not looked for.
 const MAX_DEPTH: usize = 32;
 
+/// The cycles through the waiting claims of one lock (`waiters`), each found once. Cheap
+/// when there are none: one walk of the graph from the lock's holders, whatever the length
+/// of its queue; only a waiter whose process that walk reaches is in a cycle.
+pub fn cycles_through(waiters: &[Arc<LockClaim>], claims: &impl Claims) -> Vec<Cycle> {
+    let Some(first) = waiters.first() else {
+        return Vec::new();
+    };
+    let namespace = first.namespace().unwrap_or_default();
+    let mut reached: HashSet<Process> = HashSet::new();
+    let mut next: Vec<Process> = claims
+        .of_lock(&namespace, &first.spec.lock)
+        .iter()
+        .filter(|c| holds(c))
+        .map(|c| process_of(c))
+        .collect();
+    while let Some(process) = next.pop() {
+        if reached.insert(process.clone()) {
+            next.extend(out_edges(&process, claims).into_iter().map(|e| e.to));
+        }
+    }
+    let mut cycles: Vec<Cycle> = Vec::new();
+    for waiter in waiters.iter().filter(|w| reached.contains(&process_of(w))) {
+        if let Some(cycle) = find_cycle(waiter, claims)
+            && !cycles.contains(&cycle)
+        {
+            cycles.push(cycle);
+        }
+    }
+    cycles
+}
+
 /// A cycle through `start` (a waiting claim), if the graph has one.
 pub fn find_cycle(start: &LockClaim, claims: &impl Claims) -> Option<Cycle> {
     if !waits(start) {
@@ -258,17 +290,21 @@ mod tests {
         .unwrap()
     }
 
-    struct All(Vec<LockClaim>);
+    struct All(Vec<Arc<LockClaim>>);
+
+    fn all(claims: Vec<LockClaim>) -> All {
+        All(claims.into_iter().map(Arc::new).collect())
+    }
 
     impl Claims for All {
-        fn of_process(&self, process: &Process) -> Vec<LockClaim> {
+        fn of_process(&self, process: &Process) -> Vec<Arc<LockClaim>> {
             self.0
                 .iter()
                 .filter(|c| process_of(c) == *process)
                 .cloned()
                 .collect()
         }
-        fn of_lock(&self, namespace: &str, lock: &str) -> Vec<LockClaim> {
+        fn of_lock(&self, namespace: &str, lock: &str) -> Vec<Arc<LockClaim>> {
             self.0
                 .iter()
                 .filter(|c| c.spec.lock == lock && c.namespace().as_deref() == Some(namespace))
@@ -301,7 +337,7 @@ mod tests {
 
     #[test]
     fn a_gate_and_a_run_crossed_in_two_pods_are_a_cycle() {
-        let all = All(gate_and_run_crossed());
+        let all = all(gate_and_run_crossed());
         let cycle = find_cycle(&all.0[1], &all).expect("a deadlock");
         let names: Vec<(&str, &str)> = cycle
             .edges
@@ -317,7 +353,9 @@ mod tests {
         assert_eq!(cycle.youngest_waiter().name, "a-run-22", "made last");
         assert_eq!(cycle.claims().len(), 4);
         // Found from either waiter, it is the same cycle.
-        assert_eq!(find_cycle(&all.0[3], &all), Some(cycle));
+        assert_eq!(find_cycle(&all.0[3], &all), Some(cycle.clone()));
+        // Searched from lock b's waiters: the walk from b's holder (p2) reaches p1.
+        assert_eq!(cycles_through(&[all.0[1].clone()], &all), vec![cycle]);
     }
 
     #[test]
@@ -327,16 +365,17 @@ mod tests {
         for claim in &mut apart {
             claim.metadata.annotations = None;
         }
-        let all = All(apart);
-        assert_eq!(find_cycle(&all.0[1], &all), None);
+        let apart = all(apart);
+        assert_eq!(find_cycle(&apart.0[1], &apart), None);
+        assert!(cycles_through(&[apart.0[1].clone()], &apart).is_empty());
         // p2 let go of b: b-run-1 is granted next, nothing waits on p2.
         let mut released = gate_and_run_crossed();
         released[2] = claim("p2-b", "b", ("Pod", "p2"), "Released", None);
-        let all = All(released);
-        assert_eq!(find_cycle(&all.0[1], &all), None);
+        let released = all(released);
+        assert_eq!(find_cycle(&released.0[1], &released), None);
         // A claim that holds is not searched from.
-        let all = All(gate_and_run_crossed());
-        assert_eq!(find_cycle(&all.0[0], &all), None);
+        let crossed = all(gate_and_run_crossed());
+        assert_eq!(find_cycle(&crossed.0[0], &crossed), None);
     }
 
     #[test]
@@ -352,7 +391,7 @@ mod tests {
             if closed {
                 claims.push(claim("j3-a", "a", ("Job", "j3"), "Waiting", None));
             }
-            All(claims)
+            all(claims)
         };
         let closed = ring(true);
         let cycle = find_cycle(&closed.0[1], &closed).expect("j1 → j2 → j3 → j1");

@@ -71,23 +71,22 @@ impl Deadlocks {
 struct Cached<'a>(&'a Context);
 
 impl deadlock::Claims for Cached<'_> {
-    fn of_process(&self, process: &Process) -> Vec<LockClaim> {
+    fn of_process(&self, process: &Process) -> Vec<Arc<LockClaim>> {
         self.get_all(self.0.caches.index.of_process(process))
     }
-    fn of_lock(&self, namespace: &str, lock: &str) -> Vec<LockClaim> {
+    fn of_lock(&self, namespace: &str, lock: &str) -> Vec<Arc<LockClaim>> {
         self.get_all(self.0.caches.index.of_lock(namespace, lock))
     }
 }
 
 impl Cached<'_> {
-    fn get_all(&self, refs: Vec<ObjectRef<LockClaim>>) -> Vec<LockClaim> {
+    fn get_all(&self, refs: Vec<ObjectRef<LockClaim>>) -> Vec<Arc<LockClaim>> {
         refs.iter()
             .filter_map(|r| self.0.caches.claims.get(r))
-            .map(|c| c.as_ref().clone())
             .collect()
     }
 
-    fn get(&self, claim: &ClaimId) -> Option<std::sync::Arc<LockClaim>> {
+    fn get(&self, claim: &ClaimId) -> Option<Arc<LockClaim>> {
         let found = self
             .0
             .caches
@@ -100,16 +99,13 @@ impl Cached<'_> {
 /// Searches for a deadlock through each waiting claim of a lock not known to be in one; a new
 /// one is counted, and its claims reconciled to show it (and to break it, where a lock in it
 /// asks for that: see [`of_claim`]).
-pub fn search_from(ctx: &Context, waiting: &[std::sync::Arc<LockClaim>]) {
-    let cached = Cached(ctx);
-    for claim in waiting {
-        let uid = claim.uid().unwrap_or_default();
-        if ctx.term.deadlocks.is_known(&uid) {
-            continue;
-        }
-        let Some(cycle) = deadlock::find_cycle(claim, &cached) else {
-            continue;
-        };
+pub fn search_from(ctx: &Context, waiting: &[Arc<LockClaim>]) {
+    let unknown: Vec<Arc<LockClaim>> = waiting
+        .iter()
+        .filter(|c| !ctx.term.deadlocks.is_known(&c.uid().unwrap_or_default()))
+        .cloned()
+        .collect();
+    for cycle in deadlock::cycles_through(&unknown, &Cached(ctx)) {
         let members = cycle.claims();
         tracing::warn!(cycle = %cycle.describe(), "deadlock found");
         if ctx.term.deadlocks.register(Found { cycle }) {

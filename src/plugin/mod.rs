@@ -409,8 +409,10 @@ impl Session {
             ));
         }
         let requested_by = self.user().await;
+        // Guarded by the UID (the claim confirmed, not one made again under its name); its
+        // status may move meanwhile (a place in line), which changes nothing asked.
         let patch = serde_json::json!({"metadata": {
-            "resourceVersion": claim.resource_version(),
+            "uid": claim.uid(),
             "annotations": {REVOKE_ANNOTATION: reason, REVOKE_REQUESTED_BY_ANNOTATION: requested_by},
         }});
         if let Err(err) = self
@@ -419,9 +421,11 @@ impl Session {
             .await
         {
             return Err(match err {
-                kube::Error::Api(status) if status.code == 409 => PluginError::Refused(format!(
-                    "claim {name} changed while you were asked; run the command again"
-                )),
+                kube::Error::Api(status) if status.code == 409 || status.code == 422 => {
+                    PluginError::Refused(format!(
+                        "claim {name} was made again while you were asked; run the command again"
+                    ))
+                }
                 err => {
                     self.failed("patch the LockClaim", "LockClaim", name, err)
                         .await
