@@ -11,6 +11,8 @@ use super::lock_claim::{ClaimMode, HolderRef};
 use crate::lock_rules::{LockKind, RuleError};
 use crate::zookeeper::{EngineError, LockSpec};
 
+/// The lock's rules: its type, permits, hold limit, lock-delay, ZooKeeper path, deadlock
+/// policy and history length.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "lockkeeper.dev",

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::lock_rules::Mode;
 
+/// What the claim asks for: a lock, a mode, and the holder that keeps it once granted.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "lockkeeper.dev",
