@@ -139,7 +139,7 @@ async fn refresh(lock: &Arc<DistributedLock>, ctx: &LockContext) -> Result<Actio
             .map_err(Clone::clone),
         claims: &by_uid,
         departed: &departed,
-        history_limit: lock.spec.history_limit.unwrap_or(DEFAULT_HISTORY_LIMIT) as usize,
+        history_limit,
     };
     // Decide.
     let WantedStatus {
@@ -151,12 +151,10 @@ async fn refresh(lock: &Arc<DistributedLock>, ctx: &LockContext) -> Result<Actio
         false => Action::await_change(),
     };
     // Act.
+    let phase = |c: &LockClaim| c.status.as_ref().map(|s| s.phase).unwrap_or_default();
     let waiting: Vec<Arc<LockClaim>> = claims
         .iter()
-        .filter(|c| {
-            let phase = c.status.as_ref().map(|s| s.phase).unwrap_or_default();
-            matches!(phase, ClaimPhase::Waiting | ClaimPhase::Lost)
-        })
+        .filter(|c| matches!(phase(c), ClaimPhase::Waiting | ClaimPhase::Lost))
         .cloned()
         .collect();
     super::deadlocks::search_from(&ctx.shared, &waiting);
@@ -166,9 +164,8 @@ async fn refresh(lock: &Arc<DistributedLock>, ctx: &LockContext) -> Result<Actio
         let oldest_wait = claims
             .iter()
             .filter(|c| {
-                let phase = c.status.as_ref().map(|s| s.phase).unwrap_or_default();
                 matches!(
-                    phase,
+                    phase(c),
                     ClaimPhase::Pending | ClaimPhase::Waiting | ClaimPhase::Lost
                 )
             })
