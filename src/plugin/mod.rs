@@ -237,28 +237,36 @@ impl Session {
         ))
     }
 
-    async fn get_claim(&self, name: &str) -> Result<LockClaim, PluginError> {
-        match self.api::<LockClaim>().get(name).await {
-            Ok(claim) => Ok(claim),
+    /// One object of `kind` by name, or why not.
+    async fn get<K>(&self, kind: &'static str, name: &str) -> Result<K, PluginError>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        match self.api::<K>().get(name).await {
+            Ok(object) => Ok(object),
             Err(err) => Err(self
-                .failed("get the LockClaim", "LockClaim", name, err)
+                .failed(&format!("get the {kind}"), kind, name, err)
                 .await),
         }
     }
 
-    async fn get_lock(&self, name: &str) -> Result<DistributedLock, PluginError> {
-        match self.api::<DistributedLock>().get(name).await {
-            Ok(lock) => Ok(lock),
-            Err(err) => Err(self
-                .failed("get the DistributedLock", "DistributedLock", name, err)
-                .await),
+    /// The namespace's claims.
+    async fn claims(&self) -> Result<Vec<LockClaim>, PluginError> {
+        match self.api::<LockClaim>().list(&ListParams::default()).await {
+            Ok(list) => Ok(list.items),
+            Err(err) => Err(self.failed("list LockClaims", "LockClaim", "", err).await),
         }
     }
 
     async fn why(&self, target: &str) -> Result<String, PluginError> {
-        let claims = self.targets(target).await?;
+        // The namespace's claims, read once: the targets and their locks' queues are among them.
+        let claims = self.claims().await?;
         let mut out = String::new();
-        for claim in &claims {
+        for claim in self.targets(target, &claims)? {
             let lock = match self
                 .api::<DistributedLock>()
                 .get_opt(&claim.spec.lock)
@@ -276,17 +284,11 @@ impl Session {
                         .await);
                 }
             };
-            let lock_claims: Vec<LockClaim> =
-                match self.api::<LockClaim>().list(&ListParams::default()).await {
-                    Ok(list) => list
-                        .items
-                        .into_iter()
-                        .filter(|c| c.spec.lock == claim.spec.lock)
-                        .collect(),
-                    Err(err) => {
-                        return Err(self.failed("list LockClaims", "LockClaim", "", err).await);
-                    }
-                };
+            let lock_claims: Vec<LockClaim> = claims
+                .iter()
+                .filter(|c| c.spec.lock == claim.spec.lock)
+                .cloned()
+                .collect();
             let liveness = self.liveness(&lock_claims).await;
             out.push_str(&report::why(&report::WhyFacts {
                 claim,
@@ -299,16 +301,30 @@ impl Session {
         Ok(out)
     }
 
-    /// The claims `why` asks about: one claim by name, or those a Pod or Job holds.
-    async fn targets(&self, target: &str) -> Result<Vec<LockClaim>, PluginError> {
+    /// The claims `why` asks about, among the namespace's `claims`: one claim by name, or those
+    /// a Pod or Job holds.
+    fn targets<'c>(
+        &self,
+        target: &str,
+        claims: &'c [LockClaim],
+    ) -> Result<Vec<&'c LockClaim>, PluginError> {
+        let by_name = |name: &str| {
+            claims
+                .iter()
+                .find(|c| c.name_any() == name)
+                .map(|c| vec![c])
+                .ok_or_else(|| PluginError::NotFound {
+                    kind: "LockClaim",
+                    name: name.to_string(),
+                    namespace: self.namespace.clone(),
+                })
+        };
         let (kind, name) = match target.split_once('/') {
-            None => return Ok(vec![self.get_claim(target).await?]),
+            None => return by_name(target),
             Some((kind, name)) => (kind.to_ascii_lowercase(), name),
         };
         let holder_kind = match kind.as_str() {
-            "claim" | "claims" | "lockclaim" | "lockclaims" => {
-                return Ok(vec![self.get_claim(name).await?]);
-            }
+            "claim" | "claims" | "lockclaim" | "lockclaims" => return by_name(name),
             "pod" | "pods" | "po" => HolderKind::Pod,
             "job" | "jobs" => HolderKind::Job,
             _ => {
@@ -317,12 +333,8 @@ impl Session {
                 )));
             }
         };
-        let claims = match self.api::<LockClaim>().list(&ListParams::default()).await {
-            Ok(list) => list.items,
-            Err(err) => return Err(self.failed("list LockClaims", "LockClaim", "", err).await),
-        };
-        let held: Vec<LockClaim> = claims
-            .into_iter()
+        let held: Vec<&LockClaim> = claims
+            .iter()
             .filter(|c| c.spec.holder.kind == holder_kind && c.spec.holder.name == name)
             .collect();
         if held.is_empty() {
@@ -370,12 +382,12 @@ impl Session {
     }
 
     async fn history(&self, lock: &str) -> Result<String, PluginError> {
-        let lock = self.get_lock(lock).await?;
+        let lock: DistributedLock = self.get("DistributedLock", lock).await?;
         Ok(report::history(&lock, Timestamp::now()))
     }
 
     async fn release(&self, name: &str, reason: &str, yes: bool) -> Result<String, PluginError> {
-        let claim = self.get_claim(name).await?;
+        let claim: LockClaim = self.get("LockClaim", name).await?;
         let status = claim.status.clone().unwrap_or_default();
         if status.phase.is_final() {
             return Err(PluginError::Refused(format!(
