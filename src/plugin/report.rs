@@ -70,6 +70,23 @@ pub fn lock_list(
     all_namespaces: bool,
     now: Timestamp,
 ) -> String {
+    // When each lock's longest-waiting claim was made, from one pass over the claims.
+    let mut oldest_waits: HashMap<(String, String), Timestamp> = HashMap::new();
+    for claim in claims {
+        let phase = claim.status.as_ref().map(|s| s.phase).unwrap_or_default();
+        let waits = matches!(
+            phase,
+            ClaimPhase::Pending | ClaimPhase::Waiting | ClaimPhase::Lost
+        );
+        if let (true, Some(made)) = (waits, claim.metadata.creation_timestamp.as_ref()) {
+            let key = (
+                claim.namespace().unwrap_or_default(),
+                claim.spec.lock.clone(),
+            );
+            let oldest = oldest_waits.entry(key).or_insert(made.0);
+            *oldest = (*oldest).min(made.0);
+        }
+    }
     let mut rows = Vec::new();
     for lock in locks {
         let namespace = lock.namespace().unwrap_or_default();
@@ -78,20 +95,9 @@ pub fn lock_list(
         if status.external_holders > 0 {
             holders.push(format!("{} outside", status.external_holders));
         }
-        let of_lock = claims.iter().filter(|c| {
-            c.spec.lock == lock.name_any() && c.namespace().as_deref() == Some(namespace.as_str())
-        });
-        let oldest_wait = of_lock
-            .filter(|c| {
-                let phase = c.status.as_ref().map(|s| s.phase).unwrap_or_default();
-                matches!(
-                    phase,
-                    ClaimPhase::Pending | ClaimPhase::Waiting | ClaimPhase::Lost
-                )
-            })
-            .filter_map(|c| c.metadata.creation_timestamp.as_ref())
-            .map(|made| since(made.0, now))
-            .max();
+        let oldest_wait = oldest_waits
+            .get(&(namespace.clone(), lock.name_any()))
+            .map(|made| since(*made, now));
         let longest_hold = status
             .holders
             .iter()
