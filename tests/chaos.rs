@@ -306,7 +306,15 @@ async fn locks_stay_safe_under_a_seeded_schedule_of_faults() {
             "overlapping exclusive holds the fencing token did not catch",
         ),
         ("token_regressions", "fencing tokens that went back"),
+        (
+            "fence_window_overlaps",
+            "exclusive holds overlapping within lease + lock-delay of an abnormal end",
+        ),
         ("permit_violations", "more holders than a lock allows"),
+        (
+            "api_holder_count_violations",
+            "more Granted claims than a lock admits, as the API server showed them",
+        ),
         ("granted_twice", "claims granted again after their release"),
         ("stuck_claims", "claims stuck after the faults healed"),
         (
@@ -347,7 +355,8 @@ async fn ground(settings: &Settings) -> Ground {
         spec["lockDelaySeconds"] = json!(LOCK_DELAY_SECONDS);
         cluster.lock(name, spec.clone()).await;
         history.record(json!({"ev": "lock", "lock": name, "type": spec["type"],
-            "permits": spec.get("permits").cloned().unwrap_or(json!(1))}));
+            "permits": spec.get("permits").cloned().unwrap_or(json!(1)),
+            "lockDelayMs": LOCK_DELAY_SECONDS * 1000}));
     }
     let mut replicas = Vec::new();
     for index in 0..2 {
@@ -477,10 +486,17 @@ async fn drive_holders(ground: Arc<Ground>, seed: u64) -> usize {
         let id = format!("{}-{next}", format!("{kind:?}").to_lowercase());
         let ground = ground.clone();
         holders.spawn(async move {
+            // Only `lockkeeper run` holds with a lease; pods and Jobs hold while they run.
+            let lease_ms = matches!(kind, HolderKind::Run).then(|| {
+                humantime::parse_duration(LEASE)
+                    .expect("LEASE is a duration")
+                    .as_millis()
+            });
             ground
                 .history
                 .record(json!({"ev": "request", "holder": id, "lock": lock,
-                "mode": if fenced { "Exclusive" } else { "Shared" }, "at": monotonic_nanos()}));
+                "mode": if fenced { "Exclusive" } else { "Shared" }, "leaseMs": lease_ms,
+                "at": monotonic_nanos()}));
             let holder = Holder {
                 id: &id,
                 lock,
@@ -700,9 +716,13 @@ async fn run_worker_then_end_pod(
 }
 
 /// Records every change of a claim's phase or token as the API server shows it, and its
-/// deletion (phase `Deleted`).
+/// deletion (phase `Deleted`), with the claim's resourceVersion: the checker replays them in
+/// the API server's order.
 async fn record_phases(ground: Arc<Ground>) {
     let mut last: BTreeMap<String, (String, Option<i64>)> = BTreeMap::new();
+    // The lock and resourceVersion last seen of each claim, and the claims a relist showed.
+    let mut versions: BTreeMap<String, (String, Option<String>)> = BTreeMap::new();
+    let mut relisted: Option<std::collections::BTreeSet<String>> = None;
     let stream = watcher(
         ground.cluster.api::<LockClaim>(),
         watcher::Config::default(),
@@ -711,8 +731,33 @@ async fn record_phases(ground: Arc<Ground>) {
     futures::pin_mut!(stream);
     while let Some(event) = stream.next().await {
         let (claim, deleted) = match event {
-            Ok(watcher::Event::Apply(claim) | watcher::Event::InitApply(claim)) => (claim, false),
+            Ok(watcher::Event::Apply(claim)) => (claim, false),
+            Ok(watcher::Event::InitApply(claim)) => {
+                relisted.get_or_insert_default().insert(claim.name_any());
+                (claim, false)
+            }
             Ok(watcher::Event::Delete(claim)) => (claim, true),
+            Ok(watcher::Event::Init) => {
+                relisted = Some(Default::default());
+                continue;
+            }
+            Ok(watcher::Event::InitDone) => {
+                // A relist (after a dropped watch) shows no deletion: a claim it no longer
+                // shows was deleted after the version last seen of it, and carries that
+                // version: replayed in version order, its grant ends as early as it can have,
+                // so a gap in the watch may hide an overlap in it but never makes one up.
+                let shown = relisted.take().unwrap_or_default();
+                for (name, seen) in &mut last {
+                    if seen.0 != "Deleted" && !shown.contains(name) {
+                        seen.0 = "Deleted".to_string();
+                        let (lock, version) = &versions[name];
+                        ground.history.record(json!({"ev": "phase", "holder": name,
+                            "lock": lock, "phase": "Deleted", "token": seen.1,
+                            "resourceVersion": version, "at": monotonic_nanos()}));
+                    }
+                }
+                continue;
+            }
             _ => continue,
         };
         let status = claim.status.clone().unwrap_or_default();
@@ -722,10 +767,18 @@ async fn record_phases(ground: Arc<Ground>) {
         };
         let seen = (phase, status.fencing_token);
         let name = claim.metadata.name.clone().unwrap_or_default();
+        versions.insert(
+            name.clone(),
+            (
+                claim.spec.lock.clone(),
+                claim.metadata.resource_version.clone(),
+            ),
+        );
         if last.get(&name) != Some(&seen) {
             ground.history.record(
                 json!({"ev": "phase", "holder": name, "lock": claim.spec.lock,
-                "mode": format!("{:?}", claim.spec.mode), "phase": seen.0, "token": seen.1, "at": monotonic_nanos()}),
+                "mode": format!("{:?}", claim.spec.mode), "phase": seen.0, "token": seen.1,
+                "resourceVersion": claim.metadata.resource_version, "at": monotonic_nanos()}),
             );
             last.insert(name, seen);
         }

@@ -5,13 +5,15 @@ import json
 import sys
 
 FAULT_KINDS = 7
-COUNTS = ["grants", "overlaps_caught_by_token", "unsafe_overlaps", "token_regressions",
-          "permit_violations", "granted_twice", "stuck_claims", "undocumented_exits"]
+COUNTS = ["grants", "open_holds", "fence_window_overlaps", "overlaps_caught_by_token",
+          "unsafe_overlaps", "token_regressions", "permit_violations",
+          "api_holder_count_violations", "granted_twice", "stuck_claims", "undocumented_exits"]
 
 
 def total(lines):
     runs = [json.loads(line) for line in lines if line.strip()]
-    result = {count: sum(run[count] for run in runs) for count in COUNTS}
+    # A summary from before a count was added has none of it.
+    result = {count: sum(run.get(count, 0) for run in runs) for count in COUNTS}
     result["runs"] = len(runs)
     result["seeds"] = [run["seed"] for run in runs]
     result["faults"], result["longest_grant_pause_ms"] = {}, {}

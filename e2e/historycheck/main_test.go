@@ -47,84 +47,171 @@ func TestAnOverlapTheTokenCaughtIsCountedAndStillLinearizable(t *testing.T) {
 	}
 }
 
+// lostAt marks a's hold of `history` ended abnormally: its release is abnormal, and its claim
+// (a Job's, named as the holder) shows Lost at `at`, before b enters; the lock has no
+// lock-delay and a no lease, so b may enter right after.
+func lostAt(records []record, at int64) []record {
+	records[9].Abnormal = true
+	return append(records,
+		record{Ev: "phase", Holder: "a", Lock: "m", Phase: "Granted", Token: 1, At: 10 * ms},
+		record{Ev: "phase", Holder: "a", Lock: "m", Phase: "Lost", At: at})
+}
+
 func TestAnAbnormalEndLetsTheLockMoveOnWhileRefusedWritesStayHarmless(t *testing.T) {
-	records := history(40*ms, false)
-	records[9].Abnormal = true // a's grant ended under it (lapsed, lost)
-	s := check(records, time.Minute, t.TempDir()+"/h")
-	if s.Linearizable != "Ok" || s.OverlapsCaught != 1 || s.UnsafeOverlaps != 0 {
+	s := check(lostAt(history(40*ms, false), 30*ms), time.Minute, t.TempDir()+"/h")
+	if s.Linearizable != "Ok" || s.OverlapsCaught != 1 || s.UnsafeOverlaps+s.FenceWindowOverlaps != 0 {
 		t.Fatalf("%+v", s)
 	}
 }
 
 func TestAnAcceptedWriteOfAnOlderHolderIsAnUnsafeOverlap(t *testing.T) {
-	records := history(40*ms, true)
-	records[9].Abnormal = true
-	s := check(records, time.Minute, t.TempDir()+"/h")
-	if s.UnsafeOverlaps != 1 || s.Linearizable != "Illegal" {
+	s := check(lostAt(history(40*ms, true), 30*ms), time.Minute, t.TempDir()+"/h")
+	if s.UnsafeOverlaps != 1 || s.FenceWindowOverlaps != 0 || s.Linearizable != "Illegal" {
 		t.Fatalf("%+v", s)
 	}
 }
 
-func TestASemaphoreWithMoreHoldersThanPermitsIsAViolation(t *testing.T) {
-	records := []record{{Ev: "lock", Lock: "s", Type: "Semaphore", Permits: 2}}
-	for i, holder := range []string{"a", "b", "c"} {
-		at := int64(i) * ms
-		records = append(records,
-			record{Ev: "request", Holder: holder, Lock: "s", Mode: "Exclusive", At: at},
-			record{Ev: "enter", Holder: holder, Lock: "s", Token: int64(i + 1), At: 10*ms + at},
-			record{Ev: "leave", Holder: holder, Lock: "s", At: 100 * ms},
-			record{Ev: "released", Holder: holder, Lock: "s", At: 110 * ms})
-	}
-	s := check(records, time.Minute, t.TempDir()+"/h")
-	if s.PermitViolations != 1 || s.Linearizable != "Illegal" {
-		t.Fatalf("%+v", s)
-	}
-}
-
-func TestTokensThatGoBackAndGrantsAfterReleaseAreCounted(t *testing.T) {
-	records := history(120*ms, true)
-	records[5].Token = 1 // b's grant after a's hold reuses a's token
-	records[6].Token = 1
-	records = append(records,
-		record{Ev: "phase", Holder: "a", Lock: "m", Phase: "Granted", Token: 1, At: 10 * ms},
-		record{Ev: "phase", Holder: "a", Lock: "m", Phase: "Released", At: 110 * ms},
-		record{Ev: "phase", Holder: "b", Lock: "m", Phase: "Granted", Token: 1, At: 115 * ms},
-		record{Ev: "phase", Holder: "b", Lock: "m", Phase: "Deleted", At: 210 * ms},
-		record{Ev: "phase", Holder: "a", Lock: "m", Phase: "Granted", Token: 3, At: 300 * ms},
-		record{Ev: "exit", Holder: "a", Code: 1},
-		record{Ev: "stuck", Holder: "c", Phase: "Waiting"})
-	s := check(records, time.Minute, t.TempDir()+"/h")
-	if s.TokenRegressions != 1 || s.GrantedTwice != 1 || s.UndocumentedExits != 1 || s.StuckClaims != 1 || s.Linearizable != "Illegal" {
-		t.Fatalf("%+v", s)
+// zombie builds a lock with a 3 s lock-delay and two holders: `old` (with a 3 s lease) whose
+// grant lapsed at 1 s while it was paused, shown by its claim, and which resumed to write at
+// 9 s (refused) and leave; `young`, which enters at `youngEnters` and writes right after.
+func zombie(kind, oldMode, youngMode string, youngEnters int64) []record {
+	return []record{
+		{Ev: "lock", Lock: "l", Type: kind, Permits: 1, Delay: 3000},
+		{Ev: "request", Holder: "old", Lock: "l", Mode: oldMode, Lease: 3000, At: 0},
+		{Ev: "enter", Holder: "old", Lock: "l", Token: 1, At: 10 * ms},
+		{Ev: "phase", Holder: "old", Lock: "l", Mode: oldMode, Phase: "Granted", Token: 1, At: 10 * ms},
+		{Ev: "phase", Holder: "old", Lock: "l", Mode: oldMode, Phase: "Lost", At: 1000 * ms},
+		{Ev: "request", Holder: "young", Lock: "l", Mode: youngMode, At: 20 * ms},
+		{Ev: "enter", Holder: "young", Lock: "l", Token: 2, At: youngEnters},
+		{Ev: "write", Holder: "young", Lock: "l", Token: 2, Call: youngEnters + ms, Ret: youngEnters + 2*ms, Accepted: true},
+		{Ev: "write", Holder: "old", Lock: "l", Token: 1, Call: 9000 * ms, Ret: 9001 * ms, Accepted: false},
+		{Ev: "leave", Holder: "old", Lock: "l", At: 9010 * ms},
+		{Ev: "released", Holder: "old", Lock: "l", At: 9020 * ms, Abnormal: true},
+		{Ev: "leave", Holder: "young", Lock: "l", At: 9100 * ms},
+		{Ev: "released", Holder: "young", Lock: "l", At: 9110 * ms},
 	}
 }
 
-// A semaphore grant whose Granted status lagged (an API error storm) shows after a grant
-// with a higher token ended: both held permits together, so no regression. On a ReadWrite
-// lock the same order is one when either grant was a writer, and on a Mutex always.
-func TestALateShownGrantIsARegressionOnlyWhereTheGrantsExcludeEachOther(t *testing.T) {
-	shownLate := func(kind, oldMode, youngMode string) []record {
-		return []record{
-			{Ev: "lock", Lock: "l", Type: kind, Permits: 2},
-			{Ev: "phase", Holder: "young", Lock: "l", Mode: youngMode, Phase: "Granted", Token: 224, At: 10 * ms},
-			{Ev: "phase", Holder: "young", Lock: "l", Mode: youngMode, Phase: "Deleted", At: 20 * ms},
-			{Ev: "phase", Holder: "old", Lock: "l", Mode: oldMode, Phase: "Granted", Token: 219, At: 30 * ms},
-		}
-	}
+// The fence window of old's hold runs from its abnormal end (1 s) for its lease and the
+// lock-delay (3 s + 3 s): young entering at 5 s overlaps old inside it, a violation though
+// old's only write after was refused; entering at 8 s, past it, the overlap is one the token
+// caught. A writer with a reader overlaps as two writers do; readers never do.
+func TestAnOverlapInsideTheFenceWindowIsAViolationWhateverWasWritten(t *testing.T) {
 	for _, c := range []struct {
 		kind, old, young string
-		regressions      int
+		enters           int64
+		inWindow, caught int
 	}{
-		{"Semaphore", "Shared", "Shared", 0},
-		{"Semaphore", "Exclusive", "Exclusive", 0},
-		{"ReadWrite", "Shared", "Shared", 0},
-		{"ReadWrite", "Shared", "Exclusive", 1},
-		{"ReadWrite", "Exclusive", "Shared", 1},
-		{"Mutex", "Exclusive", "Exclusive", 1},
+		{"Mutex", "Exclusive", "Exclusive", 5000 * ms, 1, 0},
+		{"Mutex", "Exclusive", "Exclusive", 8000 * ms, 0, 1},
+		{"ReadWrite", "Shared", "Exclusive", 5000 * ms, 1, 0},
+		{"ReadWrite", "Exclusive", "Shared", 8000 * ms, 0, 1},
+		{"ReadWrite", "Shared", "Shared", 5000 * ms, 0, 0},
 	} {
-		s := check(shownLate(c.kind, c.old, c.young), time.Minute, t.TempDir()+"/h")
-		if s.TokenRegressions != c.regressions {
-			t.Errorf("%s: a %s grant shown after a %s grant ended: %d regressions, want %d", c.kind, c.old, c.young, s.TokenRegressions, c.regressions)
+		s := check(zombie(c.kind, c.old, c.young, c.enters), time.Minute, t.TempDir()+"/h")
+		if s.FenceWindowOverlaps != c.inWindow || s.OverlapsCaught != c.caught || s.UnsafeOverlaps != 0 {
+			t.Errorf("%s, %s then %s entering at %d ms: %+v", c.kind, c.old, c.young, c.enters/ms, s)
+		}
+	}
+}
+
+// Without a claim to date it earlier (a `lockkeeper run` names its claim itself), the
+// abnormal end is the release the test recorded: the window runs from there.
+func TestTheFenceWindowRunsFromTheAbnormalReleaseWhenNoClaimDatesItEarlier(t *testing.T) {
+	records := zombie("Mutex", "Exclusive", "Exclusive", 8000*ms)
+	records = append(records[:3], records[5:]...) // no phases of old's claim
+	s := check(records, time.Minute, t.TempDir()+"/h")
+	if s.FenceWindowOverlaps != 1 || s.OverlapsCaught != 0 {
+		t.Fatalf("%+v", s)
+	}
+}
+
+// unended builds a Semaphore of 2 whose holders a and b enter and c enters at 500 ms, and a
+// Mutex whose holder d enters and e enters at 700 ms; a, b and d record an end (leave) at
+// 400 ms only when `ended`.
+func unended(ended bool) []record {
+	records := []record{
+		{Ev: "lock", Lock: "s", Type: "Semaphore", Permits: 2},
+		{Ev: "lock", Lock: "m", Type: "Mutex", Permits: 1},
+	}
+	enter := func(holder, lock, mode string, token, at int64) {
+		records = append(records,
+			record{Ev: "request", Holder: holder, Lock: lock, Mode: mode, At: 0},
+			record{Ev: "enter", Holder: holder, Lock: lock, Token: token, At: at})
+	}
+	enter("a", "s", "Shared", 1, 10*ms)
+	enter("b", "s", "Shared", 2, 20*ms)
+	enter("d", "m", "Exclusive", 1, 10*ms)
+	if ended {
+		for _, h := range []record{{Holder: "a", Lock: "s"}, {Holder: "b", Lock: "s"}, {Holder: "d", Lock: "m"}} {
+			records = append(records, record{Ev: "leave", Holder: h.Holder, Lock: h.Lock, At: 400 * ms})
+		}
+	}
+	enter("c", "s", "Shared", 3, 500*ms)
+	enter("e", "m", "Exclusive", 2, 700*ms)
+	for _, h := range []record{{Holder: "c", Lock: "s"}, {Holder: "e", Lock: "m"}} {
+		records = append(records,
+			record{Ev: "leave", Holder: h.Holder, Lock: h.Lock, At: 800 * ms},
+			record{Ev: "released", Holder: h.Holder, Lock: h.Lock, At: 810 * ms})
+	}
+	return append(records, record{Ev: "fault", Kind: "kill-9-leading-controller", Start: 900 * ms, End: 1000 * ms})
+}
+
+// A hold with an enter and neither leave nor release holds until the end of the run (the
+// fault's end, the latest time recorded): the semaphore's two open holds leave no permit for
+// c, and the mutex's open hold overlaps e's.
+func TestAnOpenHoldHoldsUntilTheEndOfTheRun(t *testing.T) {
+	s := check(unended(false), time.Minute, t.TempDir()+"/h")
+	if s.OpenHolds != 3 || s.PermitViolations != 1 || s.OverlapsCaught != 1 || s.FenceWindowOverlaps != 0 {
+		t.Fatalf("%+v", s)
+	}
+	s = check(unended(true), time.Minute, t.TempDir()+"/h")
+	if s.OpenHolds != 0 || s.PermitViolations+s.OverlapsCaught+s.UnsafeOverlaps != 0 {
+		t.Fatalf("%+v", s)
+	}
+}
+
+// claimsShown builds the claims' phases of one lock as the watch recorded them: each is
+// [holder, mode, phase, resourceVersion], recorded 1 ms apart in the order given.
+func claimsShown(kind string, permits int, shown ...[4]string) []record {
+	records := []record{{Ev: "lock", Lock: "l", Type: kind, Permits: permits}}
+	for i, c := range shown {
+		records = append(records, record{Ev: "phase", Holder: c[0], Lock: "l", Mode: c[1],
+			Phase: c[2], Token: int64(i + 1), Version: c[3], At: int64(i) * ms})
+	}
+	return records
+}
+
+func TestTheAPINeverShowsMoreGrantedClaimsThanTheLockAdmits(t *testing.T) {
+	for _, c := range []struct {
+		name       string
+		records    []record
+		violations int
+	}{
+		{"a Mutex granted while its holder still shows Granted",
+			claimsShown("Mutex", 1, [4]string{"a", "Exclusive", "Granted", "10"},
+				[4]string{"b", "Exclusive", "Granted", "11"}, [4]string{"a", "Exclusive", "Released", "12"}), 1},
+		{"a Mutex's release recorded after the next grant but made before it (resourceVersion order)",
+			claimsShown("Mutex", 1, [4]string{"a", "Exclusive", "Granted", "10"},
+				[4]string{"b", "Exclusive", "Granted", "12"}, [4]string{"a", "Exclusive", "Deleted", "11"}), 0},
+		{"a Semaphore of 2 showing three",
+			claimsShown("Semaphore", 2, [4]string{"a", "Exclusive", "Granted", "10"},
+				[4]string{"b", "Exclusive", "Granted", "11"}, [4]string{"c", "Exclusive", "Granted", "12"}), 1},
+		{"a Semaphore of 2 showing two",
+			claimsShown("Semaphore", 2, [4]string{"a", "Exclusive", "Granted", "10"},
+				[4]string{"b", "Exclusive", "Granted", "11"}, [4]string{"a", "Exclusive", "Released", "12"},
+				[4]string{"c", "Exclusive", "Granted", "13"}), 0},
+		{"a ReadWrite writer beside a reader",
+			claimsShown("ReadWrite", 1, [4]string{"a", "Shared", "Granted", "10"},
+				[4]string{"b", "Exclusive", "Granted", "11"}), 1},
+		{"a ReadWrite lock's readers",
+			claimsShown("ReadWrite", 1, [4]string{"a", "Shared", "Granted", "10"},
+				[4]string{"b", "Shared", "Granted", "11"}, [4]string{"b", "Shared", "Lost", "12"},
+				[4]string{"c", "Shared", "Granted", "13"}), 0},
+	} {
+		s := check(c.records, time.Minute, t.TempDir()+"/h")
+		if s.APIHolderViolations != c.violations {
+			t.Errorf("%s: %d violations, want %d (%+v)", c.name, s.APIHolderViolations, c.violations, s)
 		}
 	}
 }
