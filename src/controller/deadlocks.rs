@@ -1,6 +1,7 @@
 //! Deadlocks found in the term: searched from a lock's waiting claims when its status is
 //! refreshed (a new edge of the wait-for graph always touches that lock), kept per claim
-//! until the cycle no longer holds, and shown on every claim of it by the claim reconciler.
+//! until the deadlock no longer holds (checked again, as the search decides one, each time a
+//! claim of it is reconciled), and shown on every claim of it by the claim reconciler.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -10,8 +11,9 @@ use kube::runtime::reflector::ObjectRef;
 
 use super::context::Context;
 use crate::claim_lifecycle::InDeadlock;
-use crate::deadlock::{self, ClaimId, Cycle, Process};
-use crate::resources::{ClaimPhase, DeadlockPolicy, DistributedLock, LockClaim};
+use crate::deadlock::{self, Cycle, Process};
+use crate::lock_rules::LockKind;
+use crate::resources::{DeadlockPolicy, DistributedLock, LockClaim};
 
 /// A cycle found.
 #[derive(Debug)]
@@ -77,6 +79,14 @@ impl deadlock::Claims for Cached<'_> {
     fn of_lock(&self, namespace: &str, lock: &str) -> Vec<Arc<LockClaim>> {
         self.get_all(self.0.caches.index.of_lock(namespace, lock))
     }
+    fn lock_kind(&self, namespace: &str, lock: &str) -> Option<LockKind> {
+        let lock = self
+            .0
+            .caches
+            .locks
+            .get(&ObjectRef::<DistributedLock>::new(lock).within(namespace))?;
+        lock.spec.lock_type.lock_kind(lock.spec.permits).ok()
+    }
 }
 
 impl Cached<'_> {
@@ -85,14 +95,36 @@ impl Cached<'_> {
             .filter_map(|r| self.0.caches.claims.get(r))
             .collect()
     }
+}
 
-    fn get(&self, claim: &ClaimId) -> Option<Arc<LockClaim>> {
-        let found = self
-            .0
-            .caches
-            .claims
-            .get(&ObjectRef::new(&claim.name).within(&claim.namespace))?;
-        (found.uid().as_deref() == Some(claim.uid.as_str())).then_some(found)
+/// The cached claims, but one claim as given: the one reconciled now (the cache may lag
+/// behind it).
+struct AsGiven<'a> {
+    cached: Cached<'a>,
+    claim: Arc<LockClaim>,
+}
+
+impl AsGiven<'_> {
+    fn swapped(&self, claims: Vec<Arc<LockClaim>>) -> Vec<Arc<LockClaim>> {
+        claims
+            .into_iter()
+            .map(|c| match c.uid() == self.claim.uid() {
+                true => self.claim.clone(),
+                false => c,
+            })
+            .collect()
+    }
+}
+
+impl deadlock::Claims for AsGiven<'_> {
+    fn of_process(&self, process: &Process) -> Vec<Arc<LockClaim>> {
+        self.swapped(self.cached.of_process(process))
+    }
+    fn of_lock(&self, namespace: &str, lock: &str) -> Vec<Arc<LockClaim>> {
+        self.swapped(self.cached.of_lock(namespace, lock))
+    }
+    fn lock_kind(&self, namespace: &str, lock: &str) -> Option<LockKind> {
+        self.cached.lock_kind(namespace, lock)
     }
 }
 
@@ -119,28 +151,18 @@ pub fn search_from(ctx: &Context, waiting: &[Arc<LockClaim>]) {
     }
 }
 
-/// The deadlock `claim` is in, if the cycle still holds; a cycle that no longer does (a claim
-/// of it granted, released or gone) is forgotten, and its other claims reconciled to drop it.
+/// The deadlock `claim` is in, if it still holds; one that no longer does (a claim of its
+/// cycle granted, released or gone, or a holder of a Semaphore on it free to go on: a process
+/// of it may be let go by one outside) is forgotten, and its other claims reconciled to drop
+/// it. Only while it holds is its youngest waiter a victim.
 pub fn of_claim(ctx: &Context, claim: &LockClaim) -> Option<InDeadlock> {
     let uid = claim.uid().unwrap_or_default();
     let found = ctx.term.deadlocks.of(&uid)?;
-    let cached = Cached(ctx);
-    let phase_of = |id: &ClaimId| -> Option<ClaimPhase> {
-        // The claim reconciled now is read as given (the cache may lag behind it).
-        if id.uid == uid {
-            return Some(claim.status.as_ref().map(|s| s.phase).unwrap_or_default());
-        }
-        cached
-            .get(id)
-            .map(|c| c.status.as_ref().map(|s| s.phase).unwrap_or_default())
+    let claims = AsGiven {
+        cached: Cached(ctx),
+        claim: Arc::new(claim.clone()),
     };
-    let holds = found.cycle.edges.iter().all(|edge| {
-        matches!(
-            phase_of(&edge.waiter),
-            Some(ClaimPhase::Waiting | ClaimPhase::Lost)
-        ) && phase_of(&edge.held_by) == Some(ClaimPhase::Granted)
-    });
-    if !holds {
+    if !deadlock::still_holds(&found.cycle, &claims) {
         ctx.term.deadlocks.forget(&found.cycle);
         for member in found.cycle.claims().into_iter().filter(|m| m.uid != uid) {
             ctx.term
