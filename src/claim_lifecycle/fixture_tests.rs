@@ -22,6 +22,10 @@ struct Case {
     pod: Option<Value>,
     job: Option<Value>,
     queue: Queue,
+    /// A hold-back in force on the lock (another claim's grant ended abnormally), as the
+    /// controller knows it.
+    #[serde(default, rename = "lockHeldBackUntil")]
+    lock_held_back_until: Option<Timestamp>,
     now: Timestamp,
     expect: Expect,
 }
@@ -51,7 +55,7 @@ struct Expect {
     resume_job: bool,
     #[serde(default)]
     evict_holder: bool,
-    requeue_after_seconds: Option<u64>,
+    requeue_after_seconds: Option<f64>,
     /// `None`: the status is left as it is.
     status: Option<ExpectedStatus>,
 }
@@ -67,6 +71,7 @@ struct ExpectedStatus {
     message: Option<String>,
     granted_at: Option<String>,
     released_at: Option<String>,
+    held_back_until: Option<String>,
     condition: Option<ExpectedCondition>,
 }
 
@@ -128,10 +133,17 @@ fn check(case: &Case) {
 
     let (holder, holder_check) =
         holders::holder_state(&claim, pod.as_ref(), job.as_ref(), case.now);
+    let lock_facts = lock.as_ref().map(|lock| LockFacts {
+        held_back: case.lock_held_back_until.map(|until| HeldBack {
+            until,
+            why: "claim other's grant ended (LeaseLapsed)".into(),
+        }),
+        ..LockFacts::of(lock)
+    });
     let step = decide(
         &claim.spec,
         &ClaimFacts::of(&claim),
-        lock.as_ref().map(LockFacts::of).as_ref(),
+        lock_facts.as_ref(),
         &holder,
         &queue_state(&case.queue, &claim.spec.lock),
         case.now,
@@ -154,7 +166,7 @@ fn check(case: &Case) {
         .min();
     assert_eq!(
         next_look,
-        expect.requeue_after_seconds.map(Duration::from_secs),
+        expect.requeue_after_seconds.map(Duration::from_secs_f64),
         "{name}: when to look again"
     );
     let (Some(outcome), Some(wanted)) = (&step.outcome, &expect.status) else {
@@ -199,6 +211,16 @@ fn check_status(name: &str, status: &LockClaimStatus, wanted: &ExpectedStatus) {
             wanted.released_at.clone(),
             Some(set(&status.released_at)),
             "releasedAt",
+        ),
+        (
+            wanted.held_back_until.clone(),
+            Some(
+                status
+                    .held_back_until
+                    .as_ref()
+                    .map_or("unset".into(), |t| t.0.to_string()),
+            ),
+            "heldBackUntil",
         ),
     ];
     for (wanted, actual, field) in optional_fields {

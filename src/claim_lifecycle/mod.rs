@@ -26,8 +26,19 @@ pub struct LockFacts {
     pub max_hold: Option<Duration>,
     /// Delete the holder when its grant is lost.
     pub evict_on_loss: bool,
-    /// After an abnormal end (a lapsed lease), hold the lock this long before the next grant.
+    /// After an abnormal end of a grant, hold the lock this long before the next grant.
     pub lock_delay: Option<Duration>,
+    /// A hold-back in force: a grant of the lock ended abnormally, and nobody is granted it
+    /// before the lock-delay has passed. Read by the controller from its claims' statuses and
+    /// its own fences, not from the lock's spec.
+    pub held_back: Option<HeldBack>,
+}
+
+/// A lock nobody is granted before `until`: a grant of it ended abnormally (`why`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeldBack {
+    pub until: Timestamp,
+    pub why: String,
 }
 
 impl LockFacts {
@@ -38,6 +49,7 @@ impl LockFacts {
             max_hold: lock.spec.max_hold_seconds.map(Duration::from_secs),
             evict_on_loss: lock.spec.evict_on_loss,
             lock_delay: lock.spec.lock_delay_seconds.map(Duration::from_secs),
+            held_back: None,
         }
     }
 }
@@ -102,10 +114,11 @@ pub struct ClaimFacts {
     pub released_at: Option<Timestamp>,
     /// `status.fencingToken`: the token of the grant the status shows.
     pub fencing_token: Option<i64>,
-    /// The claim ended in a way that holds a grant it held back for the lock's lock-delay: its
-    /// Lease holder stopped renewing, or it was revoked (its `Granted` condition says
-    /// `LeaseLapsed` or `Revoked`).
-    pub held_back: bool,
+    /// `status.heldBackUntil`: a grant the claim held ended abnormally, and its lock is held
+    /// back until then.
+    pub held_back_until: Option<Timestamp>,
+    /// A grant the claim held ended abnormally (see [`ABNORMAL_ENDS`]).
+    pub ended_abnormally: bool,
     /// A request to revoke the claim (`kubectl lock release`), from its annotations.
     pub revocation: Option<Revocation>,
     /// A deadlock the claim is in (found by the controller, see [`crate::deadlock`]).
@@ -221,6 +234,10 @@ impl ClaimFacts {
     /// What `claim`'s metadata and status say.
     pub fn of(claim: &LockClaim) -> Self {
         let status = claim.status.clone().unwrap_or_default();
+        let ended_abnormally = status.granted_at.is_some()
+            && status
+                .granted_reason()
+                .is_some_and(|reason| ABNORMAL_ENDS.contains(&reason));
         ClaimFacts {
             phase: status.phase,
             created: claim.metadata.creation_timestamp.as_ref().map(|t| t.0),
@@ -228,10 +245,8 @@ impl ClaimFacts {
             message: status.message,
             released_at: status.released_at.map(|t| t.0),
             fencing_token: status.fencing_token,
-            held_back: status
-                .conditions
-                .iter()
-                .any(|c| c.type_ == "Granted" && (c.reason == LEASE_LAPSED || c.reason == REVOKED)),
+            held_back_until: status.held_back_until.as_ref().map(|t| t.0),
+            ended_abnormally,
             revocation: revocation(claim),
             deadlock: None,
             holder_set: HolderSet::default(),
@@ -260,6 +275,8 @@ pub struct Outcome {
     pub message: String,
     /// The Kubernetes event reason when this is a transition worth an event.
     pub reason: &'static str,
+    /// A grant ended abnormally: its lock is held back until then (`status.heldBackUntil`).
+    pub held_back_until: Option<Timestamp>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -307,6 +324,7 @@ impl Step {
                 fencing_token: None,
                 message,
                 reason,
+                held_back_until: None,
             })
         }
     }
@@ -371,13 +389,15 @@ pub fn decide(
         QueueState::Waiting { .. } | QueueState::Granted { .. }
     );
     if claim.phase.is_final() {
-        if let Some(left) = lapse_hold_left(claim, lock, now).filter(|_| queued) {
-            return Step::nothing(QueueAction::Keep).then_look_again(Some(left));
-        }
-        return Step::nothing(leave_if(queued));
+        return ended(claim, lock, queued, now);
     }
     if let Some(revocation) = &claim.revocation {
-        return revoked(revocation, lock, queue, queued);
+        let message = format!(
+            "revoked by {}: {}",
+            revocation.requested_by, revocation.reason
+        );
+        let end = AbnormalEnd::new(ClaimPhase::Revoked, REVOKED, message);
+        return abnormal_end(end, claim, lock, queue, now);
     }
     if let Err(message) = validate(spec, lock) {
         return Step::end(ClaimPhase::Invalid, "Invalid", message, queued);
@@ -397,7 +417,10 @@ pub fn decide(
         ),
         HolderState::Ended(why) => (ClaimPhase::Released, HOLDER_SUCCEEDED, why.clone()),
         HolderState::Failed(why) => (ClaimPhase::Released, HOLDER_FAILED, why.clone()),
-        HolderState::Lapsed(why) => return lapsed(why, lock, queue, queued),
+        HolderState::Lapsed(why) => {
+            let end = AbnormalEnd::new(ClaimPhase::Released, LEASE_LAPSED, why.clone());
+            return abnormal_end(end, claim, lock, queue, now);
+        }
         HolderState::SuspendedJob | HolderState::Running => {
             let lock = lock.expect("validated");
             if let Some(expired) = &claim.holder_set.given_up {
@@ -412,19 +435,23 @@ pub fn decide(
                 }
                 QueueState::NotQueued => Step::nothing(QueueAction::Enqueue),
                 QueueState::SessionEnded => Step::nothing(QueueAction::Keep),
-                QueueState::Lost(why) => Step::end(
-                    ClaimPhase::Lost,
-                    "Lost",
-                    format!("the grant was lost: {why}"),
-                    false,
-                ),
+                QueueState::Lost(why) => lost_node(why, claim, lock, queue, now),
                 QueueState::Waiting { position, node } => {
                     waiting(spec, claim, lock, *position, node, now)
                 }
                 QueueState::Granted {
                     fencing_token,
                     node,
-                } => granted(&holder_name, holder, claim, lock, *fencing_token, node, now),
+                } => granted(
+                    &holder_name,
+                    holder,
+                    claim,
+                    lock,
+                    *fencing_token,
+                    node,
+                    queue,
+                    now,
+                ),
             };
         }
     };
@@ -447,6 +474,7 @@ fn after_earlier_claims(spec: &LockClaimSpec, claim: &ClaimFacts, now: Timestamp
                 claim.holder_set.earlier_not_granted.join(", ")
             ),
             reason: "AfterEarlierClaims",
+            held_back_until: None,
         })
         .then_look_again(left),
     }
@@ -463,78 +491,140 @@ pub const HOLDER_FAILED: &str = "HolderFailed";
 /// The `Granted` condition's reason when the holder Pod or Job was deleted.
 pub const HOLDER_DELETED: &str = "HolderDeleted";
 
-/// A claim whose Lease holder stopped renewing is released. A grant it held keeps its node in
-/// the queue for the lock's lock-delay, so that nobody is granted the lock while the old
-/// holder may still be working (on a semaphore, a fencing token cannot tell them apart).
-fn lapsed(why: &str, lock: Option<&LockFacts>, queue: &QueueState, queued: bool) -> Step {
-    let held = matches!(queue, QueueState::Granted { .. });
-    let delay = lock
-        .and_then(|lock| lock.lock_delay)
-        .filter(|d| !d.is_zero());
-    match delay.filter(|_| held) {
-        Some(delay) => Step::end(
-            ClaimPhase::Released,
-            LEASE_LAPSED,
-            format!(
-                "{why}; the lock is held back for its lockDelaySeconds ({}s)",
-                delay.as_secs()
-            ),
-            false,
-        )
-        .then_look_again(Some(delay)),
-        None => Step::end(ClaimPhase::Released, LEASE_LAPSED, why.to_string(), queued),
+/// The `Granted` condition's reason when a grant was held longer than the lock's
+/// `maxHoldSeconds`.
+pub const HOLD_EXPIRED: &str = "HoldExpired";
+/// The `Granted` condition's reason when a grant was lost (its node deleted by someone else,
+/// or gone with the controller's ZooKeeper session).
+pub const LOST: &str = "Lost";
+/// The reasons a grant ends abnormally: its holder may still be working.
+pub const ABNORMAL_ENDS: [&str; 4] = [LEASE_LAPSED, REVOKED, HOLD_EXPIRED, LOST];
+
+/// How a claim ends abnormally: its phase, the `Granted` condition's reason, and why.
+pub struct AbnormalEnd {
+    pub phase: ClaimPhase,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl AbnormalEnd {
+    pub fn new(phase: ClaimPhase, reason: &'static str, message: String) -> Self {
+        AbnormalEnd {
+            phase,
+            reason,
+            message,
+        }
     }
 }
 
-/// A claim revoked by hand ends `Revoked`. A grant it held ends as on a loss: its node is held
-/// for the lock's lock-delay (the holder may still be working), and the holder is evicted
-/// where the lock asks for it.
-fn revoked(
-    revocation: &Revocation,
-    lock: Option<&LockFacts>,
-    queue: &QueueState,
-    queued: bool,
-) -> Step {
-    let message = format!(
-        "revoked by {}: {}",
-        revocation.requested_by, revocation.reason
-    );
-    if !matches!(queue, QueueState::Granted { .. }) {
-        return Step::end(ClaimPhase::Revoked, REVOKED, message, queued);
-    }
-    let evict_holder = lock.is_some_and(|lock| lock.evict_on_loss);
-    let delay = lock
-        .and_then(|lock| lock.lock_delay)
-        .filter(|d| !d.is_zero());
-    let step = match delay {
-        Some(delay) => Step::end(
-            ClaimPhase::Revoked,
-            REVOKED,
-            format!(
-                "{message}; the lock is held back for its lockDelaySeconds ({}s)",
-                delay.as_secs()
-            ),
-            false,
-        )
-        .then_look_again(Some(delay)),
-        None => Step::end(ClaimPhase::Revoked, REVOKED, message, true),
-    };
-    Step {
-        evict_holder,
-        ..step
-    }
+/// When a lock whose grant ends abnormally at `now` is held back until: `now` plus its
+/// lock-delay, rounded up to the whole second (`heldBackUntil` is written in whole seconds, and
+/// must never show an earlier time than the one kept). `None` without a lock-delay.
+pub fn held_back_until(lock: Option<&LockFacts>, now: Timestamp) -> Option<Timestamp> {
+    let delay = lock?.lock_delay.filter(|d| !d.is_zero())?;
+    let until = now.checked_add(delay).ok()?;
+    let whole = Timestamp::from_second(until.as_second()).ok()?;
+    Some(match whole < until {
+        true => Timestamp::from_second(until.as_second() + 1).ok()?,
+        false => whole,
+    })
 }
 
-/// How much longer the node of a lapsed lease's or revoked grant is held, if it still is.
-fn lapse_hold_left(
+/// Every way a grant ends other than its holder ending — its lease lapsed, it was held past
+/// `maxHoldSeconds`, it was revoked, its node went without a dequeue — gets the same fence,
+/// here: the claim ends as `end` says; a grant it held has its holder evicted where the lock
+/// asks for it, and, where the lock has a lock-delay, nobody is granted the lock before that
+/// has passed (`heldBackUntil`, which the next leader reads too). Meanwhile a node still queued
+/// stays, so clients outside Kubernetes wait too. Without a lock-delay the node leaves the
+/// queue once the end is written and the holder evicted. A claim that only waited loses
+/// nothing to fence.
+fn abnormal_end(
+    end: AbnormalEnd,
     claim: &ClaimFacts,
     lock: Option<&LockFacts>,
+    queue: &QueueState,
     now: Timestamp,
-) -> Option<Duration> {
-    let delay = lock?.lock_delay?;
-    // `releasedAt` has whole seconds: the release may have come up to a second later.
-    let held = elapsed(claim.released_at?, now).saturating_sub(Duration::from_secs(1));
-    (claim.held_back && held < delay).then(|| delay - held)
+) -> Step {
+    let node_queued = matches!(
+        queue,
+        QueueState::Waiting { .. } | QueueState::Granted { .. }
+    );
+    let held = match queue {
+        QueueState::Granted { .. } => true,
+        // The node went on its own: the status tells whether its holder was told it holds.
+        QueueState::Lost(_) => claim.phase == ClaimPhase::Granted,
+        _ => false,
+    };
+    let until = held_back_until(lock, now).filter(|_| held);
+    let message = match (until, lock.and_then(|lock| lock.lock_delay)) {
+        (Some(_), Some(delay)) => format!(
+            "{}; the lock is held back for its lockDelaySeconds ({}s)",
+            end.message,
+            delay.as_secs()
+        ),
+        _ => end.message,
+    };
+    // A node of its own that went (`Lost`) is no longer in line, but the claim still is, to
+    // this term: it leaves that line too.
+    let leaves = match until {
+        Some(_) if node_queued => QueueAction::Keep,
+        _ if matches!(queue, QueueState::Lost(_)) => QueueAction::Dequeue,
+        _ => leave_if(node_queued),
+    };
+    let step = Step::end(end.phase, end.reason, message, false);
+    Step {
+        queue: leaves,
+        evict_holder: held && lock.is_some_and(|lock| lock.evict_on_loss),
+        outcome: step.outcome.map(|outcome| Outcome {
+            held_back_until: until,
+            fencing_token: claim.fencing_token,
+            ..outcome
+        }),
+        ..step
+    }
+    .then_look_again(until.map(|until| elapsed(now, until)))
+}
+
+/// A claim whose node went without a dequeue (deleted by another ZooKeeper client, or with
+/// its lock's directory). A grant it held ends `Lost` as every abnormal end does, and the
+/// claim is queued again once the lock-delay has passed. A claim that only waited lines up
+/// again at once: it had no grant to lose.
+fn lost_node(
+    why: &str,
+    claim: &ClaimFacts,
+    lock: &LockFacts,
+    queue: &QueueState,
+    now: Timestamp,
+) -> Step {
+    if claim.phase != ClaimPhase::Granted {
+        return Step::nothing(QueueAction::Dequeue).then_look_again(Some(LINE_UP_AGAIN));
+    }
+    let message = format!("the grant was lost: {why}; queued again");
+    let end = AbnormalEnd::new(ClaimPhase::Lost, LOST, message);
+    abnormal_end(end, claim, Some(lock), queue, now)
+}
+
+/// How soon a claim whose node went lines up again.
+const LINE_UP_AGAIN: Duration = Duration::from_millis(50);
+
+/// A claim that ended: its node leaves the queue, unless the lock is still held back after its
+/// grant ended abnormally. A holder that ended abnormally is evicted (again: its Job may have
+/// made new pods) before its node goes, where the lock asks for it.
+fn ended(claim: &ClaimFacts, lock: Option<&LockFacts>, queued: bool, now: Timestamp) -> Step {
+    if !queued {
+        return Step::nothing(QueueAction::Keep);
+    }
+    let left = claim
+        .held_back_until
+        .map(|until| elapsed(now, until))
+        .filter(|left| !left.is_zero());
+    if let Some(left) = left {
+        return Step::nothing(QueueAction::Keep).then_look_again(Some(left));
+    }
+    Step {
+        evict_holder: claim.ended_abnormally && lock.is_some_and(|lock| lock.evict_on_loss),
+        ..Step::nothing(QueueAction::Dequeue)
+    }
 }
 
 /// A claim in line: its place, unless it has waited too long for a first grant. A claim
@@ -566,6 +656,7 @@ fn waiting(
         fencing_token: None,
         message,
         reason,
+        held_back_until: None,
     };
     let step = match claim.phase {
         // Granted before, behind someone now: while the controller was away (restart, session
@@ -632,7 +723,9 @@ fn wait_left(
     Err(message)
 }
 
-/// A claim that holds the lock, unless it has held it longer than the lock allows.
+/// A claim that holds the lock, unless it has held it longer than the lock allows, or the lock
+/// is held back after an abnormal end: then it is told only once the hold-back has passed.
+#[allow(clippy::too_many_arguments)]
 fn granted(
     holder_name: &str,
     holder: &HolderState,
@@ -640,6 +733,7 @@ fn granted(
     lock: &LockFacts,
     fencing_token: i64,
     node: &Node,
+    queue: &QueueState,
     now: Timestamp,
 ) -> Step {
     // Tokens only grow: a status showing a larger one than this contender's was written by a
@@ -654,6 +748,11 @@ fn granted(
         .granted_at
         .map(|granted| elapsed(granted, now))
         .unwrap_or_default();
+    if claim.phase != ClaimPhase::Granted
+        && let Some(held_back) = lock.held_back.as_ref().filter(|h| h.until > now)
+    {
+        return held_back_grant(claim, held_back, node, now);
+    }
     if let Some(limit) = lock.max_hold
         && held >= limit
     {
@@ -661,7 +760,8 @@ fn granted(
             "held longer than the lock's maxHoldSeconds ({}s)",
             limit.as_secs()
         );
-        return Step::end(ClaimPhase::Expired, "Expired", message, true);
+        let end = AbnormalEnd::new(ClaimPhase::Expired, HOLD_EXPIRED, message);
+        return abnormal_end(end, claim, Some(lock), queue, now);
     }
     let others = claim.holder_set.others_not_granted;
     let message = match others {
@@ -680,10 +780,38 @@ fn granted(
             fencing_token: Some(fencing_token),
             message,
             reason: "Granted",
+            held_back_until: None,
         })
     }
     .then_look_again(lock.max_hold.map(|limit| limit - held))
 }
+
+/// A claim first in line while its lock is held back: it is not told it holds the lock until
+/// the hold-back has passed (a claim lost keeps saying so meanwhile).
+fn held_back_grant(claim: &ClaimFacts, held_back: &HeldBack, node: &Node, now: Timestamp) -> Step {
+    let phase = match claim.phase {
+        ClaimPhase::Lost => ClaimPhase::Lost,
+        _ => ClaimPhase::Waiting,
+    };
+    Step::show(Outcome {
+        phase,
+        position: Some(0),
+        sequence: Some(node.sequence),
+        znode: Some(node.path.clone()),
+        fencing_token: None,
+        message: format!(
+            "next in line; the lock is held back until {}: {}",
+            held_back.until, held_back.why
+        ),
+        reason: HELD_BACK,
+        held_back_until: None,
+    })
+    .then_look_again(Some(elapsed(now, held_back.until)))
+}
+
+/// The `Granted` condition's reason while a claim first in line waits out its lock's
+/// hold-back.
+pub const HELD_BACK: &str = "HeldBack";
 
 /// The claim's whole status once `outcome` holds at `now`: `grantedAt` set by a grant and kept
 /// after it, `releasedAt` set when the claim ends, and the `Granted` condition.
@@ -728,6 +856,10 @@ pub fn status_after(
         znode: outcome.znode.clone(),
         granted_at,
         released_at,
+        held_back_until: outcome
+            .held_back_until
+            .map(Time)
+            .or_else(|| current.held_back_until.clone()),
         message: Some(outcome.message.clone()),
         conditions: vec![conditions::condition(
             "Granted",
@@ -799,7 +931,7 @@ pub fn transition(
         warning: matches!(
             outcome.phase,
             ClaimPhase::Lost | ClaimPhase::Invalid | ClaimPhase::Expired | ClaimPhase::Revoked
-        ),
+        ) || ABNORMAL_ENDS.contains(&outcome.reason),
         reason: outcome.reason,
         action: format!("{:?}", outcome.phase),
         note: outcome.message.clone(),
@@ -851,6 +983,7 @@ mod tests {
             max_hold: max_hold.map(Duration::from_secs),
             evict_on_loss: false,
             lock_delay: None,
+            held_back: None,
         }
     }
 
@@ -873,7 +1006,8 @@ mod tests {
             message: None,
             released_at: None,
             fencing_token: None,
-            held_back: false,
+            held_back_until: None,
+            ended_abnormally: false,
             revocation: None,
             deadlock: None,
             holder_set: HolderSet::default(),
@@ -882,6 +1016,23 @@ mod tests {
 
     fn phase_of(step: &Step) -> Option<ClaimPhase> {
         step.outcome.as_ref().map(|o| o.phase)
+    }
+
+    #[test]
+    fn a_hold_back_is_written_in_whole_seconds_never_earlier_than_kept() {
+        let lock = LockFacts {
+            lock_delay: Some(Duration::from_secs(15)),
+            ..mutex(None)
+        };
+        let now: Timestamp = "2026-01-01T00:00:03.250Z".parse().unwrap();
+        let until = held_back_until(Some(&lock), now).unwrap();
+        assert_eq!(until.to_string(), "2026-01-01T00:00:19Z");
+        assert_eq!(held_back_until(Some(&mutex(None)), now), None);
+        let whole: Timestamp = "2026-01-01T00:00:03Z".parse().unwrap();
+        assert_eq!(
+            held_back_until(Some(&lock), whole).unwrap().to_string(),
+            "2026-01-01T00:00:18Z"
+        );
     }
 
     #[test]
@@ -970,11 +1121,12 @@ mod tests {
                 Some(ClaimPhase::Released),
                 false,
             ),
+            // A waiting claim whose node went lines up again: it had no grant to lose.
             (
                 HolderState::Running,
-                QueueState::Lost("session expired".into()),
-                QueueAction::Keep,
-                Some(ClaimPhase::Lost),
+                QueueState::Lost("deleted by another client".into()),
+                QueueAction::Dequeue,
+                None,
                 false,
             ),
         ];
@@ -1187,6 +1339,7 @@ mod tests {
             fencing_token: (phase == ClaimPhase::Granted).then_some(42),
             message: message.into(),
             reason,
+            held_back_until: None,
         }
     }
 
@@ -1286,7 +1439,7 @@ mod tests {
         assert_eq!(notice, None);
         let lapse = outcome(ClaimPhase::Released, LEASE_LAPSED, "stopped renewing");
         let (_, notice) = transition(&granted, &lapse, created, at(9));
-        assert!(!notice.unwrap().warning);
+        assert!(notice.unwrap().warning, "an abnormal end is a warning");
         // Nor is being queued an event.
         let pending = LockClaimStatus::default();
         let queued = outcome(ClaimPhase::Waiting, "Waiting", "2 ahead in the queue");

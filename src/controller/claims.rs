@@ -244,7 +244,10 @@ async fn observe(
     lock: Option<Arc<DistributedLock>>,
 ) -> Result<Observed, Error> {
     let now = Timestamp::now();
-    let lock_facts = lock.as_deref().map(LockFacts::of);
+    let lock_facts = lock.as_deref().map(|lock| LockFacts {
+        held_back: ctx.held_back(&claim.lock_ref()),
+        ..LockFacts::of(lock)
+    });
     let (mut holder, holder_check) = holder_state(ctx, claim, now);
     let facts = claim_facts(ctx, claim);
     if holder == HolderState::Missing && !facts.phase.is_final() {
@@ -271,7 +274,8 @@ enum Queued {
     Instead(Action),
 }
 
-/// Carries out the step's queue action.
+/// Carries out the step's queue action if it is to join the queue; a claim leaves it in
+/// [`act`], after its end is written and its holder evicted.
 async fn act_on_queue(
     ctx: &Context,
     claim: &LockClaim,
@@ -280,11 +284,7 @@ async fn act_on_queue(
 ) -> Result<Queued, Error> {
     let lock = observed.lock.as_deref();
     match step.queue {
-        QueueAction::Keep => Ok(Queued::GoOn(step)),
-        QueueAction::Dequeue => {
-            leave_queue(ctx, &uid(claim), lock).await?;
-            Ok(Queued::GoOn(step))
-        }
+        QueueAction::Keep | QueueAction::Dequeue => Ok(Queued::GoOn(step)),
         QueueAction::Enqueue => {
             let lock = lock.expect("a valid claim has its lock");
             if let Some(wait) = ctx.fenced_for(&claim.lock_ref()) {
@@ -301,17 +301,16 @@ async fn act_on_queue(
                 return Ok(Queued::Instead(Action::await_change()));
             }
             // The engine answers with the queue already read: decide again on it.
-            let step = observed.decide(claim, &queue);
-            if step.queue == QueueAction::Dequeue {
-                leave_queue(ctx, &uid(claim), Some(lock)).await?;
-            }
-            Ok(Queued::GoOn(step))
+            Ok(Queued::GoOn(observed.decide(claim, &queue)))
         }
     }
 }
 
-/// Carries out the rest of the step: the status written, then the holder Job resumed or the
-/// holder evicted; and when to look at the claim again.
+/// Carries out the rest of the step, in the order that keeps the lock's promise: a hold-back
+/// fenced, the status written, then the holder Job resumed or the holder evicted, and last the
+/// claim's node taken out of the queue — so the next claim is never granted before the old
+/// holder's end is written and, where the lock asks for it, its pods are asked to stop. Then
+/// when to look at the claim again.
 async fn act(
     ctx: &Context,
     claim: &LockClaim,
@@ -322,6 +321,18 @@ async fn act(
         // Decided on queues that may be out of date: write nothing until the session is back
         // (or is lost, and the term ends).
         return Ok(Action::requeue(DISCONNECTED_RETRY));
+    }
+    if let Some(outcome) = &step.outcome
+        && let Some(until) = outcome.held_back_until
+    {
+        // Before the end is written: a claim next in line reconciled meanwhile (its node may
+        // already lead, when this one's went on its own) must not be told it holds the lock.
+        let why = format!(
+            "claim {}'s grant ended ({})",
+            claim.name_any(),
+            outcome.reason
+        );
+        ctx.fence(claim.lock_ref(), claim_lifecycle::HeldBack { until, why });
     }
     let mut retry_write = None;
     if let Some(outcome) = &step.outcome {
@@ -351,8 +362,12 @@ async fn act(
     {
         retry_write = Some(CONFLICT_RETRY);
     }
-    if step.evict_holder {
-        holder_writes::evict_holder(ctx, claim).await;
+    if step.evict_holder && !holder_writes::evict_holder(ctx, claim).await {
+        // The node stays until the old holder's pods are asked to stop.
+        return Ok(Action::requeue(EVICTION_RETRY));
+    }
+    if step.queue == QueueAction::Dequeue {
+        leave_queue(ctx, &uid(claim), observed.lock.as_deref()).await?;
     }
     let next = [step.requeue_after, observed.holder_check, retry_write]
         .into_iter()
@@ -363,6 +378,9 @@ async fn act(
         None => Action::await_change(),
     })
 }
+
+/// How soon an eviction that failed is tried again.
+const EVICTION_RETRY: Duration = Duration::from_secs(1);
 
 /// How soon a claim decided on while ZooKeeper was away is looked at again.
 pub const DISCONNECTED_RETRY: Duration = Duration::from_millis(250);

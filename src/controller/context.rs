@@ -3,17 +3,17 @@
 //! (the contenders it queued, fences after lost grants, its throttles and retries).
 
 use std::borrow::Borrow;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::Timestamp;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
 use tokio::sync::{mpsc, watch};
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::claim_index::ClaimIndex;
@@ -22,7 +22,7 @@ use super::fast_lane::{FastLane, Turns};
 use super::retries::Retries;
 use super::stale_copies::StaleCopies;
 use super::telemetry::Metrics;
-use crate::claim_lifecycle::Node;
+use crate::claim_lifecycle::{self, HeldBack, Node};
 use crate::lock_rules::Mode;
 use crate::resources::{DistributedLock, HolderKind, Installation, LockClaim};
 use crate::zookeeper::znode_name::{ContenderId, ContenderNode};
@@ -45,8 +45,10 @@ pub struct Context {
 pub struct Process {
     pub client: Client,
     pub engine: LockEngine,
-    /// ZooKeeper root of default lock paths: `<root>/<namespace>/<name>`.
-    pub root: String,
+    /// Where locks live in ZooKeeper: the root of default lock paths
+    /// (`<root>/<namespace>/<name>`), and the prefixes allowed beyond a namespace's own part
+    /// (every lock's path is resolved and checked by `DistributedLock::lock_spec` with it).
+    pub root: crate::lock_paths::LockPaths,
     /// This installation, as locks record the one that serves them.
     pub installation: Installation,
     pub reporter: Reporter,
@@ -68,8 +70,11 @@ pub struct Caches {
 pub struct Term {
     /// The contenders this term queued, by claim UID.
     pub contenders: Contenders,
-    /// Locks whose grants were lost abnormally: nobody is granted them before the instant.
+    /// Locks a grant of which ended abnormally: nobody is granted them before their time.
     pub fences: Mutex<Fences>,
+    /// Locks whose claims an earlier term had queued wait out a fence before they are queued
+    /// again in their old order: their claims are not queued meanwhile (see [`super::resume`]).
+    pub requeues_pending: Mutex<HashSet<ObjectRef<DistributedLock>>>,
     /// Cached claim versions this term's writes replaced (see [`StaleCopies`]).
     pub stale_claims: StaleCopies,
     /// How soon each claim whose reconcile failed is tried again.
@@ -94,9 +99,19 @@ pub struct Term {
     pub deadlocks: super::deadlocks::Deadlocks,
 }
 
-/// Locks nobody is granted before an instant: their grants were lost abnormally, and the
-/// old holders get the locks' lock-delay to notice.
-pub type Fences = HashMap<ObjectRef<DistributedLock>, Instant>;
+/// Locks nobody is granted before a time: a grant of each ended abnormally, and its old holder
+/// gets the lock's lock-delay to notice.
+pub type Fences = HashMap<ObjectRef<DistributedLock>, HeldBack>;
+
+/// Adds a fence on `lock` until `held_back.until`, keeping a later one already there.
+pub fn add_fence(fences: &mut Fences, lock: ObjectRef<DistributedLock>, held_back: HeldBack) {
+    match fences.get(&lock) {
+        Some(fence) if fence.until >= held_back.until => {}
+        _ => {
+            fences.insert(lock, held_back);
+        }
+    }
+}
 
 impl Context {
     /// The claim's holder Pod, as the pod cache has it (none for other holder kinds).
@@ -153,15 +168,39 @@ impl Context {
         Recorder::new(self.process.client.clone(), self.process.reporter.clone())
     }
 
-    /// How long to wait before granting anyone this lock, if it is fenced. A fence lasts
-    /// until the lock's lock-delay has passed and its claims were queued again in order.
+    /// How long to wait before queueing a claim of this lock, if the claims an earlier term had
+    /// queued on it are still to be queued again, in order, once its fence has passed.
     pub fn fenced_for(&self, lock: &ObjectRef<DistributedLock>) -> Option<Duration> {
+        if !self
+            .term
+            .requeues_pending
+            .lock()
+            .expect("requeues lock")
+            .contains(lock)
+        {
+            return None;
+        }
         let fences = self.term.fences.lock().expect("fences lock");
-        fences.get(lock).map(|until| {
-            until
-                .saturating_duration_since(Instant::now())
-                .max(Duration::from_millis(100))
-        })
+        let left = fences
+            .get(lock)
+            .map(|fence| claim_lifecycle::elapsed(Timestamp::now(), fence.until))
+            .unwrap_or_default();
+        Some(left.max(Duration::from_millis(100)))
+    }
+
+    /// The hold-back in force on this lock, if any: nobody is granted it before then.
+    pub fn held_back(&self, lock: &ObjectRef<DistributedLock>) -> Option<HeldBack> {
+        let fences = self.term.fences.lock().expect("fences lock");
+        fences
+            .get(lock)
+            .filter(|fence| fence.until > Timestamp::now())
+            .cloned()
+    }
+
+    /// Fences `lock` until `held_back.until` (a grant of it ended abnormally).
+    pub fn fence(&self, lock: ObjectRef<DistributedLock>, held_back: HeldBack) {
+        let mut fences = self.term.fences.lock().expect("fences lock");
+        add_fence(&mut fences, lock, held_back);
     }
 
     /// Queues a claim's contender (or finds it queued) and tracks it.

@@ -48,9 +48,10 @@ pub async fn resume_job(ctx: &Context, claim: &LockClaim) -> Result<Applied, kub
 }
 
 /// Deletes the holder Pod, or the holder Job's pods, so an old holder stops working; each
-/// pod by its UID, so a pod of the same name made since is left alone. A failure is logged:
-/// the loss is reported either way.
-pub async fn evict_holder(ctx: &Context, claim: &LockClaim) {
+/// pod by its UID, so a pod of the same name made since is left alone. True once every pod
+/// is deleted (terminating) or gone; a failure is logged, and answers false: the caller keeps
+/// the lock from the next holder until an eviction goes through.
+pub async fn evict_holder(ctx: &Context, claim: &LockClaim) -> bool {
     let pods: Api<Pod> = ctx.api_beside(claim);
     let name = &claim.spec.holder.name;
     let victims = match claim.spec.holder.kind {
@@ -68,9 +69,10 @@ pub async fn evict_holder(ctx: &Context, claim: &LockClaim) {
         Ok(victims) => victims,
         Err(err) => {
             tracing::warn!(claim = %claim.name_any(), %err, "could not find the old holder to evict");
-            return;
+            return false;
         }
     };
+    let mut evicted = true;
     for pod in victims {
         let params = DeleteParams {
             preconditions: Some(Preconditions {
@@ -83,10 +85,12 @@ pub async fn evict_holder(ctx: &Context, claim: &LockClaim) {
             Ok(_) => {}
             Err(err) if is_precondition_failure(&err) => {}
             Err(err) => {
-                tracing::warn!(claim = %claim.name_any(), pod = %pod.name_any(), %err, "could not evict the old holder")
+                tracing::warn!(claim = %claim.name_any(), pod = %pod.name_any(), %err, "could not evict the old holder");
+                evicted = false;
             }
         }
     }
+    evicted
 }
 
 /// 409 (a resourceVersion or UID precondition failed) or 404 (the object is gone).

@@ -5,18 +5,17 @@
 //! anyone is granted it again.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
+use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
-use tokio::time::Instant;
 
 use super::contenders::Lost;
-use super::context::{Context, Fences};
+use super::context::{Context, Fences, add_fence};
 use super::holder_writes;
 use super::status;
-use crate::claim_lifecycle::{self, Node, Outcome};
+use crate::claim_lifecycle::{self, HeldBack, LockFacts, Node, Outcome};
 use crate::resources::{ClaimPhase, LockClaim, LockClaimStatus};
 
 /// Marks the term's lost grants `Lost` (with an event), evicts their holders where their
@@ -46,16 +45,20 @@ pub async fn fence_lost_grants(ctx: &Arc<Context>) -> Fences {
         }
         // The term's lock cache still holds what the locks said when the term ended.
         let lock = ctx.caches.locks.get(&claim.lock_ref());
+        let now = Timestamp::now();
+        let lock_facts = lock.as_deref().map(LockFacts::of);
+        let held_back_until = claim_lifecycle::held_back_until(lock_facts.as_ref(), now);
+        let message = format!("the grant was lost: {reason}; queued again after the lock-delay");
         let outcome = Outcome {
             phase: ClaimPhase::Lost,
             position: None,
             sequence: current.sequence,
             znode: None,
             fencing_token: None,
-            message: format!("the grant was lost: {reason}; queued again after the lock-delay"),
-            reason: "Lost",
+            message: message.clone(),
+            reason: claim_lifecycle::LOST,
+            held_back_until,
         };
-        let now = Timestamp::now();
         let wanted =
             claim_lifecycle::status_after(&current, &outcome, claim.meta().generation, now);
         match status::write(&claims, &claim, claim.status.as_ref(), &wanted).await {
@@ -71,18 +74,33 @@ pub async fn fence_lost_grants(ctx: &Arc<Context>) -> Fences {
             }
         }
         if lock.as_ref().is_some_and(|l| l.spec.evict_on_loss) {
-            holder_writes::evict_holder(ctx, &claim).await;
+            let _ = holder_writes::evict_holder(ctx, &claim).await;
         }
-        let delay = lock
-            .as_ref()
-            .and_then(|l| l.spec.lock_delay_seconds)
-            .map(Duration::from_secs)
-            .unwrap_or_default();
-        let until = Instant::now() + delay;
-        let fence = fenced.entry(claim.lock_ref()).or_insert(until);
-        *fence = (*fence).max(until);
+        // Without a lock-delay the fence lasts until the claims are queued again in order.
+        let until = held_back_until.unwrap_or(now);
+        let why = format!("claim {}'s grant was lost", claim.name_any());
+        add_fence(&mut fenced, claim.lock_ref(), HeldBack { until, why });
     }
     fenced
+}
+
+/// A claim's node went on its own (deleted by another ZooKeeper client): if the claim was
+/// shown `Granted`, its holder may still be working, and its lock is fenced for the lock-delay
+/// at once, before the claim next in line is decided on. The claim's own reconcile then ends
+/// the grant as every abnormal end (see [`claim_lifecycle::decide`]).
+pub fn fence_lost_node(ctx: &Context, claim: &ObjectRef<LockClaim>) {
+    let Some(claim) = ctx.caches.claims.get(claim) else {
+        return;
+    };
+    if claim.status.as_ref().map(|s| s.phase) != Some(ClaimPhase::Granted) {
+        return;
+    }
+    let lock = ctx.caches.locks.get(&claim.lock_ref());
+    let facts = lock.as_deref().map(LockFacts::of);
+    if let Some(until) = claim_lifecycle::held_back_until(facts.as_ref(), Timestamp::now()) {
+        let why = format!("claim {}'s node was deleted", claim.name_any());
+        ctx.fence(claim.lock_ref(), HeldBack { until, why });
+    }
 }
 
 /// Whether the status shows the grant of the contender at `node`: its znode (or, on a status

@@ -12,10 +12,10 @@ use futures::StreamExt;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::runtime::reflector::{ObjectRef, Store};
-use tokio::time::Instant;
 
-use super::context::{Context, Fences};
+use super::context::{Context, Fences, add_fence};
 use super::installation::{self, Serving};
+use crate::claim_lifecycle::{self, HeldBack};
 use crate::resources::{ClaimPhase, DistributedLock, LockClaim};
 
 /// The order claims of one lock are queued again in.
@@ -44,10 +44,12 @@ fn was_queued(claim: &LockClaim) -> bool {
 
 /// Queues every previously queued claim again, lock by lock in order, once the claim and
 /// lock caches are filled (they fill while the queues are rebuilt: a term's reconciles wait
-/// for [`Context::term_resumed`], its watches do not). `fenced` names the locks (with their
-/// lock-delay) whose grants this process lost with its session; a lock is fenced too for
-/// what is left of its lock-delay after the grants its claims show `Lost`, whoever marked
-/// them. `None` when the caches closed first (the term is ending).
+/// for [`Context::term_resumed`], its watches do not). `fenced` names the locks whose grants
+/// this process lost with its session; a lock is fenced too until the latest `heldBackUntil`
+/// its claims show, in any phase, whichever replica wrote it: a lapsed lease, an expiry, a
+/// revoke or a loss holds the lock back across a change of leader, a graceful one (whose
+/// closing session deleted the held-back node) as well. `None` when the caches closed first
+/// (the term is ending).
 pub async fn resume(
     ctx: &Arc<Context>,
     claims: &Store<LockClaim>,
@@ -64,11 +66,28 @@ pub async fn resume(
         .map(|lock| (ObjectRef::from_obj(lock.as_ref()), lock))
         .collect();
     let mut by_lock: HashMap<ObjectRef<DistributedLock>, Vec<Arc<LockClaim>>> = HashMap::new();
+    let mut fences = fenced;
+    let started = Timestamp::now();
     for claim in claims.state() {
+        let lock_ref = claim.lock_ref();
+        if let Some(lock) = all_locks.get(&lock_ref)
+            && let Some(held_back) = held_back_shown(lock, &claim)
+            && held_back.until > started
+        {
+            add_fence(&mut fences, lock_ref.clone(), held_back);
+        }
         if was_queued(&claim) {
-            by_lock.entry(claim.lock_ref()).or_default().push(claim);
+            by_lock.entry(lock_ref).or_default().push(claim);
         }
     }
+    // Every fence holds from now on, also on locks with no claim to queue again: a claim made
+    // later is not granted before it has passed either.
+    fences.retain(|_, fence| fence.until > started);
+    ctx.term
+        .fences
+        .lock()
+        .expect("fences lock")
+        .extend(fences.clone());
     let mut queued = 0;
     let mut now = Vec::new();
     for (lock_ref, mut lock_claims) in by_lock {
@@ -80,15 +99,10 @@ pub async fn resume(
         }
         lock_claims.sort_by_key(|claim| resume_order(claim));
         queued += lock_claims.len();
-        let shown = lock_delay_shown(lock, &lock_claims, Timestamp::now())
-            .map(|left| Instant::now() + left);
-        match fenced
-            .get(&lock_ref)
-            .copied()
-            .max(shown)
-            .filter(|until| *until > Instant::now())
-        {
-            Some(until) => requeue_after_fence(ctx, lock_ref, until, lock.clone(), lock_claims),
+        match fences.get(&lock_ref) {
+            Some(fence) => {
+                requeue_after_fence(ctx, lock_ref, fence.until, lock.clone(), lock_claims)
+            }
             None => now.push((lock, lock_claims)),
         }
     }
@@ -101,53 +115,56 @@ pub async fn resume(
     Some(queued)
 }
 
-/// How much of the lock's lock-delay is left after the grants its claims show `Lost` (each
-/// from its `releasedAt`). Whichever replica marked them, the delay holds on after a change
-/// of leader: the replica taking over reads it from the claims.
-fn lock_delay_shown(
-    lock: &DistributedLock,
-    claims: &[Arc<LockClaim>],
-    now: Timestamp,
-) -> Option<Duration> {
-    let delay = Duration::from_secs(lock.spec.lock_delay_seconds?);
-    claims
-        .iter()
-        .filter_map(|claim| claim.status.as_ref())
-        .filter(|status| status.phase == ClaimPhase::Lost)
-        .filter_map(|status| status.released_at.as_ref())
-        .filter_map(|lost| {
-            let since = now.duration_since(lost.0).try_into().unwrap_or_default();
-            delay.checked_sub(since).filter(|left| !left.is_zero())
-        })
-        .max()
+/// The hold-back a claim shows on its lock: its `heldBackUntil`, or, on a claim marked `Lost`
+/// by a lockkeeper that did not write one, its lock's lock-delay from its `releasedAt` (whole
+/// seconds: a second is added, as the release may have come up to a second later).
+fn held_back_shown(lock: &DistributedLock, claim: &LockClaim) -> Option<HeldBack> {
+    let status = claim.status.as_ref()?;
+    let until = match (&status.held_back_until, status.phase) {
+        (Some(until), _) => until.0,
+        (None, ClaimPhase::Lost) => {
+            let delay = Duration::from_secs(lock.spec.lock_delay_seconds? + 1);
+            status.released_at.as_ref()?.0.checked_add(delay).ok()?
+        }
+        _ => return None,
+    };
+    let why = format!(
+        "claim {}'s grant ended {} ({:?})",
+        claim.name_any(),
+        status.granted_reason().unwrap_or("abnormally"),
+        status.phase
+    );
+    Some(HeldBack { until, why })
 }
 
-/// Fences a lock until `until`, and queues its claims again then, in order.
+/// Queues a fenced lock's claims again once its fence has passed (`until`), in order, and
+/// lifts the fence then.
 fn requeue_after_fence(
     ctx: &Arc<Context>,
     lock_ref: ObjectRef<DistributedLock>,
-    until: Instant,
+    until: Timestamp,
     lock: Arc<DistributedLock>,
     claims: Vec<Arc<LockClaim>>,
 ) {
     ctx.term
-        .fences
+        .requeues_pending
         .lock()
-        .expect("fences lock")
-        .insert(lock_ref.clone(), until);
+        .expect("requeues lock")
+        .insert(lock_ref.clone());
     let ctx = ctx.clone();
+    let wait = claim_lifecycle::elapsed(Timestamp::now(), until);
     tokio::spawn(async move {
         // A term that ends meanwhile (its session lost) has no queue to put them in: the next
         // term resumes them from what the claims show.
         tokio::select! {
-            () = tokio::time::sleep_until(until) => {}
+            () = tokio::time::sleep(wait) => {}
             () = ctx.term.ended.cancelled() => return,
         }
         requeue_in_order(&ctx, &lock, &claims).await;
         ctx.term
-            .fences
+            .requeues_pending
             .lock()
-            .expect("fences lock")
+            .expect("requeues lock")
             .remove(&lock_ref);
     });
 }
@@ -216,26 +233,50 @@ mod tests {
     }
 
     #[test]
-    fn a_leader_taking_over_keeps_the_lock_delay_of_grants_shown_lost() {
+    fn a_leader_taking_over_keeps_every_hold_back_its_claims_show() {
         let now: Timestamp = "2026-11-26T10:00:10Z".parse().expect("a time");
         let at = |second: i64| {
             now.checked_add(k8s_openapi::jiff::SignedDuration::from_secs(second - 10))
                 .expect("a time")
         };
-        let claims = [
-            claim(ClaimPhase::Lost, Some(at(4))),
-            claim(ClaimPhase::Lost, Some(at(7))),
-            claim(ClaimPhase::Released, Some(at(9))),
-            claim(ClaimPhase::Waiting, None),
-        ];
-        // Lost at 4 s and 7 s with a 5 s delay: fenced until 12 s, 2 s from now; a release is
-        // no loss.
+        let held_back = |phase, reason: &str, until: Option<Timestamp>| {
+            let mut claim = claim(phase, Some(at(4)));
+            let status = Arc::make_mut(&mut claim).status.as_mut().unwrap();
+            status.held_back_until = until.map(Time);
+            status.conditions = vec![crate::resources::conditions::condition(
+                "Granted",
+                "False",
+                reason,
+                String::new(),
+                &[],
+                None,
+                now,
+            )];
+            claim
+        };
+        let lock = lock(Some(5));
+        // A lapsed lease, a revoke, an expiry: each held back until its heldBackUntil, in any
+        // phase, whoever wrote it.
+        for (phase, reason) in [
+            (ClaimPhase::Released, "LeaseLapsed"),
+            (ClaimPhase::Revoked, "Revoked"),
+            (ClaimPhase::Expired, "HoldExpired"),
+            (ClaimPhase::Lost, "Lost"),
+        ] {
+            let shown = held_back_shown(&lock, &held_back(phase, reason, Some(at(12))));
+            assert_eq!(shown.map(|h| h.until), Some(at(12)), "{phase:?}");
+        }
+        // A claim marked Lost by a lockkeeper that wrote no heldBackUntil: its releasedAt plus
+        // the lock-delay, and a second for its whole seconds.
+        let old_loss = claim(ClaimPhase::Lost, Some(at(4)));
         assert_eq!(
-            lock_delay_shown(&lock(Some(5)), &claims, now),
-            Some(Duration::from_secs(2))
+            held_back_shown(&lock, &old_loss).map(|h| h.until),
+            Some(at(10))
         );
-        // Past the delay, or no delay: no fence.
-        assert_eq!(lock_delay_shown(&lock(Some(3)), &claims, now), None);
-        assert_eq!(lock_delay_shown(&lock(None), &claims, now), None);
+        // A routine release holds nothing back.
+        assert_eq!(
+            held_back_shown(&lock, &claim(ClaimPhase::Released, Some(at(9)))),
+            None
+        );
     }
 }

@@ -20,7 +20,7 @@ use super::claim_index::ClaimIndex;
 use super::context::{Caches, Context, Fences, Process, Term};
 use super::fast_lane::{self, FastLane};
 use super::throttle::Pacer;
-use super::{Config, api, claims, departures, locks, resume, watches};
+use super::{Config, api, claims, departures, locks, losses, resume, watches};
 use crate::claim_lifecycle::holders;
 use crate::resources::{DistributedLock, HolderKind, LockClaim};
 use crate::zookeeper::{ContenderEvent, ContenderState, SessionStatus};
@@ -59,6 +59,7 @@ pub fn begin(process: Arc<Process>) -> (Arc<Context>, TermInputs) {
         term: Term {
             contenders: Default::default(),
             fences: Mutex::new(HashMap::new()),
+            requeues_pending: Mutex::default(),
             stale_claims: Default::default(),
             claim_retries: Default::default(),
             lock_changed,
@@ -139,6 +140,12 @@ async fn forward_engine_events(
 ) {
     while let Some(event) = events.recv().await {
         if let Some(claim) = ctx.term.contenders.claim_of(event.id.as_str()) {
+            if let ContenderState::Lost(reason) = &event.state
+                && !reason.ends_session()
+            {
+                // Before the grant that follows it (the engine tells losses first).
+                losses::fence_lost_node(ctx, &claim);
+            }
             if matches!(event.state, ContenderState::Granted { .. }) {
                 ctx.term.fast_lane.reconcile(claim);
             } else {

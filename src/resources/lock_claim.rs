@@ -162,6 +162,11 @@ pub struct LockClaimStatus {
     pub granted_at: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub released_at: Option<Time>,
+    /// A grant this claim held ended abnormally (a lapsed lease, an expiry, a revoke, a lost
+    /// node or session) on a lock with a lock-delay: nobody is granted the lock before this
+    /// time, whichever controller replica leads by then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_back_until: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -278,11 +278,23 @@ impl LockWatch {
             .enumerate()
             .map(|(i, node)| (node.name.as_str(), i))
             .collect();
+        // Contenders whose nodes went on their own are told first: a grant that moves on
+        // because a node was deleted by someone else is reported after that loss, so the
+        // controller can fence the lock before it tells the next holder.
+        let vanished: Vec<ContenderId> = self
+            .contenders
+            .iter()
+            .filter(|(_, tracked)| !index_of.contains_key(tracked.node.as_str()))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in vanished {
+            if let Some(tracked) = self.contenders.remove(&id) {
+                self.publish(&id, &tracked, ContenderState::Lost(LossReason::NodeDeleted));
+            }
+        }
         let mut targets = BTreeSet::new();
-        let mut vanished = Vec::new();
         for (id, tracked) in &self.contenders {
             let Some(&index) = index_of.get(tracked.node.as_str()) else {
-                vanished.push(id.clone());
                 continue;
             };
             let state = match verdicts[index] {
@@ -314,11 +326,6 @@ impl LockWatch {
                 }
             };
             self.publish(id, tracked, state);
-        }
-        for id in vanished {
-            if let Some(tracked) = self.contenders.remove(&id) {
-                self.publish(&id, &tracked, ContenderState::Lost(LossReason::NodeDeleted));
-            }
         }
         Ok(targets)
     }

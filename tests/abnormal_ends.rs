@@ -1,0 +1,346 @@
+//! Issue 24: every way a grant ends other than its holder ending gets the same fence, on the
+//! real control plane and ZooKeeper. The next claim is not granted before the lock-delay has
+//! passed, whichever replica leads by then; the holder is evicted first where the lock asks;
+//! and the old grant's end is written before the next grant.
+
+mod cluster;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cluster::Cluster;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::ResourceExt;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use lockkeeper::resources::{ClaimPhase, LockClaim};
+use lockkeeper_testkit::api_fault_proxy::ErrorRule;
+use serde_json::json;
+
+/// What a watch saw, in the API server's order: (object name, what happened, resourceVersion).
+type Seen = Arc<Mutex<Vec<(String, String, u64)>>>;
+
+fn resource_version(meta: &impl ResourceExt) -> u64 {
+    meta.resource_version()
+        .and_then(|rv| rv.parse().ok())
+        .expect("a numeric resourceVersion")
+}
+
+/// Records each claim's phase changes, with the resourceVersion that showed them (etcd's
+/// revision: one order for claims and pods alike).
+fn watch_claim_phases(cluster: &Cluster, seen: Seen) -> tokio::task::JoinHandle<()> {
+    let stream = watcher(cluster.api::<LockClaim>(), watcher::Config::default()).touched_objects();
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        let mut last = std::collections::HashMap::new();
+        while let Some(event) = stream.next().await {
+            let Ok(claim) = event else { continue };
+            let phase = format!("{:?}", claim.status.clone().unwrap_or_default().phase);
+            if last.insert(claim.name_any(), phase.clone()).as_ref() != Some(&phase) {
+                seen.lock()
+                    .unwrap()
+                    .push((claim.name_any(), phase, resource_version(&claim)));
+            }
+        }
+    })
+}
+
+/// Records each pod's deletion (the revision that marked it deleted or terminating).
+fn watch_pod_deletions(cluster: &Cluster, seen: Seen) -> tokio::task::JoinHandle<()> {
+    let stream = watcher(cluster.api::<Pod>(), watcher::Config::default());
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(event) = stream.next().await {
+            let (pod, what) = match event {
+                Ok(watcher::Event::Delete(pod)) => (pod, "Deleted"),
+                Ok(watcher::Event::Apply(pod)) if pod.metadata.deletion_timestamp.is_some() => {
+                    (pod, "Terminating")
+                }
+                _ => continue,
+            };
+            seen.lock()
+                .unwrap()
+                .push((pod.name_any(), what.into(), resource_version(&pod)));
+        }
+    })
+}
+
+/// The first revision at which `name` showed `what`.
+fn first(seen: &Seen, name: &str, what: &str) -> Option<u64> {
+    seen.lock()
+        .unwrap()
+        .iter()
+        .find(|(n, w, _)| n == name && w == what)
+        .map(|(_, _, rv)| *rv)
+}
+
+/// A Lease claim whose holder renewed once, now, and never again.
+async fn lease_claim(cluster: &Cluster, name: &str, lock: &str, lease_seconds: u64) {
+    let renewed = Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
+        .to_string();
+    cluster
+        .claim(
+            name,
+            json!({"lock": lock, "holder": {"kind": "Lease", "name": name},
+                   "leaseDurationSeconds": lease_seconds, "renewTime": renewed}),
+        )
+        .await;
+}
+
+/// Whole seconds from `from` to `to` (timestamps in status have whole seconds).
+fn seconds_between(from: Timestamp, to: Timestamp) -> i64 {
+    to.as_second() - from.as_second()
+}
+
+/// Holes 1 and 7: a lapsed lease's hold-back is state the next leader reads. The leader that
+/// saw the lapse is stopped gracefully (a rolling update: closing its session deletes the node
+/// it kept for the lock-delay); the next one must still not grant the lock before the
+/// lock-delay has passed since the lapse. Before `heldBackUntil`, the waiter was granted as
+/// soon as the new leader had queued it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lapsed_leases_hold_back_outlives_a_graceful_change_of_leader() {
+    const LOCK_DELAY: i64 = 15;
+    let mut cluster = Cluster::start().await;
+    cluster
+        .lock("db", json!({"lockDelaySeconds": LOCK_DELAY}))
+        .await;
+    lease_claim(&cluster, "cron", "db", 2).await;
+    cluster.wait_phase("cron", ClaimPhase::Granted).await;
+    cluster.pod_with_claim("next", "db").await;
+    cluster.wait_phase("cron", ClaimPhase::Released).await;
+    let lapsed = cluster.claim_status("cron").await;
+    let lapsed_at = lapsed.released_at.expect("the lapse is recorded").0;
+    let until = lapsed.held_back_until.expect("the hold-back is recorded").0;
+    assert!(
+        seconds_between(lapsed_at, until) >= LOCK_DELAY,
+        "held back until {until}, lapsed at {lapsed_at}"
+    );
+    assert_eq!(cluster.phase("next").await, ClaimPhase::Waiting);
+
+    cluster.stop_controller().await;
+    cluster.start_controller();
+    cluster.wait_phase("next", ClaimPhase::Granted).await;
+    let granted_at = cluster.claim_status("next").await.granted_at.unwrap().0;
+    assert!(
+        granted_at >= until,
+        "granted at {granted_at}, before the hold-back ended at {until} (lapsed at {lapsed_at})"
+    );
+    cluster.stop().await;
+}
+
+/// Hole 2: a grant held past `maxHoldSeconds` is an abnormal end like any other: its holder is
+/// evicted where the lock asks, and nobody is granted the lock before the lock-delay has
+/// passed. Before, the expired claim was dequeued at once and the next claim granted in the
+/// same second, its holder still running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_held_past_max_hold_is_fenced_and_its_holder_evicted() {
+    const LOCK_DELAY: i64 = 8;
+    let cluster = Cluster::start().await;
+    cluster
+        .lock(
+            "db",
+            json!({"maxHoldSeconds": 2, "lockDelaySeconds": LOCK_DELAY, "evictOnLoss": true}),
+        )
+        .await;
+    cluster.pod_with_claim("greedy", "db").await;
+    cluster.wait_phase("greedy", ClaimPhase::Granted).await;
+    cluster.pod_with_claim("next", "db").await;
+    cluster.wait_phase("greedy", ClaimPhase::Expired).await;
+    let expired = cluster.claim_status("greedy").await;
+    let expired_at = expired
+        .released_at
+        .clone()
+        .expect("the expiry is recorded")
+        .0;
+    assert_eq!(expired.conditions[0].reason, "HoldExpired", "{expired:?}");
+    cluster
+        .eventually("the expired holder's pod is evicted", || async {
+            cluster
+                .api::<Pod>()
+                .get_opt("greedy")
+                .await
+                .unwrap()
+                .is_none_or(|pod| pod.metadata.deletion_timestamp.is_some())
+        })
+        .await;
+    cluster.wait_phase("next", ClaimPhase::Granted).await;
+    let granted_at = cluster.claim_status("next").await.granted_at.unwrap().0;
+    assert!(
+        seconds_between(expired_at, granted_at) >= LOCK_DELAY,
+        "granted at {granted_at}, {} s after the expiry at {expired_at}: the lock-delay ({LOCK_DELAY} s) was not kept",
+        seconds_between(expired_at, granted_at)
+    );
+    cluster.stop().await;
+}
+
+/// Hole 4: a holder's node deleted by another ZooKeeper client (the lock's directory lets any
+/// client delete) is an abnormal end: the claim shows `Lost` at once, the next claim is not
+/// granted before the lock-delay has passed, and the lost claim lines up again instead of
+/// staying `Lost` for the rest of the term. Before, the waiter was granted at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holders_node_deleted_by_another_client_is_fenced_then_queued_again() {
+    const LOCK_DELAY: i64 = 8;
+    let cluster = Cluster::start().await;
+    cluster
+        .lock("db", json!({"lockDelaySeconds": LOCK_DELAY}))
+        .await;
+    cluster.pod_with_claim("holder", "db").await;
+    cluster.wait_phase("holder", ClaimPhase::Granted).await;
+    cluster.pod_with_claim("next", "db").await;
+    cluster.wait_phase("next", ClaimPhase::Waiting).await;
+    let znode = cluster
+        .claim_status("holder")
+        .await
+        .znode
+        .expect("the holder's node");
+    let zk = zookeeper_client::Client::connect(&cluster.zk.connect_string())
+        .await
+        .expect("a ZooKeeper client");
+    zk.delete(&znode, None).await.expect("delete the node");
+
+    cluster.wait_phase("holder", ClaimPhase::Lost).await;
+    let lost = cluster.claim_status("holder").await;
+    let lost_at = lost.released_at.clone().expect("the loss is recorded").0;
+    assert!(lost.held_back_until.is_some(), "{lost:?}");
+    cluster.wait_phase("next", ClaimPhase::Granted).await;
+    let granted_at = cluster.claim_status("next").await.granted_at.unwrap().0;
+    assert!(
+        seconds_between(lost_at, granted_at) >= LOCK_DELAY,
+        "granted {} s after the loss: the lock-delay ({LOCK_DELAY} s) was not kept",
+        seconds_between(lost_at, granted_at)
+    );
+    // The lost claim is in line again, behind the new holder, and gets the lock back once the
+    // new holder ends.
+    cluster
+        .eventually("the lost claim is in line again", || async {
+            cluster.claim_status("holder").await.position == Some(1)
+        })
+        .await;
+    cluster.set_pod_phase("next", "Succeeded").await;
+    cluster.wait_phase("holder", ClaimPhase::Granted).await;
+    cluster.stop().await;
+}
+
+/// Holes 3 and 14: the old holder's end is written, and its pods asked to stop where the lock
+/// asks, before the next claim is granted. Revoked by hand on a lock without a lock-delay
+/// (and routine ends) — the revision order the API server gave the writes is the proof. The
+/// first write of each end is answered 500, as an API server under load may: a controller
+/// that took the node out of the queue first has the next claim granted while the old one
+/// still shows `Granted`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ended_grant_is_written_and_its_holder_evicted_before_the_next_grant() {
+    let cluster = Cluster::start_with_faults().await;
+    let fail_next_status_write = || {
+        cluster.faults().inject(ErrorRule {
+            code: 500,
+            count: 1,
+            verb: Some("patch".into()),
+            resource: Some("lockclaims/status".into()),
+        })
+    };
+    cluster.lock("db", json!({"evictOnLoss": true})).await;
+    let seen: Seen = Arc::default();
+    let claims_watch = watch_claim_phases(&cluster, seen.clone());
+    let pods_watch = watch_pod_deletions(&cluster, seen.clone());
+    let names: Vec<String> = (0..5).map(|i| format!("c{i}")).collect();
+    for name in &names {
+        cluster.pod_with_claim(name, "db").await;
+    }
+    // c0 is revoked; c1..c3 end as their pods succeed; c4 holds at the end.
+    cluster.wait_phase("c0", ClaimPhase::Granted).await;
+    for name in &names[1..] {
+        cluster.wait_phase(name, ClaimPhase::Waiting).await;
+    }
+    // The waiters' places are written a second after their queueing: then the next status
+    // write is the revoked claim's.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    fail_next_status_write();
+    let revoke = json!({"metadata": {"annotations": {
+        "lockkeeper.dev/revoke": "stuck", "lockkeeper.dev/revoke-requested-by": "test"}}});
+    cluster
+        .api::<LockClaim>()
+        .patch("c0", &PatchParams::default(), &Patch::Merge(revoke))
+        .await
+        .unwrap();
+    for name in &names[1..4] {
+        cluster.wait_phase(name, ClaimPhase::Granted).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        fail_next_status_write();
+        cluster.set_pod_phase(name, "Succeeded").await;
+    }
+    cluster.wait_phase("c4", ClaimPhase::Granted).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    claims_watch.abort();
+    pods_watch.abort();
+    let evicted = first(&seen, "c0", "Terminating")
+        .into_iter()
+        .chain(first(&seen, "c0", "Deleted"))
+        .min()
+        .expect("the revoked holder's pod was evicted");
+    let granted = |name: &str| first(&seen, name, "Granted").expect("granted");
+    assert!(
+        evicted < granted("c1"),
+        "c1 was granted (revision {}) before the revoked holder's pod was evicted ({evicted}): {:?}",
+        granted("c1"),
+        seen.lock().unwrap()
+    );
+    let revoked = first(&seen, "c0", "Revoked").expect("c0 revoked");
+    assert!(revoked < granted("c1"), "{:?}", seen.lock().unwrap());
+    for pair in names[1..].windows(2) {
+        let released = first(&seen, &pair[0], "Released").expect("released");
+        assert!(
+            released < granted(&pair[1]),
+            "{} was granted before {}'s end was written: {:?}",
+            pair[1],
+            pair[0],
+            seen.lock().unwrap()
+        );
+    }
+    cluster.stop().await;
+}
+
+/// The same hold-back across a change of leader, for a grant revoked by hand: the claim shows
+/// `Revoked` with the time the lock is held back until, and the next leader honours it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_grants_hold_back_outlives_a_graceful_change_of_leader() {
+    const LOCK_DELAY: i64 = 12;
+    let mut cluster = Cluster::start().await;
+    cluster
+        .lock("db", json!({"lockDelaySeconds": LOCK_DELAY}))
+        .await;
+    cluster.pod_with_claim("stuck", "db").await;
+    cluster.wait_phase("stuck", ClaimPhase::Granted).await;
+    cluster.pod_with_claim("next", "db").await;
+    let revoke = json!({"metadata": {"annotations": {"lockkeeper.dev/revoke": "stuck"}}});
+    cluster
+        .api::<LockClaim>()
+        .patch("stuck", &PatchParams::default(), &Patch::Merge(revoke))
+        .await
+        .unwrap();
+    cluster.wait_phase("stuck", ClaimPhase::Revoked).await;
+    let until = cluster
+        .claim_status("stuck")
+        .await
+        .held_back_until
+        .expect("the hold-back is recorded")
+        .0;
+    cluster.stop_controller().await;
+    cluster.start_controller();
+    cluster.wait_phase("next", ClaimPhase::Granted).await;
+    let granted_at = cluster.claim_status("next").await.granted_at.unwrap().0;
+    assert!(
+        granted_at >= until,
+        "granted at {granted_at}, before the hold-back ended at {until}"
+    );
+    assert!(
+        granted_at
+            .duration_since(until)
+            .abs()
+            .le(&SignedDuration::from_secs(LOCK_DELAY)),
+        "granted long after the hold-back: {granted_at} vs {until}"
+    );
+    cluster.stop().await;
+}
