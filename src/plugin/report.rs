@@ -374,25 +374,27 @@ fn deadlocked(claim: &LockClaim) -> Option<String> {
         .map(|c| c.message.clone())
 }
 
-/// Whether the lock is held back by its lock-delay after a grant that ended abnormally.
+/// Whether the lock is held back after a grant that ended abnormally: what its claims'
+/// `heldBackUntil` say, the time the controller honours too.
 fn lock_delay(lock: &DistributedLock, facts: &WhyFacts) -> Option<String> {
-    let delay = Duration::from_secs(lock.spec.lock_delay_seconds.filter(|d| *d > 0)?);
-    facts.lock_claims.iter().find_map(|c| {
-        let status = c.status.clone()?;
-        let abnormal = status.phase == ClaimPhase::Lost
-            || status.phase == ClaimPhase::Revoked
-            || status.granted_reason() == Some(crate::claim_lifecycle::LEASE_LAPSED);
-        let ended = since(status.released_at?.0, facts.now);
-        (abnormal && status.granted_at.is_some() && ended < delay).then(|| {
+    let delay = lock.spec.lock_delay_seconds.filter(|d| *d > 0)?;
+    facts
+        .lock_claims
+        .iter()
+        .filter_map(|c| {
+            let status = c.status.as_ref()?;
+            let until = status.held_back_until.as_ref()?.0;
+            (until > facts.now).then_some((until, c, status))
+        })
+        .max_by_key(|(until, _, _)| *until)
+        .map(|(until, c, status)| {
             format!(
-                "The lock is held back for its lock-delay ({}s) after claim {}'s grant ended {:?}: {} left.",
-                delay.as_secs(),
+                "The lock is held back for its lock-delay ({delay}s) after claim {}'s grant ended {}: {} left.",
                 c.name_any(),
-                status.phase,
-                short(delay - ended)
+                status.granted_reason().unwrap_or("abnormally"),
+                short(since(facts.now, until))
             )
         })
-    })
 }
 
 fn alive(holder: &HolderRef, claim: Option<&LockClaim>, facts: &WhyFacts) -> String {
