@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::client::claim_client::ClaimError;
 use crate::client::lock_set::{self, LockArg};
+use crate::lock_paths::AllowedPrefix;
 use crate::lock_rules::{Verdict, WaitTarget};
 use crate::resources::{ClaimMode, LockType};
 use crate::zookeeper::{EngineConfig, EngineError, LockEngine, LockQueue, LockSpec};
@@ -130,6 +131,16 @@ pub struct ControllerArgs {
     /// Default lock paths are `<root>/<namespace>/<name>`.
     #[arg(long, default_value = "/lockkeeper", env = "LOCKKEEPER_ZOOKEEPER_ROOT")]
     pub zookeeper_root: String,
+    /// Let the locks of NAMESPACE (`*`: of every namespace) use `spec.zookeeper.path`s at or
+    /// under PREFIX (whole segments), besides their namespace's own `<root>/<namespace>/…`;
+    /// repeatable (the environment variable takes a comma-separated list).
+    #[arg(
+        long = "allowed-lock-path",
+        value_name = "NAMESPACE=PREFIX",
+        env = "LOCKKEEPER_ALLOWED_LOCK_PATHS",
+        value_delimiter = ','
+    )]
+    pub allowed_lock_paths: Vec<AllowedPrefix>,
     /// ZooKeeper digest user (with --zookeeper-password): the controller's nodes are then
     /// deletable only by this identity.
     #[arg(
@@ -167,6 +178,7 @@ impl ControllerArgs {
         crate::controller::Config {
             engine,
             root: self.zookeeper_root,
+            allowed_lock_paths: self.allowed_lock_paths,
             metrics_addr: self.metrics_addr,
             namespace: self.namespace,
             concurrent_reconciles: self.concurrent_reconciles,
@@ -342,4 +354,49 @@ pub fn render_queue(queue: &LockQueue) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn controller(args: &[&str]) -> Result<ControllerArgs, clap::Error> {
+        let mut all = vec!["lockkeeper", "controller", "--zookeeper", "zk:2181"];
+        all.extend(args);
+        match Cli::try_parse_from(all)?.command {
+            Command::Controller(args) => Ok(args),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn allowed_lock_paths_repeat_and_take_a_comma_separated_list() {
+        let args = controller(&[
+            "--allowed-lock-path",
+            "team-a=/services/billing",
+            "--allowed-lock-path",
+            "*=/shared,team-b=/lockkeeper/team-a",
+        ])
+        .unwrap();
+        let allowed: Vec<String> = args
+            .config()
+            .allowed_lock_paths
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            allowed,
+            [
+                "team-a=/services/billing",
+                "*=/shared",
+                "team-b=/lockkeeper/team-a"
+            ]
+        );
+        assert!(controller(&[]).unwrap().allowed_lock_paths.is_empty());
+        let refused = controller(&["--allowed-lock-path", "/services"]).unwrap_err();
+        assert!(
+            refused.to_string().contains("is not NAMESPACE=PREFIX"),
+            "{refused}"
+        );
+    }
 }

@@ -7,6 +7,7 @@
 //! - [`claim_lifecycle`]: what happens next to a claim, and what its holder's state is (pure).
 //! - [`deadlock`]: the wait-for graph of holders, and the cycles in it (pure).
 //! - [`lock_status`]: what a lock's status says (pure), with [`lock_history`], its last grants.
+//! - [`lock_paths`]: where in ZooKeeper a namespace's locks may live (pure).
 //! - [`controller`]: `lockkeeper controller`, Kubernetes I/O around the engine.
 //! - [`client`]: `lockkeeper gate` and `lockkeeper run`, which make a claim and follow it
 //!   through the Kubernetes API.
@@ -19,6 +20,7 @@ pub mod client;
 pub mod controller;
 pub mod deadlock;
 pub mod lock_history;
+pub mod lock_paths;
 pub mod lock_rules;
 pub mod lock_status;
 pub mod plugin;

@@ -8,7 +8,9 @@ use k8s_openapi::jiff::Timestamp;
 
 use crate::lock_history::history;
 use crate::resources::conditions;
-use crate::resources::{ClaimPhase, DistributedLockStatus, Installation, LockClaim, LockHolder};
+use crate::resources::{
+    ClaimPhase, DistributedLockStatus, Installation, LockClaim, LockHolder, LockSpecError,
+};
 use crate::zookeeper::LockQueue;
 
 /// What the lock reconciler observed of one lock.
@@ -16,7 +18,7 @@ pub struct LockFacts<'a> {
     pub current: &'a DistributedLockStatus,
     pub generation: Option<i64>,
     /// The lock's queue and its directory; or why the lock's spec cannot be served.
-    pub queue: Result<(&'a str, &'a LockQueue), String>,
+    pub queue: Result<(&'a str, &'a LockQueue), &'a LockSpecError>,
     /// The cached claims of the lock, by UID.
     pub claims: &'a HashMap<String, &'a LockClaim>,
     /// Grants of the lock's claims deleted while they held, not in its status yet.
@@ -50,7 +52,7 @@ pub fn lock_status(facts: &LockFacts, here: &Installation, now: Timestamp) -> Wa
         Err(problem) => {
             return WantedStatus {
                 status: DistributedLockStatus {
-                    conditions: ready("False", "InvalidSpec", problem.clone()),
+                    conditions: ready("False", problem.reason(), problem.to_string()),
                     observed_generation: facts.generation,
                     served_by: Some(here.clone()),
                     history: facts.current.history.clone(),
@@ -215,25 +217,39 @@ status: {phase: Waiting}
     fn a_lock_that_cannot_be_served_says_why() {
         let claims = HashMap::new();
         let current = DistributedLockStatus::default();
-        let facts = LockFacts {
-            current: &current,
-            generation: Some(1),
-            queue: Err("a Semaphore needs permits".into()),
-            claims: &claims,
-            departed: &[],
-            history_limit: 10,
-        };
-        let status = lock_status(&facts, &here(), Timestamp::UNIX_EPOCH).status;
-        let ready = &status.conditions[0];
-        assert_eq!(
-            (
-                ready.status.as_str(),
-                ready.reason.as_str(),
-                ready.message.as_str()
-            ),
-            ("False", "InvalidSpec", "a Semaphore needs permits")
+        let invalid = LockSpecError::from(crate::zookeeper::EngineError::from(
+            crate::lock_rules::RuleError::NoPermits(0),
+        ));
+        let refused = LockSpecError::from(
+            crate::lock_paths::LockPaths::new("/lockkeeper", vec![])
+                .check("team", "/lockkeeper/other/db")
+                .unwrap_err(),
         );
-        assert_eq!((status.holders.len(), status.zookeeper_path), (0, None));
-        assert_eq!(status.served_by, Some(here()));
+        for (problem, reason) in [(&invalid, "InvalidSpec"), (&refused, "PathNotAllowed")] {
+            let facts = LockFacts {
+                current: &current,
+                generation: Some(1),
+                queue: Err(problem),
+                claims: &claims,
+                departed: &[],
+                history_limit: 10,
+            };
+            let status = lock_status(&facts, &here(), Timestamp::UNIX_EPOCH).status;
+            let ready = &status.conditions[0];
+            assert_eq!(
+                (
+                    ready.status.as_str(),
+                    ready.reason.as_str(),
+                    ready.message.clone()
+                ),
+                ("False", reason, problem.to_string())
+            );
+            assert_eq!((status.holders.len(), status.zookeeper_path), (0, None));
+            assert_eq!(status.served_by, Some(here()));
+        }
+        assert_eq!(
+            invalid.to_string(),
+            "a semaphore needs at least 1 permit, got 0"
+        );
     }
 }

@@ -294,6 +294,14 @@ fn cluster_wide_values_render_a_cluster_role_digest_credentials_and_a_service_mo
     );
     assert_eq!(env_value(container, "LOCKKEEPER_WATCH_NAMESPACE"), None);
     assert_eq!(
+        container["args"],
+        serde_json::json!([
+            "controller",
+            "--allowed-lock-path=billing=/services/billing",
+            "--allowed-lock-path=*=/shared/locks"
+        ])
+    );
+    assert_eq!(
         env_value(container, "LOCKKEEPER_ZOOKEEPER").unwrap(),
         "zk-0.zk:2181,zk-1.zk:2181,zk-2.zk:2181"
     );
@@ -426,6 +434,91 @@ fn bad_values_are_refused_at_install_time_naming_the_value() {
         match template("locks", "platform", &args) {
             Ok(_) => panic!("--set {sets:?} was accepted"),
             Err(err) => assert!(err.contains(expected), "--set {sets:?}: {err}"),
+        }
+    }
+}
+
+#[test]
+fn allowed_lock_paths_render_into_the_controllers_arguments() {
+    let connect = "zookeeper.connect=zk:2181";
+    let docs = rendered(
+        "locks",
+        "platform",
+        &[
+            "--set",
+            connect,
+            "--set",
+            "zookeeper.allowedLockPaths[0].namespace=billing",
+            "--set",
+            "zookeeper.allowedLockPaths[0].prefix=/services/billing",
+            "--set",
+            "zookeeper.allowedLockPaths[1].namespace=*",
+            "--set",
+            "zookeeper.allowedLockPaths[1].prefix=/",
+        ],
+    );
+    let args: Vec<&str> = controller_container(&docs)["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        args,
+        [
+            "controller",
+            "--allowed-lock-path=billing=/services/billing",
+            "--allowed-lock-path=*=/"
+        ]
+    );
+    // The controller reads them as it is started with them.
+    use clap::Parser;
+    let cli = lockkeeper::cli::Cli::try_parse_from(
+        std::iter::once("lockkeeper")
+            .chain(args)
+            .chain(["--zookeeper", "zk:2181"]),
+    )
+    .expect("the controller takes the rendered arguments");
+    let lockkeeper::cli::Command::Controller(controller) = cli.command else {
+        panic!("not the controller command");
+    };
+    let allowed: Vec<String> = controller
+        .allowed_lock_paths
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(allowed, ["billing=/services/billing", "*=/"]);
+    for (namespace, prefix, field) in [
+        (
+            "billing",
+            "/services/../billing",
+            "/zookeeper/allowedLockPaths/0/prefix",
+        ),
+        (
+            "billing",
+            "/services/billing/",
+            "/zookeeper/allowedLockPaths/0/prefix",
+        ),
+        (
+            "billing",
+            "services",
+            "/zookeeper/allowedLockPaths/0/prefix",
+        ),
+        (
+            "Billing",
+            "/services",
+            "/zookeeper/allowedLockPaths/0/namespace",
+        ),
+    ] {
+        let namespace = format!("zookeeper.allowedLockPaths[0].namespace={namespace}");
+        let prefix = format!("zookeeper.allowedLockPaths[0].prefix={prefix}");
+        match template(
+            "locks",
+            "platform",
+            &["--set", connect, "--set", &namespace, "--set", &prefix],
+        ) {
+            Ok(_) => panic!("{namespace} {prefix} was accepted"),
+            Err(err) => assert!(err.contains(field), "{namespace} {prefix}: {err}"),
         }
     }
 }

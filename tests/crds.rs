@@ -68,6 +68,10 @@ async fn the_api_server_installs_the_crds_and_enforces_their_rules() {
         ),
     );
     cluster.kubectl_ok(&["apply", "-f", "-"], &lock("plain", "{type: Mutex}"));
+    cluster.kubectl_ok(
+        &["apply", "-f", "-"],
+        &lock("slots", "{type: Semaphore, permits: 3}"),
+    );
     let refusals = [
         (
             lock("slash", "{zookeeper: {path: /services/billing/}}"),
@@ -75,6 +79,14 @@ async fn the_api_server_installs_the_crds_and_enforces_their_rules() {
         ),
         (
             lock("relative", "{zookeeper: {path: services/billing}}"),
+            "spec.zookeeper.path",
+        ),
+        (
+            lock("dots", "{zookeeper: {path: /lockkeeper/a/../b/prod}}"),
+            "spec.zookeeper.path",
+        ),
+        (
+            lock("empty", "{zookeeper: {path: /services//billing}}"),
             "spec.zookeeper.path",
         ),
         (
@@ -90,6 +102,15 @@ async fn the_api_server_installs_the_crds_and_enforces_their_rules() {
             "zookeeper.path cannot change",
         ),
         (lock("plain", "{type: ReadWrite}"), "type cannot change"),
+        // Issue 24, hole 5: lowered under three holders, a waiter was granted as a fourth.
+        (
+            lock("slots", "{type: Semaphore, permits: 1}"),
+            "permits cannot change",
+        ),
+        (
+            lock("slots", "{type: Semaphore, permits: 5}"),
+            "permits cannot change",
+        ),
     ];
     for (manifest, message) in refusals {
         let (ok, out, err) = cluster.kubectl(&["apply", "-f", "-"], &manifest);

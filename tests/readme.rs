@@ -60,7 +60,7 @@ const COMMANDS: &[(&str, &str)] = &[
         "the_quick_start_and_troubleshooting_commands_show_the_queue (with the test's ZooKeeper and root)",
     ),
     (
-        "lockkeeper controller --zookeeper 127.0.0.1:2181 [--zookeeper-root /lockkeeper] [--namespace NS] [--metrics-addr 127.0.0.1:8080] [--session-timeout 10s] [--concurrent-reconciles 32]",
+        "lockkeeper controller --zookeeper 127.0.0.1:2181 [--zookeeper-root /lockkeeper] [--allowed-lock-path NAMESPACE=PREFIX ...] [--namespace NS] [--metrics-addr 127.0.0.1:8080] [--session-timeout 10s] [--concurrent-reconciles 32]",
         "a synopsis; tests/scenarios.rs starts it with every flag (Cluster::start_controller_process)",
     ),
     (

@@ -32,6 +32,9 @@ pub struct LockFacts {
     /// before the lock-delay has passed. Read by the controller from its claims' statuses and
     /// its own fences, not from the lock's spec.
     pub held_back: Option<HeldBack>,
+    /// Why this installation cannot serve the lock (its ZooKeeper path is not one its
+    /// namespace may use, say), from the controller; its claims are invalid until that changes.
+    pub unservable: Option<String>,
 }
 
 /// A lock nobody is granted before `until`: a grant of it ended abnormally (`why`).
@@ -50,6 +53,7 @@ impl LockFacts {
             evict_on_loss: lock.spec.evict_on_loss,
             lock_delay: lock.spec.lock_delay_seconds.map(Duration::from_secs),
             held_back: None,
+            unservable: None,
         }
     }
 }
@@ -358,6 +362,12 @@ pub fn validate(spec: &LockClaimSpec, lock: Option<&LockFacts>) -> Result<(), St
             spec.lock
         ));
     };
+    if let Some(why) = &lock.unservable {
+        return Err(format!(
+            "DistributedLock {:?} cannot be served: {why}",
+            spec.lock
+        ));
+    }
     if spec.mode == ClaimMode::Shared && lock.lock_type != LockType::ReadWrite {
         return Err(format!(
             "mode Shared needs a ReadWrite lock; {:?} is a {:?} lock",
@@ -984,6 +994,7 @@ mod tests {
             evict_on_loss: false,
             lock_delay: None,
             held_back: None,
+            unservable: None,
         }
     }
 
@@ -1168,6 +1179,28 @@ mod tests {
                 .unwrap()
                 .message
                 .contains("\"db\" does not exist")
+        );
+        // A lock this installation may not serve (its path is another namespace's, say).
+        let refused = LockFacts {
+            unservable: Some("spec.zookeeper.path /lockkeeper/b/prod is not allowed".into()),
+            ..mutex(None)
+        };
+        let unservable = decide(
+            &spec(ClaimMode::Exclusive, None),
+            &pending,
+            Some(&refused),
+            &HolderState::Running,
+            &QueueState::NotQueued,
+            at(1),
+        );
+        assert_eq!(
+            (unservable.queue, phase_of(&unservable)),
+            (QueueAction::Keep, Some(ClaimPhase::Invalid))
+        );
+        assert!(
+            unservable.outcome.unwrap().message.contains(
+                "cannot be served: spec.zookeeper.path /lockkeeper/b/prod is not allowed"
+            )
         );
         let shared = decide(
             &spec(ClaimMode::Shared, None),

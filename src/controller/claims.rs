@@ -246,6 +246,10 @@ async fn observe(
     let now = Timestamp::now();
     let lock_facts = lock.as_deref().map(|lock| LockFacts {
         held_back: ctx.held_back(&claim.lock_ref()),
+        unservable: lock
+            .lock_spec(&ctx.process.root)
+            .err()
+            .map(|err| err.to_string()),
         ..LockFacts::of(lock)
     });
     let (mut holder, holder_check) = holder_state(ctx, claim, now);

@@ -2,6 +2,8 @@
 //! the error metric and decides nothing else: every failure is retried with the object's own
 //! backoff ([`super::retries`]).
 
+use crate::lock_paths::PathRefused;
+use crate::resources::LockSpecError;
 use crate::zookeeper::EngineError;
 
 /// The step of a reconcile that failed.
@@ -54,6 +56,18 @@ pub enum Cause {
     Kube(#[from] kube::Error),
     #[error("ZooKeeper: {0}")]
     Engine(#[from] EngineError),
+    /// The lock's path is not one its namespace may use.
+    #[error("{0}")]
+    PathNotAllowed(#[from] PathRefused),
+}
+
+impl From<LockSpecError> for Cause {
+    fn from(err: LockSpecError) -> Self {
+        match err {
+            LockSpecError::Invalid(err) => Cause::Engine(err),
+            LockSpecError::PathNotAllowed(refused) => Cause::PathNotAllowed(refused),
+        }
+    }
 }
 
 /// A failed reconcile: `<step>: <cause>`.

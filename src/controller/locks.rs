@@ -20,7 +20,7 @@ use super::throttle::Pacer;
 use crate::lock_status::{LockFacts, WantedStatus, lock_status};
 use crate::resources::{
     ClaimPhase, DEFAULT_HISTORY_LIMIT, DistributedLock, DistributedLockStatus, Installation,
-    LockClaim,
+    LockClaim, LockSpecError,
 };
 use crate::zookeeper::LockQueue;
 
@@ -133,10 +133,7 @@ async fn refresh(lock: &Arc<DistributedLock>, ctx: &LockContext) -> Result<Actio
     let facts = LockFacts {
         current: &current,
         generation: lock.meta().generation,
-        queue: queue
-            .as_ref()
-            .map(|(dir, queue)| (dir.as_str(), queue))
-            .map_err(Clone::clone),
+        queue: queue.as_ref().map(|(dir, queue)| (dir.as_str(), queue)),
         claims: &by_uid,
         departed: &departed,
         history_limit,
@@ -190,14 +187,40 @@ async fn refresh(lock: &Arc<DistributedLock>, ctx: &LockContext) -> Result<Actio
         // Read from queues that may be out of date: see Context::zookeeper_connected.
         return Ok(Action::requeue(super::claims::DISCONNECTED_RETRY));
     }
+    if let Err(problem) = &queue {
+        warn_unserved(ctx, lock, &current, problem).await;
+    }
     write_status(lock, ctx, &wanted, settled).await
+}
+
+/// A lock that cannot be served (its spec invalid, its path not one its namespace may use)
+/// gets a Warning event when its status comes to say so. Its claims are not queued: the claim
+/// reconciler resolves the lock's path with the same [`DistributedLock::lock_spec`].
+async fn warn_unserved(
+    ctx: &LockContext,
+    lock: &DistributedLock,
+    current: &DistributedLockStatus,
+    problem: &LockSpecError,
+) {
+    let message = problem.to_string();
+    let said = current.conditions.iter().any(|c| {
+        c.type_ == "Ready"
+            && c.status == "False"
+            && c.reason == problem.reason()
+            && c.message == message
+    });
+    if said {
+        return;
+    }
+    tracing::warn!(lock = %lock.name_any(), namespace = ?lock.namespace(), %problem, "the lock cannot be served");
+    status::publish(&ctx.shared, lock, true, problem.reason(), "Serve", message).await;
 }
 
 /// The lock's ZooKeeper directory and queue; or why its spec cannot be served.
 async fn read_queue(
     lock: &DistributedLock,
     ctx: &LockContext,
-) -> Result<Result<(String, LockQueue), String>, Error> {
+) -> Result<Result<(String, LockQueue), LockSpecError>, Error> {
     Ok(match lock.lock_spec(&ctx.shared.process.root) {
         Ok(spec) => Ok((
             spec.dir(),
@@ -208,7 +231,7 @@ async fn read_queue(
                 .await
                 .during(Step::ReadQueue)?,
         )),
-        Err(err) => Err(err.to_string()),
+        Err(err) => Err(err),
     })
 }
 

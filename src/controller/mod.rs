@@ -46,6 +46,7 @@ use tokio_util::sync::CancellationToken;
 use self::context::{Fences, Process};
 use self::leader::Leadership;
 use self::telemetry::Metrics;
+use crate::lock_paths::{AllowedPrefix, LockPaths};
 use crate::resources::Installation;
 use crate::zookeeper::znode_name::ContenderId;
 use crate::zookeeper::{EngineConfig, EngineError, LockEngine, SessionStatus};
@@ -55,6 +56,8 @@ pub struct Config {
     pub engine: EngineConfig,
     /// Default lock paths are `<root>/<namespace>/<name>`.
     pub root: String,
+    /// Prefixes a namespace's locks may use beyond `<root>/<namespace>/` (see [`crate::lock_paths`]).
+    pub allowed_lock_paths: Vec<AllowedPrefix>,
     pub metrics_addr: SocketAddr,
     /// Watch one namespace only; `None` for all.
     pub namespace: Option<String>,
@@ -127,7 +130,7 @@ pub async fn run_with(
     let process = Arc::new(Process {
         client,
         engine: engine.clone(),
-        root: config.root.clone(),
+        root: LockPaths::new(&config.root, config.allowed_lock_paths.clone()),
         installation: this_installation(&engine, &config).await?,
         reporter: reporter(&config),
         metrics: metrics.clone(),

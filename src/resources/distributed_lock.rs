@@ -8,6 +8,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::lock_claim::{ClaimMode, HolderRef};
+use crate::lock_paths::{LockPaths, PathRefused};
 use crate::lock_rules::{LockKind, RuleError};
 use crate::zookeeper::{EngineError, LockSpec};
 
@@ -36,6 +37,9 @@ use crate::zookeeper::{EngineError, LockSpec};
 #[x_kube(validation = Rule::new("self.type == 'Semaphore' || !has(self.permits)").message("permits is only for Semaphore locks"))]
 #[x_kube(validation = Rule::new("self.type != 'Semaphore' || has(self.permits)").message("a Semaphore lock needs permits"))]
 #[x_kube(validation = Rule::new("self.type == oldSelf.type").message("type cannot change; create a new lock"))]
+// Holders granted under more permits would not fit fewer, and the lock's queue in ZooKeeper is
+// judged by one number at a time: a new number is a new lock.
+#[x_kube(validation = Rule::new("!has(oldSelf.permits) || !has(self.permits) || self.permits == oldSelf.permits").message("permits cannot change while the lock exists (its holders were granted under the old number); create a new lock"))]
 // A conditional, not `has(…) == has(…)`: kube-apiserver estimates every rule's cost, and
 // the comparison of two has() results priced the rule far over the budget of older servers.
 #[x_kube(validation = Rule::new("has(oldSelf.zookeeper) ? has(self.zookeeper) && self.zookeeper.path == oldSelf.zookeeper.path : !has(self.zookeeper)").message("zookeeper.path cannot change; create a new lock"))]
@@ -117,26 +121,57 @@ impl LockType {
 
 impl DistributedLock {
     /// The engine's view of the lock: its ZooKeeper path (`spec.zookeeper.path`, else
-    /// `<root>/<namespace>/<name>`) and grant rules.
-    pub fn lock_spec(&self, root: &str) -> Result<LockSpec, EngineError> {
-        let path = match &self.spec.zookeeper {
-            Some(location) => location.path.clone(),
-            None => format!(
-                "{}/{}/{}",
-                root.trim_end_matches('/'),
-                self.namespace().unwrap_or_default(),
-                self.name_any()
-            ),
-        };
-        LockSpec::new(&path, self.spec.lock_type.lock_kind(self.spec.permits)?)
+    /// `<root>/<namespace>/<name>`) and grant rules. A path named in the spec must be one the
+    /// installation lets the lock's namespace use ([`LockPaths::check`]).
+    pub fn lock_spec(&self, paths: &LockPaths) -> Result<LockSpec, LockSpecError> {
+        let namespace = self.namespace().unwrap_or_default();
+        let kind = self
+            .spec
+            .lock_type
+            .lock_kind(self.spec.permits)
+            .map_err(EngineError::from)?;
+        Ok(match &self.spec.zookeeper {
+            Some(location) => {
+                let spec = LockSpec::new(&location.path, kind)?;
+                paths.check(&namespace, &location.path)?;
+                spec
+            }
+            None => LockSpec::new(&paths.default_path(&namespace, &self.name_any()), kind)?,
+        })
+    }
+}
+
+/// Why a lock cannot be served.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum LockSpecError {
+    /// Its path or rules are invalid.
+    #[error(transparent)]
+    Invalid(#[from] EngineError),
+    /// Its path is not one its namespace may use.
+    #[error(transparent)]
+    PathNotAllowed(#[from] PathRefused),
+}
+
+impl LockSpecError {
+    /// The reason of the lock's `Ready` condition that says so.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            LockSpecError::Invalid(_) => "InvalidSpec",
+            LockSpecError::PathNotAllowed(_) => "PathNotAllowed",
+        }
     }
 }
 
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct ZooKeeperLocation {
-    /// An absolute znode path, e.g. `/services/billing/locks/nightly`.
-    #[schemars(length(min = 2, max = 1024), regex(pattern = r"^/[^\x00]*[^/]$"))]
+    /// An absolute znode path, e.g. `/services/billing/locks/nightly`, without empty, `.` or
+    /// `..` segments. Outside `<root>/<namespace>/` it must be under a prefix the installation
+    /// allows the namespace.
+    #[schemars(
+        length(min = 2, max = 1024),
+        regex(pattern = r"^(/([^/.\x00][^/\x00]*|\.[^/.\x00][^/\x00]*|\.\.[^/\x00]+))+$")
+    )]
     pub path: String,
 }
 
@@ -247,4 +282,44 @@ pub struct LockHolder {
     pub fencing_token: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub granted_at: Option<Time>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lock(namespace: &str, path: Option<&str>) -> DistributedLock {
+        let mut spec = serde_json::json!({"type": "Mutex"});
+        if let Some(path) = path {
+            spec["zookeeper"] = serde_json::json!({"path": path});
+        }
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "lockkeeper.dev/v1alpha1", "kind": "DistributedLock",
+            "metadata": {"name": "prod", "namespace": namespace}, "spec": spec,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_lock_spec_resolves_its_path_and_refuses_one_its_namespace_may_not_use() {
+        let paths = LockPaths::new("/lockkeeper", vec![]);
+        let path = |lock: &DistributedLock, paths: &LockPaths| {
+            lock.lock_spec(paths).map(|spec| spec.path.to_string())
+        };
+        assert_eq!(
+            path(&lock("a", None), &paths).unwrap(),
+            "/lockkeeper/a/prod"
+        );
+        assert_eq!(
+            path(&lock("a", Some("/lockkeeper/a/shared/prod")), &paths).unwrap(),
+            "/lockkeeper/a/shared/prod"
+        );
+        let other = lock("a", Some("/lockkeeper/b/prod"));
+        let refused = path(&other, &paths).unwrap_err();
+        assert_eq!(refused.reason(), "PathNotAllowed");
+        let invalid = path(&lock("a", Some("/lockkeeper/a/x/")), &paths).unwrap_err();
+        assert_eq!(invalid.reason(), "InvalidSpec");
+        let allowed = LockPaths::new("/lockkeeper", vec!["a=/lockkeeper/b".parse().unwrap()]);
+        assert_eq!(path(&other, &allowed).unwrap(), "/lockkeeper/b/prod");
+    }
 }

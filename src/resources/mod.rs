@@ -7,8 +7,8 @@ pub mod lock_claim;
 
 pub use distributed_lock::{
     DEFAULT_HISTORY_LIMIT, DeadlockPolicy, DistributedLock, DistributedLockSpec,
-    DistributedLockStatus, GrantOutcome, GrantRecord, Installation, LockHolder, LockType,
-    ZooKeeperLocation,
+    DistributedLockStatus, GrantOutcome, GrantRecord, Installation, LockHolder, LockSpecError,
+    LockType, ZooKeeperLocation,
 };
 pub use lock_claim::{
     ClaimMode, ClaimPhase, HolderKind, HolderRef, LockClaim, LockClaimSpec, LockClaimStatus,

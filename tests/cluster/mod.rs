@@ -148,12 +148,19 @@ impl Cluster {
         cluster
     }
 
+    /// The test controller's configuration. Besides its own part of ZooKeeper
+    /// (`<root>/<namespace>/…`), the test namespace's locks may use [`Cluster::shared_prefix`].
     pub fn controller_config(&self) -> Config {
         let mut engine = EngineConfig::new(self.zk.connect_string());
         engine.session_timeout = Duration::from_secs(4);
         Config {
             engine,
             root: self.root.clone(),
+            allowed_lock_paths: vec![
+                format!("{}={}", self.namespace, self.shared_prefix())
+                    .parse()
+                    .expect("an allowed lock path"),
+            ],
             metrics_addr: "127.0.0.1:0".parse().unwrap(),
             namespace: Some(self.namespace.clone()),
             identity: format!("test-{}", uuid::Uuid::new_v4().simple()),
@@ -163,6 +170,13 @@ impl Cluster {
 
     pub fn start_controller(&mut self) {
         self.start_controller_with(|_| {});
+    }
+
+    /// A ZooKeeper prefix outside the installation's root that the test controller lets the
+    /// test namespace's locks use (`--allowed-lock-path`): where tests put locks shared with
+    /// services outside Kubernetes.
+    pub fn shared_prefix(&self) -> String {
+        format!("{}-shared", self.root)
     }
 
     /// Starts a controller whose configuration `adjust` changed.
@@ -367,6 +381,9 @@ impl Cluster {
                 "--concurrent-reconciles",
                 &config.concurrent_reconciles.to_string(),
             ]);
+        for allowed in &config.allowed_lock_paths {
+            command.args(["--allowed-lock-path", &allowed.to_string()]);
+        }
         self.spawn_controller_process(&mut command);
     }
 
