@@ -224,6 +224,48 @@ async fn a_holders_node_deleted_by_another_client_is_fenced_then_queued_again() 
     cluster.stop().await;
 }
 
+/// The same on a lock without a lock-delay: the holder's end (`Lost`) is written, and its pod
+/// evicted, before the claim behind it is told `Granted`: the API never shows two holders of
+/// the Mutex. Before, the next grant went out at once, the loss after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holders_node_deleted_without_a_lock_delay_is_ended_before_the_next_grant() {
+    let cluster = Cluster::start().await;
+    cluster.lock("db", json!({"evictOnLoss": true})).await;
+    let seen: Seen = Arc::default();
+    let claims_watch = watch_claim_phases(&cluster, seen.clone());
+    let pods_watch = watch_pod_deletions(&cluster, seen.clone());
+    cluster.pod_with_claim("holder", "db").await;
+    cluster.wait_phase("holder", ClaimPhase::Granted).await;
+    cluster.pod_with_claim("next", "db").await;
+    cluster.wait_phase("next", ClaimPhase::Waiting).await;
+    let znode = cluster.claim_status("holder").await.znode.unwrap();
+    let zk = zookeeper_client::Client::connect(&cluster.zk.connect_string())
+        .await
+        .expect("a ZooKeeper client");
+    zk.delete(&znode, None).await.expect("delete the node");
+    cluster.wait_phase("next", ClaimPhase::Granted).await;
+    cluster.wait_phase("holder", ClaimPhase::Lost).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    claims_watch.abort();
+    pods_watch.abort();
+    let granted = first(&seen, "next", "Granted").expect("granted");
+    let lost = first(&seen, "holder", "Lost").expect("lost");
+    let evicted = [
+        first(&seen, "holder", "Terminating"),
+        first(&seen, "holder", "Deleted"),
+    ]
+    .into_iter()
+    .flatten()
+    .min()
+    .expect("the holder's pod was evicted");
+    assert!(
+        lost < granted && evicted < granted,
+        "next granted at revision {granted}, the holder lost at {lost}, evicted at {evicted}: {:?}",
+        seen.lock().unwrap()
+    );
+    cluster.stop().await;
+}
+
 /// Holes 3 and 14: the old holder's end is written, and its pods asked to stop where the lock
 /// asks, before the next claim is granted. Revoked by hand on a lock without a lock-delay
 /// (and routine ends) — the revision order the API server gave the writes is the proof. The
@@ -342,5 +384,51 @@ async fn a_revoked_grants_hold_back_outlives_a_graceful_change_of_leader() {
             .le(&SignedDuration::from_secs(LOCK_DELAY)),
         "granted long after the hold-back: {granted_at} vs {until}"
     );
+    cluster.stop().await;
+}
+
+/// A claim deleted while its lapsed grant holds the lock back does not shorten the hold-back:
+/// its node stays in ZooKeeper (so Curator and kazoo clients on the path wait too) until
+/// `heldBackUntil`, and no claim is granted before then. Before, the delete took the node out
+/// at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_deleted_during_its_hold_back_keeps_its_node_until_the_hold_back_ends() {
+    let cluster = Cluster::start().await;
+    cluster.lock("db", json!({"lockDelaySeconds": 10})).await;
+    lease_claim(&cluster, "cron", "db", 2).await;
+    cluster.wait_phase("cron", ClaimPhase::Granted).await;
+    let znode = cluster.claim_status("cron").await.znode.unwrap();
+    cluster.pod_with_claim("next", "db").await;
+    cluster.wait_phase("cron", ClaimPhase::Released).await;
+    let until = cluster
+        .claim_status("cron")
+        .await
+        .held_back_until
+        .expect("held back")
+        .0;
+    cluster
+        .api::<LockClaim>()
+        .delete("cron", &Default::default())
+        .await
+        .unwrap();
+    let zk = zookeeper_client::Client::connect(&cluster.zk.connect_string())
+        .await
+        .expect("a ZooKeeper client");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        Timestamp::now() < until,
+        "the test ran too slowly to check the hold-back"
+    );
+    assert!(
+        zk.check_stat(&znode).await.unwrap().is_some(),
+        "the deleted claim's node went before its hold-back ended at {until}"
+    );
+    cluster.wait_phase("next", ClaimPhase::Granted).await;
+    let granted_at = cluster.claim_status("next").await.granted_at.unwrap().0;
+    assert!(
+        granted_at >= until,
+        "granted at {granted_at}, held back until {until}"
+    );
+    assert!(zk.check_stat(&znode).await.unwrap().is_none());
     cluster.stop().await;
 }

@@ -650,7 +650,7 @@ async fn hold_with_gated_pod(ground: &Ground, holder: &Holder<'_>) -> bool {
 async fn hold_with_job(ground: &Ground, holder: &Holder<'_>) -> bool {
     let Holder { id, lock, mode, .. } = *holder;
     let cluster = &ground.cluster;
-    cluster.suspended_job(id).await;
+    cluster.suspended_job(id, &[lock]).await;
     cluster
         .claim(
             id,

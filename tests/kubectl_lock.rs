@@ -221,7 +221,7 @@ async fn kubectl_lock_lists_explains_releases_and_shows_history() {
     assert!(empty.contains("no grants on record"), "{empty}");
 
     // why job/NAME: the claims a Job holds.
-    cluster.suspended_job("nightly").await;
+    cluster.suspended_job("nightly", &["reports"]).await;
     cluster
         .claim(
             "nightly",

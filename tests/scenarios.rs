@@ -29,7 +29,9 @@ async fn suspended_jobs_run_one_at_a_time_in_claim_order() {
     let cluster = Cluster::start().await;
     cluster.lock("migrations", json!({"type": "Mutex"})).await;
     for i in 1..=3 {
-        cluster.suspended_job(&format!("migrate-{i}")).await;
+        cluster
+            .suspended_job(&format!("migrate-{i}"), &["migrations"])
+            .await;
         cluster
             .claim(&format!("migrate-{i}"), json!({"lock": "migrations", "holder": {"kind": "Job", "name": format!("migrate-{i}")}}))
             .await;
@@ -71,11 +73,11 @@ async fn suspended_jobs_run_one_at_a_time_in_claim_order() {
     cluster.stop().await;
 }
 
-/// Two suspended Jobs that each need locks `a` and `b`, their claims made in opposite orders
-/// and interleaved in four ways — after Jobs that declare both locks
-/// (`lockkeeper.dev/locks`), or before Jobs that do not: each Job is resumed only once it
-/// holds both locks, and neither waits forever for the other (a holder's claims are queued in
-/// lock order, each once those before it are granted).
+/// Two suspended Jobs that each need locks `a` and `b` (and declare both,
+/// `lockkeeper.dev/locks`), their claims made in opposite orders and interleaved in four ways,
+/// after the Jobs or before them: each Job is resumed only once it holds both locks, and
+/// neither waits forever for the other (a holder's claims are queued in lock order, each once
+/// those before it are granted).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_needing_the_same_two_locks_start_only_with_both_and_never_deadlock() {
     let cluster = Cluster::start().await;
@@ -91,13 +93,10 @@ async fn jobs_needing_the_same_two_locks_start_only_with_both_and_never_deadlock
     ];
     for (round, order) in orders.iter().enumerate() {
         let job = |j: &str| format!("{j}-{round}");
-        let declared = round % 2 == 0;
+        let jobs_first = round % 2 == 0;
         let make_jobs = || async {
             for j in ["x", "y"] {
-                let annotations = match declared {
-                    true => json!({"lockkeeper.dev/locks": "a, b"}),
-                    false => json!({}),
-                };
+                let annotations = json!({"lockkeeper.dev/locks": "a, b"});
                 cluster
                     .create::<Job>(json!({
                         "apiVersion": "batch/v1", "kind": "Job",
@@ -108,7 +107,7 @@ async fn jobs_needing_the_same_two_locks_start_only_with_both_and_never_deadlock
                     .await;
             }
         };
-        if declared {
+        if jobs_first {
             make_jobs().await;
         }
         for (j, lock) in order {
@@ -120,7 +119,7 @@ async fn jobs_needing_the_same_two_locks_start_only_with_both_and_never_deadlock
                 )
                 .await;
         }
-        if !declared {
+        if !jobs_first {
             make_jobs().await;
         }
         let mut completed = Vec::new();
@@ -153,6 +152,112 @@ async fn jobs_needing_the_same_two_locks_start_only_with_both_and_never_deadlock
             completed.push(holder);
         }
     }
+    cluster.stop().await;
+}
+
+/// Issue 24, holes 12 and 13, as seen on the sandbox: two suspended Jobs that do not declare
+/// their locks, each applied before its claims on `a` and `b` (in opposite orders, as `kubectl
+/// apply -f` of a file with the Job on top does), both ran, each holding one lock. Now neither
+/// is resumed: their claims are `Invalid` and say which annotation to add; once it is added,
+/// each Job runs alone with both locks. A Job that Kueue manages is never resumed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suspended_jobs_start_only_when_they_declare_their_locks_and_no_other_queue_manages_them() {
+    let cluster = Cluster::start().await;
+    for lock in ["a", "b", "gpu"] {
+        cluster.lock(lock, json!({})).await;
+    }
+    let job = |name: &str, metadata: serde_json::Value| {
+        let mut metadata = metadata;
+        metadata["name"] = json!(name);
+        json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata,
+            "spec": {"suspend": true, "template": {"spec": {"restartPolicy": "Never",
+                "containers": [{"name": "main", "image": "busybox"}]}}}})
+    };
+    for (name, locks) in [("jx", ["a", "b"]), ("jy", ["b", "a"])] {
+        cluster.create::<Job>(job(name, json!({}))).await;
+        for lock in locks {
+            cluster
+                .claim(
+                    &format!("{name}-{lock}"),
+                    json!({"lock": lock, "holder": {"kind": "Job", "name": name}}),
+                )
+                .await;
+        }
+    }
+    let queued = json!({"labels": {"kueue.x-k8s.io/queue-name": "research"},
+        "annotations": {"lockkeeper.dev/locks": "gpu"}});
+    cluster.create::<Job>(job("train", queued)).await;
+    cluster
+        .claim(
+            "train",
+            json!({"lock": "gpu", "holder": {"kind": "Job", "name": "train"}}),
+        )
+        .await;
+    for claim in ["jx-a", "jx-b", "jy-a", "jy-b", "train"] {
+        cluster.wait_phase(claim, ClaimPhase::Invalid).await;
+    }
+    let undeclared = cluster.claim_status("jx-a").await;
+    assert!(
+        undeclared.message.as_deref().is_some_and(
+            |m| m.contains("does not declare") && m.contains("lockkeeper.dev/locks: \"a\"")
+        ),
+        "{undeclared:?}"
+    );
+    let kueue = cluster.claim_status("train").await;
+    assert!(
+        kueue
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("managed by Kueue")),
+        "{kueue:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        cluster.running_jobs().await.is_empty(),
+        "a Job was resumed: {:?}",
+        cluster.running_jobs().await
+    );
+
+    let declare = json!({"metadata": {"annotations": {"lockkeeper.dev/locks": "a,b"}}});
+    for name in ["jx", "jy"] {
+        cluster
+            .api::<Job>()
+            .patch(name, &PatchParams::default(), &Patch::Merge(&declare))
+            .await
+            .unwrap();
+    }
+    let mut completed = Vec::new();
+    while completed.len() < 2 {
+        cluster
+            .eventually("one more Job runs", || async {
+                !cluster.running_jobs().await.is_empty()
+            })
+            .await;
+        let running = cluster.running_jobs().await;
+        assert_eq!(running.len(), 1, "both Jobs run at once: {running:?}");
+        let holder = running[0].clone();
+        for lock in ["a", "b"] {
+            assert_eq!(
+                cluster.phase(&format!("{holder}-{lock}")).await,
+                ClaimPhase::Granted,
+                "{holder} runs without lock {lock}"
+            );
+        }
+        cluster.complete_job(&holder).await;
+        for lock in ["a", "b"] {
+            cluster
+                .wait_phase(&format!("{holder}-{lock}"), ClaimPhase::Released)
+                .await;
+        }
+        completed.push(holder);
+    }
+    assert_eq!(cluster.phase("train").await, ClaimPhase::Invalid);
+    let train = cluster.api::<Job>().get("train").await.unwrap();
+    assert_eq!(
+        train.spec.unwrap().suspend,
+        Some(true),
+        "Kueue's Job was resumed"
+    );
     cluster.stop().await;
 }
 
@@ -525,7 +630,7 @@ async fn a_try_lock_expires_at_once_on_a_held_lock_and_is_granted_on_a_free_one(
     cluster.lock("nightly", json!({})).await;
     cluster.pod_with_claim("holder", "nightly").await;
     cluster.wait_phase("holder", ClaimPhase::Granted).await;
-    cluster.suspended_job("skipped").await;
+    cluster.suspended_job("skipped", &["nightly"]).await;
     cluster
         .claim("skipped", json!({"lock": "nightly", "waitTimeoutSeconds": 0, "holder": {"kind": "Job", "name": "skipped"}}))
         .await;
@@ -536,7 +641,7 @@ async fn a_try_lock_expires_at_once_on_a_held_lock_and_is_granted_on_a_free_one(
     );
 
     cluster.lock("free", json!({})).await;
-    cluster.suspended_job("lucky").await;
+    cluster.suspended_job("lucky", &["free"]).await;
     cluster.claim("lucky", json!({"lock": "free", "waitTimeoutSeconds": 0, "holder": {"kind": "Job", "name": "lucky"}})).await;
     cluster.wait_phase("lucky", ClaimPhase::Granted).await;
     cluster
@@ -807,7 +912,7 @@ async fn a_killed_controller_restarts_without_granting_twice_or_losing_a_claim()
     cluster.lock("db", json!({})).await;
     for i in 1..=3 {
         let name = format!("job-{i}");
-        cluster.suspended_job(&name).await;
+        cluster.suspended_job(&name, &["db"]).await;
         cluster
             .claim(
                 &name,

@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 
 use super::HolderState;
-use crate::resources::{HolderKind, LockClaim, LockClaimSpec};
+use crate::resources::{HolderKind, LOCKS_ANNOTATION, LockClaim, LockClaimSpec, declared_locks};
 
 /// The state of `claim`'s holder, from its Pod or Job as found (`None`: not found; the one
 /// of the other kind is ignored), or from the claim itself for a Lease holder; and when to
@@ -22,7 +22,7 @@ pub fn holder_state(
     let name = &claim.spec.holder.name;
     match claim.spec.holder.kind {
         HolderKind::Pod => (pod_state(name, pod), None),
-        HolderKind::Job => (job_state(name, job), None),
+        HolderKind::Job => (resumable(claim, job_state(name, job), job), None),
         HolderKind::Lease => lease_state(
             name,
             &claim.spec,
@@ -69,6 +69,44 @@ pub fn job_state(name: &str, job: Option<&Job>) -> HolderState {
         HolderState::Running
     }
 }
+
+/// A suspended Job is resumed by lockkeeper only when it asks for that, and only for the locks
+/// it names: its [`LOCKS_ANNOTATION`] lists every lock it waits for, this claim's among them —
+/// so its whole lock set is known before it starts, however its claims are applied — and no
+/// other queue manages it ([`KUEUE_QUEUE_LABEL`]: Kueue suspends Jobs until it admits them).
+/// Otherwise the claim says what to change.
+fn resumable(claim: &LockClaim, state: HolderState, job: Option<&Job>) -> HolderState {
+    let (HolderState::SuspendedJob, Some(job)) = (&state, job) else {
+        return state;
+    };
+    let name = &claim.spec.holder.name;
+    let labels = job.metadata.labels.as_ref();
+    if let Some(queue) = labels.and_then(|labels| labels.get(KUEUE_QUEUE_LABEL)) {
+        return HolderState::NotResumable(format!(
+            "Job {name} is managed by Kueue (label {KUEUE_QUEUE_LABEL}: {queue}), which suspends \
+             it until it admits it: lockkeeper does not resume Jobs another queue manages. Gate \
+             its pods with lockkeeper gate instead"
+        ));
+    }
+    let declared = declared_locks(job.metadata.annotations.as_ref());
+    if declared.contains(&claim.spec.lock) {
+        return state;
+    }
+    let mut locks = declared;
+    locks.push(claim.spec.lock.clone());
+    let fix = format!("{LOCKS_ANNOTATION}: \"{}\"", locks.join(","));
+    let why = match locks.len() {
+        1 => "does not declare the locks it waits for".to_string(),
+        _ => format!("does not declare lock {}", claim.spec.lock),
+    };
+    HolderState::NotResumable(format!(
+        "Job {name} is suspended and {why}: add the annotation {fix} (every lock it claims), \
+         and lockkeeper resumes it once it holds all of them"
+    ))
+}
+
+/// The label Kueue puts on the Jobs it queues.
+pub const KUEUE_QUEUE_LABEL: &str = "kueue.x-k8s.io/queue-name";
 
 /// A Lease holder lives while it renews: `renewTime` (or, before the first renewal, the
 /// claim's creation) is younger than `leaseDurationSeconds`. Also returns when to look again.

@@ -75,6 +75,9 @@ pub enum HolderState {
     /// A Lease holder that stopped renewing: it may still be working, so a grant it held is
     /// held back from the next claim for the lock's lock-delay.
     Lapsed(String),
+    /// A suspended Job that lockkeeper may not resume (it does not declare its locks, or
+    /// another queue manages it): the text says why and what to change.
+    NotResumable(String),
 }
 
 /// The claim's contender in ZooKeeper, as this controller knows it.
@@ -409,6 +412,9 @@ pub fn decide(
         let end = AbnormalEnd::new(ClaimPhase::Revoked, REVOKED, message);
         return abnormal_end(end, claim, lock, queue, now);
     }
+    if lock.is_none() && claim.phase == ClaimPhase::Granted {
+        return held_without_lock(spec, holder, queued);
+    }
     if let Err(message) = validate(spec, lock) {
         return Step::end(ClaimPhase::Invalid, "Invalid", message, queued);
     }
@@ -427,6 +433,7 @@ pub fn decide(
         ),
         HolderState::Ended(why) => (ClaimPhase::Released, HOLDER_SUCCEEDED, why.clone()),
         HolderState::Failed(why) => (ClaimPhase::Released, HOLDER_FAILED, why.clone()),
+        HolderState::NotResumable(why) => (ClaimPhase::Invalid, JOB_NOT_RESUMABLE, why.clone()),
         HolderState::Lapsed(why) => {
             let end = AbnormalEnd::new(ClaimPhase::Released, LEASE_LAPSED, why.clone());
             return abnormal_end(end, claim, lock, queue, now);
@@ -468,6 +475,20 @@ pub fn decide(
     Step::end(phase, reason, message, queued)
 }
 
+/// A claim that holds a lock deleted meanwhile: its holder may be working, and the lock may be
+/// made again under its name (a GitOps prune and re-apply), so the grant, and its node, stay
+/// until the holder ends; its status is left as it is.
+fn held_without_lock(spec: &LockClaimSpec, holder: &HolderState, queued: bool) -> Step {
+    let holder_name = format!("{} {}", kind_name(spec.holder.kind), spec.holder.name);
+    let (reason, message) = match holder {
+        HolderState::Missing => (HOLDER_DELETED, format!("{holder_name} was deleted")),
+        HolderState::Ended(why) => (HOLDER_SUCCEEDED, why.clone()),
+        HolderState::Failed(why) => (HOLDER_FAILED, why.clone()),
+        _ => return Step::nothing(QueueAction::Keep),
+    };
+    Step::end(ClaimPhase::Released, reason, message, queued)
+}
+
 /// A claim whose holder has earlier claims not granted yet: it is queued after them (see
 /// [`HolderSet`]), unless its wait times out first.
 fn after_earlier_claims(spec: &LockClaimSpec, claim: &ClaimFacts, now: Timestamp) -> Step {
@@ -490,6 +511,8 @@ fn after_earlier_claims(spec: &LockClaimSpec, claim: &ClaimFacts, now: Timestamp
     }
 }
 
+/// The `Granted` condition's reason when the holder is a suspended Job lockkeeper may not resume.
+pub const JOB_NOT_RESUMABLE: &str = "JobNotResumable";
 /// The `Granted` condition's reason when a Lease holder stopped renewing.
 pub const LEASE_LAPSED: &str = "LeaseLapsed";
 /// The `Granted` condition's reason when the claim was revoked by hand.
@@ -559,12 +582,9 @@ fn abnormal_end(
         queue,
         QueueState::Waiting { .. } | QueueState::Granted { .. }
     );
-    let held = match queue {
-        QueueState::Granted { .. } => true,
-        // The node went on its own: the status tells whether its holder was told it holds.
-        QueueState::Lost(_) => claim.phase == ClaimPhase::Granted,
-        _ => false,
-    };
+    // Its node leads the queue, or its holder was told it holds (whatever became of the node:
+    // gone on its own, or not queued again yet by a new leader).
+    let held = matches!(queue, QueueState::Granted { .. }) || claim.phase == ClaimPhase::Granted;
     let until = held_back_until(lock, now).filter(|_| held);
     let message = match (until, lock.and_then(|lock| lock.lock_delay)) {
         (Some(_), Some(delay)) => format!(
@@ -672,16 +692,28 @@ fn waiting(
         // Granted before, behind someone now: while the controller was away (restart, session
         // expiry) its node went and another client took the lock. The holder must learn it
         // lost the grant; the claim keeps its new place in line.
-        ClaimPhase::Granted => Step {
-            evict_holder: lock.evict_on_loss,
-            ..Step::show(in_line(
-                ClaimPhase::Lost,
-                "Lost",
-                "the grant was lost while the controller was away and the lock was taken by \
-                 another client; queued again"
-                    .to_string(),
-            ))
-        },
+        ClaimPhase::Granted => {
+            let message = "the grant was lost while the controller was away and the lock was \
+                           taken by another client; queued again"
+                .to_string();
+            let end = AbnormalEnd::new(ClaimPhase::Lost, LOST, message);
+            let step = abnormal_end(end, claim, Some(lock), &QueueState::NotQueued, now);
+            let shown = step.outcome.map(|outcome| {
+                let place = in_line(ClaimPhase::Lost, LOST, outcome.message.clone());
+                Outcome {
+                    held_back_until: outcome.held_back_until,
+                    fencing_token: claim.fencing_token,
+                    ..place
+                }
+            });
+            let look_again = [wait_left, step.requeue_after].into_iter().flatten().min();
+            return Step {
+                queue: QueueAction::Keep,
+                outcome: shown,
+                ..step
+            }
+            .then_look_again(look_again);
+        }
         // A lost claim stays Lost, saying why, until it is granted again.
         ClaimPhase::Lost => Step::show(in_line(
             ClaimPhase::Lost,
@@ -754,8 +786,10 @@ fn granted(
     {
         return Step::nothing(QueueAction::Keep);
     }
+    // A grant told before runs on; a claim granted again (after a loss) starts a new hold.
     let held = claim
         .granted_at
+        .filter(|_| claim.phase == ClaimPhase::Granted)
         .map(|granted| elapsed(granted, now))
         .unwrap_or_default();
     if claim.phase != ClaimPhase::Granted

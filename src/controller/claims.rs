@@ -110,6 +110,7 @@ pub async fn leave_for_good(
     if leave_queue(ctx, uid, ctx.caches.locks.get(lock).as_deref()).await? {
         ctx.process.metrics.released(&lock.name);
     }
+    ctx.end_written(lock, uid);
     ctx.term.stale_claims.forget(uid);
     let _ = ctx.term.lock_changed.send(lock.clone());
     Ok(())
@@ -366,13 +367,18 @@ async fn act(
     {
         retry_write = Some(CONFLICT_RETRY);
     }
-    if step.evict_holder && !holder_writes::evict_holder(ctx, claim).await {
-        // The node stays until the old holder's pods are asked to stop.
-        return Ok(Action::requeue(EVICTION_RETRY));
+    if step.evict_holder {
+        // The node stays until the old holder is asked to stop (a failure retries the
+        // reconcile, with backoff).
+        holder_writes::evict_holder(ctx, claim)
+            .await
+            .during(Step::EvictHolder)?;
     }
     if step.queue == QueueAction::Dequeue {
         leave_queue(ctx, &uid(claim), observed.lock.as_deref()).await?;
     }
+    // A node that went on its own held the lock back until this claim's end was written.
+    ctx.end_written(&claim.lock_ref(), &uid(claim));
     let next = [step.requeue_after, observed.holder_check, retry_write]
         .into_iter()
         .flatten()
@@ -382,9 +388,6 @@ async fn act(
         None => Action::await_change(),
     })
 }
-
-/// How soon an eviction that failed is tried again.
-const EVICTION_RETRY: Duration = Duration::from_secs(1);
 
 /// How soon a claim decided on while ZooKeeper was away is looked at again.
 pub const DISCONNECTED_RETRY: Duration = Duration::from_millis(250);

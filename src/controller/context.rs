@@ -75,6 +75,10 @@ pub struct Term {
     /// Locks whose claims an earlier term had queued wait out a fence before they are queued
     /// again in their old order: their claims are not queued meanwhile (see [`super::resume`]).
     pub requeues_pending: Mutex<HashSet<ObjectRef<DistributedLock>>>,
+    /// Claims whose nodes went on their own (another ZooKeeper client deleted them), by lock,
+    /// until their claim's end is written (and its holder evicted): nobody is granted the lock
+    /// meanwhile, lock-delay or not.
+    pub ends_pending: Mutex<HashMap<ObjectRef<DistributedLock>, HashSet<String>>>,
     /// Cached claim versions this term's writes replaced (see [`StaleCopies`]).
     pub stale_claims: StaleCopies,
     /// How soon each claim whose reconcile failed is tried again.
@@ -98,6 +102,9 @@ pub struct Term {
     /// Deadlocks found among the claims, by claim.
     pub deadlocks: super::deadlocks::Deadlocks,
 }
+
+/// How soon a claim held back by an end not written yet looks again, should nothing else wake it.
+const END_PENDING_RECHECK: Duration = Duration::from_secs(1);
 
 /// Locks nobody is granted before a time: a grant of each ended abnormally, and its old holder
 /// gets the lock's lock-delay to notice.
@@ -190,11 +197,58 @@ impl Context {
 
     /// The hold-back in force on this lock, if any: nobody is granted it before then.
     pub fn held_back(&self, lock: &ObjectRef<DistributedLock>) -> Option<HeldBack> {
+        let now = Timestamp::now();
+        let pending = self.term.ends_pending.lock().expect("ends lock");
+        if pending.get(lock).is_some_and(|uids| !uids.is_empty()) {
+            // Lifted when the end is written, which looks at the lock's claims again; the
+            // time is only a fallback.
+            return Some(HeldBack {
+                until: now
+                    .checked_add(END_PENDING_RECHECK)
+                    .expect("a time a second away"),
+                why: "a node of it was deleted by another client, and its claim's end is not \
+                      written yet"
+                    .into(),
+            });
+        }
+        drop(pending);
         let fences = self.term.fences.lock().expect("fences lock");
-        fences
-            .get(lock)
-            .filter(|fence| fence.until > Timestamp::now())
-            .cloned()
+        fences.get(lock).filter(|fence| fence.until > now).cloned()
+    }
+
+    /// Holds `lock` back until the end of claim `uid`, whose node went on its own, is written.
+    pub fn end_pending(&self, lock: ObjectRef<DistributedLock>, uid: String) {
+        let mut pending = self.term.ends_pending.lock().expect("ends lock");
+        pending.entry(lock).or_default().insert(uid);
+    }
+
+    /// The end of claim `uid` is written: the lock is no longer held back for it, and the
+    /// claims of the lock that lead their queue are looked at again.
+    pub fn end_written(&self, lock: &ObjectRef<DistributedLock>, uid: &str) {
+        let lifted = {
+            let mut pending = self.term.ends_pending.lock().expect("ends lock");
+            let lifted = pending.get_mut(lock).is_some_and(|uids| uids.remove(uid));
+            if pending.get(lock).is_some_and(HashSet::is_empty) {
+                pending.remove(lock);
+            }
+            lifted
+        };
+        if !lifted {
+            return;
+        }
+        let namespace = lock.namespace.as_deref().unwrap_or_default();
+        for claim in self.caches.index.of_lock(namespace, &lock.name) {
+            let Some(cached) = self.caches.claims.get(&claim) else {
+                continue;
+            };
+            let uid = cached.uid().unwrap_or_default();
+            if matches!(
+                self.term.contenders.queue_state(&uid),
+                claim_lifecycle::QueueState::Granted { .. }
+            ) {
+                self.term.fast_lane.reconcile(claim);
+            }
+        }
     }
 
     /// Fences `lock` until `held_back.until` (a grant of it ended abnormally).

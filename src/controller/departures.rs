@@ -12,6 +12,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
@@ -20,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::claims;
 use super::context::Context;
+use crate::claim_lifecycle::{self, HeldBack};
 use crate::lock_history;
 use crate::resources::{DistributedLock, GrantRecord, LockClaim};
 
@@ -31,6 +33,9 @@ pub enum Departure {
         uid: String,
         lock: ObjectRef<DistributedLock>,
         grant: Option<Box<GrantRecord>>,
+        /// The claim's grant ended abnormally and holds its lock back until then
+        /// (`status.heldBackUntil`): deleting the claim does not shorten that.
+        held_back: Option<HeldBack>,
     },
     /// The watch listed every claim again.
     Relisted,
@@ -45,6 +50,14 @@ impl Departure {
                 lock: claim.lock_ref(),
                 grant: lock_history::deleted_grant(claim, k8s_openapi::jiff::Timestamp::now())
                     .map(Box::new),
+                held_back: claim
+                    .status
+                    .as_ref()
+                    .and_then(|status| status.held_back_until.as_ref())
+                    .map(|until| HeldBack {
+                        until: until.0,
+                        why: format!("claim {}'s grant ended abnormally", claim.name_any()),
+                    }),
             }),
             watcher::Event::InitDone => Some(Departure::Relisted),
             _ => None,
@@ -72,11 +85,19 @@ pub async fn follow(
             () = stopping.cancelled() => None,
         };
         match departure {
-            Some(Departure::Deleted { uid, lock, grant }) => {
+            Some(Departure::Deleted {
+                uid,
+                lock,
+                grant,
+                held_back,
+            }) => {
                 if let Some(grant) = grant {
                     ctx.term.departed_grants.add(lock.clone(), *grant);
                 }
-                leave(&ctx, &uid, &lock).await
+                match held_back.filter(|h| h.until > Timestamp::now()) {
+                    Some(held_back) => leave_after_hold_back(&ctx, uid, lock, held_back),
+                    None => leave(&ctx, &uid, &lock).await,
+                }
             }
             Some(Departure::Relisted) => leave_unlisted(&ctx).await,
             None => return,
@@ -90,6 +111,27 @@ async fn leave(ctx: &Context, uid: &str, lock: &ObjectRef<DistributedLock>) {
     if let Err(err) = claims::leave_for_good(ctx, uid, lock).await {
         tracing::warn!(claim_uid = uid, lock = %lock.name, %err, "a deleted claim could not leave the queue");
     }
+}
+
+/// A claim deleted while its lock is held back after its grant's abnormal end: the lock stays
+/// fenced, and the claim's node (which keeps clients outside Kubernetes waiting too) stays in
+/// the queue, until the hold-back has passed.
+fn leave_after_hold_back(
+    ctx: &Arc<Context>,
+    uid: String,
+    lock: ObjectRef<DistributedLock>,
+    held_back: HeldBack,
+) {
+    let wait = claim_lifecycle::elapsed(Timestamp::now(), held_back.until);
+    ctx.fence(lock.clone(), held_back);
+    let ctx = ctx.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            () = tokio::time::sleep(wait) => leave(&ctx, &uid, &lock).await,
+            // The term's session, and the node with it, is gone.
+            () = ctx.term.ended.cancelled() => {}
+        }
+    });
 }
 
 /// Every tracked contender whose claim the cache no longer holds leaves the queue.

@@ -17,6 +17,8 @@ pub enum Step {
     Dequeue,
     /// Resuming a suspended holder Job.
     ResumeJob,
+    /// Stopping the holder of a grant that ended abnormally.
+    EvictHolder,
     /// Writing a claim's status.
     WriteClaimStatus,
     /// Taking lockkeeper 0.1's finalizer off a claim.
@@ -35,6 +37,7 @@ impl Step {
             Step::Enqueue => "enqueue",
             Step::Dequeue => "dequeue",
             Step::ResumeJob => "resume_job",
+            Step::EvictHolder => "evict_holder",
             Step::WriteClaimStatus => "write_claim_status",
             Step::RemoveFinalizer => "remove_finalizer",
             Step::ReadQueue => "read_queue",

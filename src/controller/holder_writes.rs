@@ -47,32 +47,27 @@ pub async fn resume_job(ctx: &Context, claim: &LockClaim) -> Result<Applied, kub
     }
 }
 
-/// Deletes the holder Pod, or the holder Job's pods, so an old holder stops working; each
-/// pod by its UID, so a pod of the same name made since is left alone. True once every pod
-/// is deleted (terminating) or gone; a failure is logged, and answers false: the caller keeps
-/// the lock from the next holder until an eviction goes through.
-pub async fn evict_holder(ctx: &Context, claim: &LockClaim) -> bool {
+/// Stops an old holder: deletes the holder Pod, or suspends the holder Job (so it makes no
+/// new pods) and deletes the pods it made; each object by its UID, so one of the same name made
+/// since is left alone. `Ok` once every pod is deleted (terminating) or gone; the caller keeps
+/// the lock from the next holder until then.
+pub async fn evict_holder(ctx: &Context, claim: &LockClaim) -> Result<(), kube::Error> {
     let pods: Api<Pod> = ctx.api_beside(claim);
     let name = &claim.spec.holder.name;
-    let victims = match claim.spec.holder.kind {
-        HolderKind::Pod => pods
-            .get_opt(name)
-            .await
-            .map(|pod| pod.into_iter().collect()),
-        HolderKind::Job => pods
-            .list(&ListParams::default().labels(&format!("job-name={name}")))
-            .await
-            .map(|list| list.items),
-        HolderKind::Lease => Ok(Vec::new()),
-    };
-    let victims: Vec<Pod> = match victims {
-        Ok(victims) => victims,
-        Err(err) => {
-            tracing::warn!(claim = %claim.name_any(), %err, "could not find the old holder to evict");
-            return false;
+    let victims: Vec<Pod> = match claim.spec.holder.kind {
+        HolderKind::Pod => pods.get_opt(name).await?.into_iter().collect(),
+        HolderKind::Job => {
+            let job_uid = suspend_job(ctx, claim).await?;
+            let made = pods
+                .list(&ListParams::default().labels(&format!("job-name={name}")))
+                .await?;
+            made.items
+                .into_iter()
+                .filter(|pod| made_by_job(pod, name, job_uid.as_deref()))
+                .collect()
         }
+        HolderKind::Lease => Vec::new(),
     };
-    let mut evicted = true;
     for pod in victims {
         let params = DeleteParams {
             preconditions: Some(Preconditions {
@@ -84,16 +79,86 @@ pub async fn evict_holder(ctx: &Context, claim: &LockClaim) -> bool {
         match pods.delete(&pod.name_any(), &params).await {
             Ok(_) => {}
             Err(err) if is_precondition_failure(&err) => {}
-            Err(err) => {
-                tracing::warn!(claim = %claim.name_any(), pod = %pod.name_any(), %err, "could not evict the old holder");
-                evicted = false;
-            }
+            Err(err) => return Err(err),
         }
     }
-    evicted
+    Ok(())
+}
+
+/// Suspends the claim's holder Job, as the Job cache has it (by its UID): the Job controller
+/// makes no new pod for it, and lockkeeper resumes it if its claim is granted again. Answers
+/// the Job's UID; `None` when the Job is gone.
+async fn suspend_job(ctx: &Context, claim: &LockClaim) -> Result<Option<String>, kube::Error> {
+    let jobs: Api<Job> = ctx.api_beside(claim);
+    let name = &claim.spec.holder.name;
+    let job = match ctx.cached_holder_job(claim) {
+        Some(job) => Some(job.as_ref().clone()),
+        None => jobs.get_opt(name).await?,
+    };
+    let Some(uid) = job.and_then(|job| job.metadata.uid) else {
+        return Ok(None);
+    };
+    let patch = json!({"metadata": {"uid": uid}, "spec": {"suspend": true}});
+    match jobs
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => Ok(Some(uid)),
+        Err(err) if is_precondition_failure(&err) => Ok(Some(uid)),
+        Err(err) => Err(err),
+    }
+}
+
+/// Whether the Job `name` (with UID `uid`, when the Job still exists) made `pod`: its
+/// controller is that Job. A label anyone may set is not enough to be deleted.
+fn made_by_job(pod: &Pod, name: &str, uid: Option<&str>) -> bool {
+    pod.metadata.owner_references.iter().flatten().any(|owner| {
+        owner.controller == Some(true)
+            && owner.kind == "Job"
+            && owner.name == name
+            && uid.is_none_or(|uid| owner.uid == uid)
+    })
 }
 
 /// 409 (a resourceVersion or UID precondition failed) or 404 (the object is gone).
 fn is_precondition_failure(err: &kube::Error) -> bool {
     matches!(err, kube::Error::Api(status) if status.code == 409 || status.code == 404)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn only_the_pods_the_holder_job_made_are_evicted() {
+        let pod = |owner: serde_json::Value| -> Pod {
+            serde_json::from_value(json!({"metadata": {"name": "p", "ownerReferences": owner}}))
+                .unwrap()
+        };
+        let job = |name: &str, uid: &str| {
+            json!([{"apiVersion": "batch/v1", "kind": "Job", "name": name, "uid": uid,
+                    "controller": true}])
+        };
+        assert!(made_by_job(
+            &pod(job("nightly", "u1")),
+            "nightly",
+            Some("u1")
+        ));
+        // A Job of the same name made since, or another Job's pod labelled job-name=nightly.
+        assert!(!made_by_job(
+            &pod(job("nightly", "u2")),
+            "nightly",
+            Some("u1")
+        ));
+        assert!(!made_by_job(
+            &pod(job("other", "u1")),
+            "nightly",
+            Some("u1")
+        ));
+        // A pod someone else made and labelled like the Job's.
+        assert!(!made_by_job(&pod(json!([])), "nightly", None));
+        // The Job is gone: its own pods, by name.
+        assert!(made_by_job(&pod(job("nightly", "u1")), "nightly", None));
+    }
 }

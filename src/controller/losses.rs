@@ -74,7 +74,9 @@ pub async fn fence_lost_grants(ctx: &Arc<Context>) -> Fences {
             }
         }
         if lock.as_ref().is_some_and(|l| l.spec.evict_on_loss) {
-            let _ = holder_writes::evict_holder(ctx, &claim).await;
+            if let Err(err) = holder_writes::evict_holder(ctx, &claim).await {
+                tracing::warn!(claim = %claim.name_any(), %err, "could not evict the holder of a lost grant");
+            }
         }
         // Without a lock-delay the fence lasts until the claims are queued again in order.
         let until = held_back_until.unwrap_or(now);
@@ -84,22 +86,13 @@ pub async fn fence_lost_grants(ctx: &Arc<Context>) -> Fences {
     fenced
 }
 
-/// A claim's node went on its own (deleted by another ZooKeeper client): if the claim was
-/// shown `Granted`, its holder may still be working, and its lock is fenced for the lock-delay
-/// at once, before the claim next in line is decided on. The claim's own reconcile then ends
-/// the grant as every abnormal end (see [`claim_lifecycle::decide`]).
-pub fn fence_lost_node(ctx: &Context, claim: &ObjectRef<LockClaim>) {
-    let Some(claim) = ctx.caches.claims.get(claim) else {
-        return;
-    };
-    if claim.status.as_ref().map(|s| s.phase) != Some(ClaimPhase::Granted) {
-        return;
-    }
-    let lock = ctx.caches.locks.get(&claim.lock_ref());
-    let facts = lock.as_deref().map(LockFacts::of);
-    if let Some(until) = claim_lifecycle::held_back_until(facts.as_ref(), Timestamp::now()) {
-        let why = format!("claim {}'s node was deleted", claim.name_any());
-        ctx.fence(claim.lock_ref(), HeldBack { until, why });
+/// A claim's node went on its own (deleted by another ZooKeeper client): its holder may still
+/// be working, and the lock is held back at once, before the claim next in line is decided on,
+/// until the claim's own reconcile has written its end and evicted its holder (see
+/// [`claim_lifecycle::decide`]), which then fences the lock for its lock-delay.
+pub fn fence_lost_node(ctx: &Context, claim: &ObjectRef<LockClaim>, uid: &str) {
+    if let Some(claim) = ctx.caches.claims.get(claim) {
+        ctx.end_pending(claim.lock_ref(), uid.to_string());
     }
 }
 

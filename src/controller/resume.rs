@@ -13,6 +13,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::runtime::reflector::{ObjectRef, Store};
 
+use super::claims;
 use super::context::{Context, Fences, add_fence};
 use super::installation::{self, Serving};
 use crate::claim_lifecycle::{self, HeldBack};
@@ -160,7 +161,23 @@ fn requeue_after_fence(
             () = tokio::time::sleep(wait) => {}
             () = ctx.term.ended.cancelled() => return,
         }
+        // The claims as they are now: one deleted or ended during the fence is not queued.
+        let claims: Vec<Arc<LockClaim>> = claims
+            .iter()
+            .filter_map(|claim| ctx.caches.claims.get(&ObjectRef::from_obj(claim.as_ref())))
+            .filter(|now| was_queued(now))
+            .collect();
         requeue_in_order(&ctx, &lock, &claims).await;
+        for claim in &claims {
+            let cached = ctx.caches.claims.get(&ObjectRef::from_obj(claim.as_ref()));
+            if cached.is_none_or(|cached| cached.uid() != claim.uid()) {
+                // Deleted while it was being queued: its departure may have found nothing.
+                let uid = claim.uid().unwrap_or_default();
+                if let Err(err) = claims::leave_for_good(&ctx, &uid, &claim.lock_ref()).await {
+                    tracing::warn!(claim = %claim.name_any(), %err, "could not take a deleted claim out of the queue");
+                }
+            }
+        }
         ctx.term
             .requeues_pending
             .lock()

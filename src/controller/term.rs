@@ -60,6 +60,7 @@ pub fn begin(process: Arc<Process>) -> (Arc<Context>, TermInputs) {
             contenders: Default::default(),
             fences: Mutex::new(HashMap::new()),
             requeues_pending: Mutex::default(),
+            ends_pending: Mutex::default(),
             stale_claims: Default::default(),
             claim_retries: Default::default(),
             lock_changed,
@@ -144,7 +145,7 @@ async fn forward_engine_events(
                 && !reason.ends_session()
             {
                 // Before the grant that follows it (the engine tells losses first).
-                losses::fence_lost_node(ctx, &claim);
+                losses::fence_lost_node(ctx, &claim, event.id.as_str());
             }
             if matches!(event.state, ContenderState::Granted { .. }) {
                 ctx.term.fast_lane.reconcile(claim);

@@ -497,6 +497,7 @@ fn liveness_of(state: HolderState, running: String) -> Liveness {
         HolderState::Missing => Liveness::Missing,
         HolderState::Ended(why) | HolderState::Failed(why) => Liveness::Ended(why),
         HolderState::SuspendedJob => Liveness::Alive("suspended, waiting for its locks".into()),
+        HolderState::NotResumable(why) => Liveness::Alive(format!("suspended: {why}")),
         HolderState::Running | HolderState::Lapsed(_) => Liveness::Alive(running),
     }
 }

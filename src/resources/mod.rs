@@ -16,10 +16,10 @@ pub use lock_claim::{
 
 use kube::CustomResourceExt;
 
-/// The annotation of a holder Job that asks for several locks: their names, comma-separated
-/// (`lockkeeper.dev/locks: "a,b"`). The Job is resumed once it holds every one of them; without
-/// it, once it holds every lock its claims name — claims made after the Job may then come too
-/// late to hold it back.
+/// The annotation of a suspended holder Job that asks lockkeeper to resume it: the locks it
+/// waits for, comma-separated (`lockkeeper.dev/locks: "a,b"`). The Job is resumed once it holds
+/// every one of them. Without it a suspended Job is never resumed (its claims say so): a claim
+/// made after the Job would come too late to hold it back.
 pub const LOCKS_ANNOTATION: &str = "lockkeeper.dev/locks";
 
 /// The lock names a holder's [`LOCKS_ANNOTATION`] lists.

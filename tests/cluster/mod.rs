@@ -547,10 +547,12 @@ impl Cluster {
         lock.status.unwrap().zookeeper_path.unwrap()
     }
 
-    /// A Job created suspended, as users apply it next to its LockClaim.
-    pub async fn suspended_job(&self, name: &str) -> Job {
+    /// A Job created suspended, as users apply it next to its LockClaims, declaring the locks
+    /// it waits for (`lockkeeper.dev/locks`: without it lockkeeper never resumes it).
+    pub async fn suspended_job(&self, name: &str, locks: &[&str]) -> Job {
         self.create(json!({
-            "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name},
+            "apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": name, "annotations": {"lockkeeper.dev/locks": locks.join(",")}},
             "spec": {"suspend": true, "template": {"spec": {"restartPolicy": "Never",
                 "containers": [{"name": "main", "image": "busybox", "command": ["true"]}]}}},
         }))
