@@ -177,7 +177,7 @@ mod tests {
     fn deletes_and_completed_relists_are_departures() {
         let deleted = Departure::of(&watcher::Event::Delete(claim("u1")));
         assert!(
-            matches!(deleted, Some(Departure::Deleted { uid, lock, grant: None })
+            matches!(deleted, Some(Departure::Deleted { uid, lock, grant: None, held_back: None })
             if uid == "u1" && lock == ObjectRef::new("db").within("team"))
         );
         assert!(matches!(

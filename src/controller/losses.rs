@@ -73,10 +73,10 @@ pub async fn fence_lost_grants(ctx: &Arc<Context>) -> Fences {
                 tracing::warn!(claim = %claim.name_any(), %err, "could not mark a lost grant")
             }
         }
-        if lock.as_ref().is_some_and(|l| l.spec.evict_on_loss) {
-            if let Err(err) = holder_writes::evict_holder(ctx, &claim).await {
-                tracing::warn!(claim = %claim.name_any(), %err, "could not evict the holder of a lost grant");
-            }
+        if lock.as_ref().is_some_and(|l| l.spec.evict_on_loss)
+            && let Err(err) = holder_writes::evict_holder(ctx, &claim).await
+        {
+            tracing::warn!(claim = %claim.name_any(), %err, "could not evict the holder of a lost grant");
         }
         // Without a lock-delay the fence lasts until the claims are queued again in order.
         let until = held_back_until.unwrap_or(now);
