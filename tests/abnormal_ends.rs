@@ -432,3 +432,48 @@ async fn a_claim_deleted_during_its_hold_back_keeps_its_node_until_the_hold_back
     assert!(zk.check_stat(&znode).await.unwrap().is_none());
     cluster.stop().await;
 }
+
+/// Hole 7: a Lease holder's renewals are timed on the controller's clock. A holder whose clock
+/// is an hour behind keeps its grant while it renews (its `renewTime` alone says it lapsed an
+/// hour ago: it lapsed at once), and lapses a lease after its last renewal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_holder_with_a_clock_an_hour_behind_keeps_its_grant_while_it_renews() {
+    let cluster = Cluster::start().await;
+    cluster.lock("db", json!({})).await;
+    let behind = || {
+        (Timestamp::now() - SignedDuration::from_hours(1))
+            .strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
+            .to_string()
+    };
+    cluster
+        .claim(
+            "cli",
+            json!({"lock": "db", "holder": {"kind": "Lease", "name": "cli"},
+                   "leaseDurationSeconds": 4, "renewTime": behind()}),
+        )
+        .await;
+    cluster.wait_phase("cli", ClaimPhase::Granted).await;
+    let claims = cluster.api::<LockClaim>();
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let renew = json!({"spec": {"renewTime": behind()}});
+        claims
+            .patch("cli", &PatchParams::default(), &Patch::Merge(renew))
+            .await
+            .unwrap();
+        assert_eq!(
+            cluster.phase("cli").await,
+            ClaimPhase::Granted,
+            "a renewing holder lost its grant"
+        );
+    }
+    let last = Timestamp::now();
+    cluster.wait_phase("cli", ClaimPhase::Released).await;
+    let lapsed = cluster.claim_status("cli").await;
+    assert_eq!(lapsed.conditions[0].reason, "LeaseLapsed");
+    assert!(
+        seconds_between(last, lapsed.released_at.unwrap().0) >= 3,
+        "lapsed before its lease ran out"
+    );
+    cluster.stop().await;
+}

@@ -132,7 +132,7 @@ fn check(case: &Case) {
     let job: Option<Job> = case.job.as_ref().map(|job| object(job, "batch/v1", "Job"));
 
     let (holder, holder_check) =
-        holders::holder_state(&claim, pod.as_ref(), job.as_ref(), case.now);
+        holders::holder_state(&claim, pod.as_ref(), job.as_ref(), None, case.now);
     let lock_facts = lock.as_ref().map(|lock| LockFacts {
         held_back: case.lock_held_back_until.map(|until| HeldBack {
             until,

@@ -11,24 +11,25 @@ use super::HolderState;
 use crate::resources::{HolderKind, LOCKS_ANNOTATION, LockClaim, LockClaimSpec, declared_locks};
 
 /// The state of `claim`'s holder, from its Pod or Job as found (`None`: not found; the one
-/// of the other kind is ignored), or from the claim itself for a Lease holder; and when to
-/// look again (a Lease's expiry).
+/// of the other kind is ignored), or from the claim itself for a Lease holder — renewed last
+/// at `lease_renewed`, on the controller's clock (see [`LeaseRenewals`]); and when to look
+/// again (a Lease's expiry).
 pub fn holder_state(
     claim: &LockClaim,
     pod: Option<&Pod>,
     job: Option<&Job>,
+    lease_renewed: Option<Timestamp>,
     now: Timestamp,
 ) -> (HolderState, Option<Duration>) {
     let name = &claim.spec.holder.name;
     match claim.spec.holder.kind {
         HolderKind::Pod => (pod_state(name, pod), None),
         HolderKind::Job => (resumable(claim, job_state(name, job), job), None),
-        HolderKind::Lease => lease_state(
-            name,
-            &claim.spec,
-            claim.metadata.creation_timestamp.as_ref().map(|t| t.0),
-            now,
-        ),
+        HolderKind::Lease => {
+            let created = claim.metadata.creation_timestamp.as_ref().map(|t| t.0);
+            let renewed = lease_renewed.or(claim.spec.renew_time.as_ref().map(|t| t.0));
+            lease_state(name, &claim.spec, renewed.or(created), now)
+        }
     }
 }
 
@@ -105,19 +106,48 @@ fn resumable(claim: &LockClaim, state: HolderState, job: Option<&Job>) -> Holder
     ))
 }
 
+/// When each Lease holder was last seen renewing, on the controller's clock: a holder writes
+/// `renewTime` with its own clock, which may be ahead (a dead holder would seem alive) or behind
+/// (a healthy one would seem lapsed). As client-go's leader election does, a renewal is a change
+/// of `renewTime`, timed when the controller sees it; a holder first seen (a new claim, or a
+/// new leader) gets a whole lease from then.
+#[derive(Default)]
+pub struct LeaseRenewals {
+    seen: std::sync::Mutex<std::collections::HashMap<String, (Option<Timestamp>, Timestamp)>>,
+}
+
+impl LeaseRenewals {
+    /// When the holder of claim `uid`, whose `renewTime` now says `renew_time`, last renewed.
+    pub fn observe(&self, uid: &str, renew_time: Option<Timestamp>, now: Timestamp) -> Timestamp {
+        let mut seen = self.seen.lock().expect("lease renewals lock");
+        match seen.get(uid) {
+            Some((last, at)) if *last == renew_time => *at,
+            _ => {
+                seen.insert(uid.to_string(), (renew_time, now));
+                now
+            }
+        }
+    }
+
+    /// The claim is gone.
+    pub fn forget(&self, uid: &str) {
+        self.seen.lock().expect("lease renewals lock").remove(uid);
+    }
+}
+
 /// The label Kueue puts on the Jobs it queues.
 pub const KUEUE_QUEUE_LABEL: &str = "kueue.x-k8s.io/queue-name";
 
-/// A Lease holder lives while it renews: `renewTime` (or, before the first renewal, the
-/// claim's creation) is younger than `leaseDurationSeconds`. Also returns when to look again.
+/// A Lease holder lives while it renews: its last renewal, `renewed` (without one, its
+/// `renewTime`), is younger than `leaseDurationSeconds`. Also returns when to look again.
 pub fn lease_state(
     name: &str,
     spec: &LockClaimSpec,
-    created: Option<Timestamp>,
+    renewed: Option<Timestamp>,
     now: Timestamp,
 ) -> (HolderState, Option<Duration>) {
     let duration = Duration::from_secs(spec.lease_duration_seconds.unwrap_or(0).into());
-    let Some(renewed) = spec.renew_time.as_ref().map(|t| t.0).or(created) else {
+    let Some(renewed) = renewed.or(spec.renew_time.as_ref().map(|t| t.0)) else {
         return (HolderState::Running, Some(duration));
     };
     let age = crate::claim_lifecycle::elapsed(renewed, now);
@@ -198,5 +228,33 @@ mod tests {
             lease_state("cli", &spec, None, at(10)).0,
             HolderState::Lapsed(_)
         ));
+    }
+
+    #[test]
+    fn a_lease_is_timed_on_the_controllers_clock_whatever_the_holders_clock_says() {
+        let start: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let at = |s: i64| start + k8s_openapi::jiff::SignedDuration::from_secs(s);
+        let renewals = LeaseRenewals::default();
+        let spec = |renew: Timestamp| -> LockClaimSpec {
+            serde_json::from_value(json!({
+                "lock": "l", "holder": {"kind": "Lease", "name": "cli"},
+                "leaseDurationSeconds": 10, "renewTime": renew.to_string(),
+            }))
+            .unwrap()
+        };
+        let state = |renew: Timestamp, now: Timestamp| {
+            let renewed = renewals.observe("u", Some(renew), now);
+            lease_state("cli", &spec(renew), Some(renewed), now).0
+        };
+        // A holder whose clock is an hour behind renews every 4 s: alive throughout (its
+        // renewTime alone says it lapsed long ago).
+        for s in [0, 4, 8, 12, 16] {
+            assert_eq!(state(at(s - 3600), at(s)), HolderState::Running, "{s}");
+        }
+        // A holder whose clock is an hour ahead stops renewing at 20 s: lapsed 10 s later
+        // (its renewTime alone says it lives for another hour).
+        assert_eq!(state(at(3620), at(20)), HolderState::Running);
+        assert_eq!(state(at(3620), at(29)), HolderState::Running);
+        assert!(matches!(state(at(3620), at(30)), HolderState::Lapsed(_)));
     }
 }

@@ -111,6 +111,7 @@ pub async fn leave_for_good(
         ctx.process.metrics.released(&lock.name);
     }
     ctx.end_written(lock, uid);
+    ctx.term.lease_renewals.forget(uid);
     ctx.term.stale_claims.forget(uid);
     let _ = ctx.term.lock_changed.send(lock.clone());
     Ok(())
@@ -127,7 +128,13 @@ fn holder_state(
 ) -> (HolderState, Option<Duration>) {
     let pod = ctx.cached_holder_pod(claim);
     let job = ctx.cached_holder_job(claim);
-    holders::holder_state(claim, pod.as_deref(), job.as_deref(), now)
+    let renewed = (claim.spec.holder.kind == HolderKind::Lease).then(|| {
+        let renew_time = claim.spec.renew_time.as_ref().map(|t| t.0);
+        ctx.term
+            .lease_renewals
+            .observe(&uid(claim), renew_time, now)
+    });
+    holders::holder_state(claim, pod.as_deref(), job.as_deref(), renewed, now)
 }
 
 /// The holder as the API server has it now (Pods and Jobs; a Lease holder is the claim).

@@ -79,6 +79,8 @@ pub struct Term {
     /// until their claim's end is written (and its holder evicted): nobody is granted the lock
     /// meanwhile, lock-delay or not.
     pub ends_pending: Mutex<HashMap<ObjectRef<DistributedLock>, HashSet<String>>>,
+    /// When each Lease holder was last seen renewing, on this controller's clock.
+    pub lease_renewals: crate::claim_lifecycle::holders::LeaseRenewals,
     /// Cached claim versions this term's writes replaced (see [`StaleCopies`]).
     pub stale_claims: StaleCopies,
     /// How soon each claim whose reconcile failed is tried again.

@@ -122,7 +122,8 @@ pub async fn resume(
 fn held_back_shown(lock: &DistributedLock, claim: &LockClaim) -> Option<HeldBack> {
     let status = claim.status.as_ref()?;
     let until = match (&status.held_back_until, status.phase) {
-        (Some(until), _) => until.0,
+        // Written with another replica's clock, maybe: a margin for the skew between them.
+        (Some(until), _) => until.0.checked_add(REPLICA_CLOCK_MARGIN).ok()?,
         (None, ClaimPhase::Lost) => {
             let delay = Duration::from_secs(lock.spec.lock_delay_seconds? + 1);
             status.released_at.as_ref()?.0.checked_add(delay).ok()?
@@ -137,6 +138,10 @@ fn held_back_shown(lock: &DistributedLock, claim: &LockClaim) -> Option<HeldBack
     );
     Some(HeldBack { until, why })
 }
+
+/// How far the clocks of two replicas may be apart, as a hold-back written by one and honoured
+/// by the other allows for.
+const REPLICA_CLOCK_MARGIN: Duration = Duration::from_secs(1);
 
 /// Queues a fenced lock's claims again once its fence has passed (`until`), in order, and
 /// lifts the fence then.
@@ -281,7 +286,8 @@ mod tests {
             (ClaimPhase::Lost, "Lost"),
         ] {
             let shown = held_back_shown(&lock, &held_back(phase, reason, Some(at(12))));
-            assert_eq!(shown.map(|h| h.until), Some(at(12)), "{phase:?}");
+            // A second more, for the clocks of two replicas.
+            assert_eq!(shown.map(|h| h.until), Some(at(13)), "{phase:?}");
         }
         // A claim marked Lost by a lockkeeper that wrote no heldBackUntil: its releasedAt plus
         // the lock-delay, and a second for its whole seconds.

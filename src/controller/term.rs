@@ -61,6 +61,7 @@ pub fn begin(process: Arc<Process>) -> (Arc<Context>, TermInputs) {
             fences: Mutex::new(HashMap::new()),
             requeues_pending: Mutex::default(),
             ends_pending: Mutex::default(),
+            lease_renewals: Default::default(),
             stale_claims: Default::default(),
             claim_retries: Default::default(),
             lock_changed,
