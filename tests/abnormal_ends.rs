@@ -477,3 +477,60 @@ async fn a_lease_holder_with_a_clock_an_hour_behind_keeps_its_grant_while_it_ren
     );
     cluster.stop().await;
 }
+
+/// Hole 6: a holder is an object with a UID. A holder Job replaced by a new one of the same
+/// name (`kubectl replace --force`, here while the controller restarts, so that it never sees
+/// the name without a Job) ends its claim's grant; the new Job inherits nothing: it is not
+/// resumed on the old grant, and the lock goes to the next claim. Before, the new Job was
+/// resumed holding the old one's grant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_job_replaced_under_the_same_name_inherits_nothing() {
+    let mut cluster = Cluster::start().await;
+    cluster.lock("reports", json!({})).await;
+    let old = cluster.suspended_job("nightly", &["reports"]).await;
+    cluster
+        .claim(
+            "nightly",
+            json!({"lock": "reports", "holder": {"kind": "Job", "name": "nightly"}}),
+        )
+        .await;
+    cluster.wait_phase("nightly", ClaimPhase::Granted).await;
+    cluster
+        .eventually("the Job runs", || async {
+            cluster.running_jobs().await == vec!["nightly".to_string()]
+        })
+        .await;
+    cluster.pod_with_claim("next", "reports").await;
+    cluster.wait_phase("next", ClaimPhase::Waiting).await;
+    assert_eq!(
+        cluster.claim_status("nightly").await.holder_uid,
+        old.metadata.uid,
+        "the claim is bound to its Job"
+    );
+
+    let manifest = serde_json::to_string(&json!({
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": "nightly", "annotations": {"lockkeeper.dev/locks": "reports"}},
+        "spec": {"suspend": true, "template": {"spec": {"restartPolicy": "Never",
+            "containers": [{"name": "main", "image": "busybox", "command": ["true"]}]}}},
+    }))
+    .unwrap();
+    cluster.stop_controller().await;
+    cluster.kubectl_ok(&["replace", "--force", "-f", "-"], &manifest);
+    cluster.start_controller();
+    cluster.wait_phase("nightly", ClaimPhase::Released).await;
+    cluster.wait_phase("next", ClaimPhase::Granted).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let new = cluster
+        .api::<k8s_openapi::api::batch::v1::Job>()
+        .get("nightly")
+        .await
+        .unwrap();
+    assert_ne!(new.metadata.uid, old.metadata.uid, "the Job was replaced");
+    assert_eq!(
+        new.spec.unwrap().suspend,
+        Some(true),
+        "the new Job was resumed on the old one's grant"
+    );
+    cluster.stop().await;
+}

@@ -22,6 +22,8 @@ pub fn holder_state(
     now: Timestamp,
 ) -> (HolderState, Option<Duration>) {
     let name = &claim.spec.holder.name;
+    let pod = pod.filter(|pod| is_bound_holder(claim, &pod.metadata));
+    let job = job.filter(|job| is_bound_holder(claim, &job.metadata));
     match claim.spec.holder.kind {
         HolderKind::Pod => (pod_state(name, pod), None),
         HolderKind::Job => (resumable(claim, job_state(name, job), job), None),
@@ -31,6 +33,16 @@ pub fn holder_state(
             lease_state(name, &claim.spec, renewed.or(created), now)
         }
     }
+}
+
+/// Whether `holder` (its metadata) is the object the claim was queued for: a claim binds to
+/// its holder's UID (`status.holderUid`) when it is queued; before that, any object of the name.
+pub fn is_bound_holder(
+    claim: &LockClaim,
+    holder: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> bool {
+    let bound = claim.status.as_ref().and_then(|s| s.holder_uid.as_deref());
+    bound.is_none_or(|bound| holder.uid.as_deref() == Some(bound))
 }
 
 pub fn pod_state(name: &str, pod: Option<&Pod>) -> HolderState {

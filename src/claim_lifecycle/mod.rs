@@ -904,6 +904,7 @@ pub fn status_after(
             .held_back_until
             .map(Time)
             .or_else(|| current.held_back_until.clone()),
+        holder_uid: current.holder_uid.clone(),
         message: Some(outcome.message.clone()),
         conditions: vec![conditions::condition(
             "Granted",

@@ -143,17 +143,15 @@ async fn read_holder(ctx: &Context, claim: &LockClaim) -> Result<HolderState, Er
     Ok(match claim.spec.holder.kind {
         HolderKind::Pod => {
             let pods: Api<Pod> = ctx.api_beside(claim);
-            holders::pod_state(
-                name,
-                pods.get_opt(name).await.during(Step::ReadHolder)?.as_ref(),
-            )
+            let pod = pods.get_opt(name).await.during(Step::ReadHolder)?;
+            let pod = pod.filter(|pod| holders::is_bound_holder(claim, &pod.metadata));
+            holders::pod_state(name, pod.as_ref())
         }
         HolderKind::Job => {
             let jobs: Api<Job> = ctx.api_beside(claim);
-            holders::job_state(
-                name,
-                jobs.get_opt(name).await.during(Step::ReadHolder)?.as_ref(),
-            )
+            let job = jobs.get_opt(name).await.during(Step::ReadHolder)?;
+            let job = job.filter(|job| holders::is_bound_holder(claim, &job.metadata));
+            holders::job_state(name, job.as_ref())
         }
         HolderKind::Lease => HolderState::Running,
     })
@@ -189,6 +187,8 @@ struct Observed {
     lock: Option<Arc<DistributedLock>>,
     lock_facts: Option<LockFacts>,
     holder: HolderState,
+    /// The holder Pod's or Job's UID, as found: the claim binds to it when it is queued.
+    holder_uid: Option<String>,
     /// When a lease holder's state is to be looked at again.
     holder_check: Option<Duration>,
     facts: ClaimFacts,
@@ -261,6 +261,11 @@ async fn observe(
         ..LockFacts::of(lock)
     });
     let (mut holder, holder_check) = holder_state(ctx, claim, now);
+    let holder_uid = match claim.spec.holder.kind {
+        HolderKind::Pod => ctx.cached_holder_pod(claim).and_then(|pod| pod.uid()),
+        HolderKind::Job => ctx.cached_holder_job(claim).and_then(|job| job.uid()),
+        HolderKind::Lease => None,
+    };
     let facts = claim_facts(ctx, claim);
     if holder == HolderState::Missing && !facts.phase.is_final() {
         // The pod or job cache may lag behind a holder made just before its claim (and a
@@ -272,6 +277,7 @@ async fn observe(
         lock,
         lock_facts,
         holder,
+        holder_uid,
         holder_check,
         facts,
         now,
@@ -350,16 +356,7 @@ async fn act(
     if let Some(outcome) = &step.outcome {
         if let Some(wait) = place_write_delay(ctx, claim, outcome) {
             retry_write = Some(wait);
-        } else if write_status(
-            ctx,
-            claim,
-            outcome,
-            observed.facts.deadlock.as_ref(),
-            observed.now,
-        )
-        .await?
-            == Written::Conflict
-        {
+        } else if write_status(ctx, claim, outcome, observed).await? == Written::Conflict {
             // The decision was made on an old copy of the claim: nothing more is done on it.
             return Ok(Action::requeue(CONFLICT_RETRY));
         }
@@ -542,16 +539,22 @@ async fn write_status(
     ctx: &Context,
     claim: &LockClaim,
     outcome: &claim_lifecycle::Outcome,
-    deadlock: Option<&claim_lifecycle::InDeadlock>,
-    now: Timestamp,
+    observed: &Observed,
 ) -> Result<Written, Error> {
+    let (deadlock, now) = (observed.facts.deadlock.as_ref(), observed.now);
     let current = claim.status.clone().unwrap_or_default();
-    let wanted = claim_lifecycle::with_deadlock(
+    let mut wanted = claim_lifecycle::with_deadlock(
         claim_lifecycle::status_after(&current, outcome, claim.meta().generation, now),
         deadlock,
         &current,
         now,
     );
+    if wanted.holder_uid.is_none()
+        && matches!(wanted.phase, ClaimPhase::Waiting | ClaimPhase::Granted)
+    {
+        // Queued: the claim binds to its holder object from now on.
+        wanted.holder_uid = observed.holder_uid.clone();
+    }
     if wanted == current {
         return Ok(Written::Yes);
     }

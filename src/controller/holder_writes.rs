@@ -11,6 +11,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use super::context::Context;
+use crate::claim_lifecycle::holders;
 use crate::resources::{HolderKind, LockClaim};
 
 /// Whether the holder took the write.
@@ -33,6 +34,9 @@ pub async fn resume_job(ctx: &Context, claim: &LockClaim) -> Result<Applied, kub
             None => return Ok(Applied::HolderChanged),
         },
     };
+    if !holders::is_bound_holder(claim, &job.metadata) {
+        return Ok(Applied::HolderChanged);
+    }
     let patch = json!({
         "metadata": {"uid": job.uid(), "resourceVersion": job.resource_version()},
         "spec": {"suspend": false},
@@ -55,7 +59,12 @@ pub async fn evict_holder(ctx: &Context, claim: &LockClaim) -> Result<(), kube::
     let pods: Api<Pod> = ctx.api_beside(claim);
     let name = &claim.spec.holder.name;
     let victims: Vec<Pod> = match claim.spec.holder.kind {
-        HolderKind::Pod => pods.get_opt(name).await?.into_iter().collect(),
+        HolderKind::Pod => pods
+            .get_opt(name)
+            .await?
+            .into_iter()
+            .filter(|pod| holders::is_bound_holder(claim, &pod.metadata))
+            .collect(),
         HolderKind::Job => {
             let job_uid = suspend_job(ctx, claim).await?;
             let made = pods
@@ -95,9 +104,14 @@ async fn suspend_job(ctx: &Context, claim: &LockClaim) -> Result<Option<String>,
         Some(job) => Some(job.as_ref().clone()),
         None => jobs.get_opt(name).await?,
     };
+    // A Job of the same name made since is another holder: only the bound one's pods go.
+    let bound = claim.status.as_ref().and_then(|s| s.holder_uid.clone());
     let Some(uid) = job.and_then(|job| job.metadata.uid) else {
-        return Ok(None);
+        return Ok(bound);
     };
+    if bound.as_ref().is_some_and(|bound| *bound != uid) {
+        return Ok(bound);
+    }
     let patch = json!({"metadata": {"uid": uid}, "spec": {"suspend": true}});
     match jobs
         .patch(name, &PatchParams::default(), &Patch::Merge(&patch))

@@ -167,6 +167,10 @@ pub struct LockClaimStatus {
     /// time, whichever controller replica leads by then.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub held_back_until: Option<Time>,
+    /// The UID of the holder Pod or Job the claim was queued for. A new object of the same name
+    /// is another holder: it neither inherits the grant nor is resumed or evicted for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder_uid: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
