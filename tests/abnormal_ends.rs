@@ -534,3 +534,56 @@ async fn a_holder_job_replaced_under_the_same_name_inherits_nothing() {
     );
     cluster.stop().await;
 }
+
+/// Hole 10: deleting a holder Job does not hand its lock on while the pods it made still run
+/// (a background deletion removes them after the Job; an orphaning one leaves them): the grant
+/// holds until they are gone. Before, the claim was released the moment the Job went.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_holder_jobs_lock_waits_until_its_pods_are_gone() {
+    let cluster = Cluster::start().await;
+    cluster.lock("reports", json!({})).await;
+    cluster.suspended_job("nightly", &["reports"]).await;
+    cluster
+        .claim(
+            "nightly",
+            json!({"lock": "reports", "holder": {"kind": "Job", "name": "nightly"}}),
+        )
+        .await;
+    cluster.wait_phase("nightly", ClaimPhase::Granted).await;
+    let pod = cluster.job_pod("nightly").await;
+    cluster.pod_with_claim("next", "reports").await;
+    cluster.wait_phase("next", ClaimPhase::Waiting).await;
+    let orphan = kube::api::DeleteParams {
+        propagation_policy: Some(kube::api::PropagationPolicy::Orphan),
+        ..Default::default()
+    };
+    cluster
+        .api::<k8s_openapi::api::batch::v1::Job>()
+        .delete("nightly", &orphan)
+        .await
+        .unwrap();
+    cluster
+        .eventually("the Job is gone", || async {
+            cluster
+                .api::<k8s_openapi::api::batch::v1::Job>()
+                .get_opt("nightly")
+                .await
+                .unwrap()
+                .is_none()
+        })
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        (cluster.phase("nightly").await, cluster.phase("next").await),
+        (ClaimPhase::Granted, ClaimPhase::Waiting),
+        "the lock moved on while the deleted Job's pod still runs"
+    );
+    cluster
+        .api::<Pod>()
+        .delete(&pod.name_any(), &Default::default())
+        .await
+        .unwrap();
+    cluster.wait_phase("nightly", ClaimPhase::Released).await;
+    cluster.wait_phase("next", ClaimPhase::Granted).await;
+    cluster.stop().await;
+}

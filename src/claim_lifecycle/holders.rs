@@ -45,6 +45,55 @@ pub fn is_bound_holder(
     bound.is_none_or(|bound| holder.uid.as_deref() == Some(bound))
 }
 
+/// The Job that made `pod` (its controller), if a Job did.
+pub fn owner_job(
+    pod: &Pod,
+) -> Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference> {
+    pod.metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|owner| owner.controller == Some(true) && owner.kind == "Job")
+}
+
+/// The name of the Job that made `pod`: its controller's, or, once the pod is orphaned, the
+/// Job controller's label's.
+pub fn job_name_of(pod: &Pod) -> Option<&str> {
+    owner_job(pod).map(|owner| owner.name.as_str()).or_else(|| {
+        pod.metadata
+            .labels
+            .as_ref()?
+            .get(JOB_NAME_LABEL)
+            .map(String::as_str)
+    })
+}
+
+/// Whether any of `pods` is one the claim's holder Job made (the bound one, by UID, once the
+/// claim is bound) and has not ended: it may still be working after its Job was deleted.
+pub fn job_pods_running<'a>(claim: &LockClaim, pods: impl IntoIterator<Item = &'a Pod>) -> bool {
+    let bound = claim.status.as_ref().and_then(|s| s.holder_uid.as_deref());
+    pods.into_iter().any(|pod| {
+        let owned = owner_job(pod).is_some_and(|owner| {
+            owner.name == claim.spec.holder.name && bound.is_none_or(|uid| owner.uid == uid)
+        });
+        // A pod orphaned when its Job was deleted keeps the label, not the owner.
+        let labelled = bound.is_some()
+            && pod
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|labels| labels.get(JOB_UID_LABEL))
+                .map(String::as_str)
+                == bound;
+        (owned || labelled) && pod_state("", Some(pod)) == HolderState::Running
+    })
+}
+
+/// The label the Job controller puts on a Job's pods: the Job's UID.
+pub const JOB_UID_LABEL: &str = "batch.kubernetes.io/controller-uid";
+/// The label the Job controller puts on a Job's pods: the Job's name.
+pub const JOB_NAME_LABEL: &str = "batch.kubernetes.io/job-name";
+
 pub fn pod_state(name: &str, pod: Option<&Pod>) -> HolderState {
     let Some(pod) = pod else {
         return HolderState::Missing;

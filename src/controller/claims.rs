@@ -137,6 +137,17 @@ fn holder_state(
     holders::holder_state(claim, pod.as_deref(), job.as_deref(), renewed, now)
 }
 
+/// Whether the pods of the claim's deleted holder Job still run, as the pod cache has them.
+fn job_pods_running(ctx: &Context, claim: &LockClaim) -> bool {
+    let namespace = claim.namespace();
+    let pods = ctx.caches.pods.state();
+    let in_namespace = pods
+        .iter()
+        .map(AsRef::as_ref)
+        .filter(|pod| pod.namespace() == namespace);
+    holders::job_pods_running(claim, in_namespace)
+}
+
 /// The holder as the API server has it now (Pods and Jobs; a Lease holder is the claim).
 async fn read_holder(ctx: &Context, claim: &LockClaim) -> Result<HolderState, Error> {
     let name = &claim.spec.holder.name;
@@ -272,6 +283,15 @@ async fn observe(
         // claim may already be queued by then): ask the API before reporting the holder
         // missing or releasing its claim.
         holder = read_holder(ctx, claim).await?;
+    }
+    if holder == HolderState::Missing
+        && facts.phase == ClaimPhase::Granted
+        && claim.spec.holder.kind == HolderKind::Job
+        && job_pods_running(ctx, claim)
+    {
+        // A deleted Job's pods are deleted after it, and may work on meanwhile: the grant
+        // holds until they are gone (their changes reconcile the claim).
+        holder = HolderState::Running;
     }
     Ok(Observed {
         lock,

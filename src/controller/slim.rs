@@ -6,15 +6,20 @@ use k8s_openapi::api::batch::v1::{Job, JobSpec, JobStatus};
 use k8s_openapi::api::core::v1::{Pod, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use crate::claim_lifecycle::holders::KUEUE_QUEUE_LABEL;
+use crate::claim_lifecycle::holders::{JOB_NAME_LABEL, JOB_UID_LABEL, KUEUE_QUEUE_LABEL};
 use crate::resources::LOCKS_ANNOTATION;
 
 fn metadata(meta: &mut ObjectMeta) {
     meta.managed_fields = None;
-    // Of the labels, only the one that says another queue manages a Job is read.
-    meta.labels = meta.labels.take().and_then(|mut labels| {
-        let queue = labels.remove(KUEUE_QUEUE_LABEL)?;
-        Some([(KUEUE_QUEUE_LABEL.to_string(), queue)].into())
+    // Of the labels, only the one that says another queue manages a Job, and the one that
+    // says which Job made a pod, are read.
+    meta.labels = meta.labels.take().map(|labels| {
+        labels
+            .into_iter()
+            .filter(|(key, _)| {
+                [KUEUE_QUEUE_LABEL, JOB_UID_LABEL, JOB_NAME_LABEL].contains(&key.as_str())
+            })
+            .collect()
     });
     // Of the annotations, only the locks a holder asks for are read.
     meta.annotations = meta.annotations.take().and_then(|mut annotations| {

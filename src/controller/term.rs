@@ -219,8 +219,12 @@ fn claims_controller(
         })
         .watches_stream(pod_watch, move |pod: Pod| {
             let namespace = pod.namespace().unwrap_or_default();
-            let claims = by_pod.of_holder(&namespace, HolderKind::Pod, &pod.name_any());
+            let mut claims = by_pod.of_holder(&namespace, HolderKind::Pod, &pod.name_any());
             pod_lane.holder_changed(&holders::pod_state(&pod.name_any(), Some(&pod)), &claims);
+            // A Job's pods hold its lock after the Job is deleted, until they are gone.
+            if let Some(job) = holders::job_name_of(&pod) {
+                claims.extend(by_pod.of_holder(&namespace, HolderKind::Job, job));
+            }
             claims
         })
         .watches_stream(job_watch, move |job: Job| {
