@@ -90,6 +90,42 @@ async fn lease_claim(cluster: &Cluster, name: &str, lock: &str, lease_seconds: u
         .await;
 }
 
+/// Waits until claim `name` is granted; when its status says it was.
+async fn granted_at(cluster: &Cluster, name: &str) -> Timestamp {
+    cluster.wait_phase(name, ClaimPhase::Granted).await;
+    cluster
+        .claim_status(name)
+        .await
+        .granted_at
+        .expect("granted")
+        .0
+}
+
+/// A ZooKeeper client of the test's ensemble: another client of the lock's path.
+async fn foreign_client(cluster: &Cluster) -> zookeeper_client::Client {
+    zookeeper_client::Client::connect(&cluster.zk.connect_string())
+        .await
+        .expect("a ZooKeeper client")
+}
+
+/// Deletes the znode claim `name` shows, as another ZooKeeper client may.
+async fn delete_node_of(cluster: &Cluster, name: &str) {
+    let znode = cluster.claim_status(name).await.znode.expect("a node");
+    let zk = foreign_client(cluster).await;
+    zk.delete(&znode, None).await.expect("delete the node");
+}
+
+/// Revokes claim `name`, as `kubectl lock release` does.
+async fn revoke(cluster: &Cluster, name: &str) {
+    let revoke = json!({"metadata": {"annotations": {
+        "lockkeeper.dev/revoke": "stuck", "lockkeeper.dev/revoke-requested-by": "test"}}});
+    cluster
+        .api::<LockClaim>()
+        .patch(name, &PatchParams::default(), &Patch::Merge(revoke))
+        .await
+        .unwrap();
+}
+
 /// Whole seconds from `from` to `to` (timestamps in status have whole seconds).
 fn seconds_between(from: Timestamp, to: Timestamp) -> i64 {
     to.as_second() - from.as_second()
@@ -122,8 +158,7 @@ async fn a_lapsed_leases_hold_back_outlives_a_graceful_change_of_leader() {
 
     cluster.stop_controller().await;
     cluster.start_controller();
-    cluster.wait_phase("next", ClaimPhase::Granted).await;
-    let granted_at = cluster.claim_status("next").await.granted_at.unwrap().0;
+    let granted_at = granted_at(&cluster, "next").await;
     assert!(
         granted_at >= until,
         "granted at {granted_at}, before the hold-back ended at {until} (lapsed at {lapsed_at})"
@@ -166,8 +201,7 @@ async fn a_grant_held_past_max_hold_is_fenced_and_its_holder_evicted() {
                 .is_none_or(|pod| pod.metadata.deletion_timestamp.is_some())
         })
         .await;
-    cluster.wait_phase("next", ClaimPhase::Granted).await;
-    let granted_at = cluster.claim_status("next").await.granted_at.unwrap().0;
+    let granted_at = granted_at(&cluster, "next").await;
     assert!(
         seconds_between(expired_at, granted_at) >= LOCK_DELAY,
         "granted at {granted_at}, {} s after the expiry at {expired_at}: the lock-delay ({LOCK_DELAY} s) was not kept",
@@ -191,22 +225,13 @@ async fn a_holders_node_deleted_by_another_client_is_fenced_then_queued_again() 
     cluster.wait_phase("holder", ClaimPhase::Granted).await;
     cluster.pod_with_claim("next", "db").await;
     cluster.wait_phase("next", ClaimPhase::Waiting).await;
-    let znode = cluster
-        .claim_status("holder")
-        .await
-        .znode
-        .expect("the holder's node");
-    let zk = zookeeper_client::Client::connect(&cluster.zk.connect_string())
-        .await
-        .expect("a ZooKeeper client");
-    zk.delete(&znode, None).await.expect("delete the node");
+    delete_node_of(&cluster, "holder").await;
 
     cluster.wait_phase("holder", ClaimPhase::Lost).await;
     let lost = cluster.claim_status("holder").await;
     let lost_at = lost.released_at.clone().expect("the loss is recorded").0;
     assert!(lost.held_back_until.is_some(), "{lost:?}");
-    cluster.wait_phase("next", ClaimPhase::Granted).await;
-    let granted_at = cluster.claim_status("next").await.granted_at.unwrap().0;
+    let granted_at = granted_at(&cluster, "next").await;
     assert!(
         seconds_between(lost_at, granted_at) >= LOCK_DELAY,
         "granted {} s after the loss: the lock-delay ({LOCK_DELAY} s) was not kept",
@@ -238,11 +263,7 @@ async fn a_holders_node_deleted_without_a_lock_delay_is_ended_before_the_next_gr
     cluster.wait_phase("holder", ClaimPhase::Granted).await;
     cluster.pod_with_claim("next", "db").await;
     cluster.wait_phase("next", ClaimPhase::Waiting).await;
-    let znode = cluster.claim_status("holder").await.znode.unwrap();
-    let zk = zookeeper_client::Client::connect(&cluster.zk.connect_string())
-        .await
-        .expect("a ZooKeeper client");
-    zk.delete(&znode, None).await.expect("delete the node");
+    delete_node_of(&cluster, "holder").await;
     cluster.wait_phase("next", ClaimPhase::Granted).await;
     cluster.wait_phase("holder", ClaimPhase::Lost).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -300,13 +321,7 @@ async fn an_ended_grant_is_written_and_its_holder_evicted_before_the_next_grant(
     // write is the revoked claim's.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     fail_next_status_write();
-    let revoke = json!({"metadata": {"annotations": {
-        "lockkeeper.dev/revoke": "stuck", "lockkeeper.dev/revoke-requested-by": "test"}}});
-    cluster
-        .api::<LockClaim>()
-        .patch("c0", &PatchParams::default(), &Patch::Merge(revoke))
-        .await
-        .unwrap();
+    revoke(&cluster, "c0").await;
     for name in &names[1..4] {
         cluster.wait_phase(name, ClaimPhase::Granted).await;
         tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -356,12 +371,7 @@ async fn a_revoked_grants_hold_back_outlives_a_graceful_change_of_leader() {
     cluster.pod_with_claim("stuck", "db").await;
     cluster.wait_phase("stuck", ClaimPhase::Granted).await;
     cluster.pod_with_claim("next", "db").await;
-    let revoke = json!({"metadata": {"annotations": {"lockkeeper.dev/revoke": "stuck"}}});
-    cluster
-        .api::<LockClaim>()
-        .patch("stuck", &PatchParams::default(), &Patch::Merge(revoke))
-        .await
-        .unwrap();
+    revoke(&cluster, "stuck").await;
     cluster.wait_phase("stuck", ClaimPhase::Revoked).await;
     let until = cluster
         .claim_status("stuck")
@@ -371,8 +381,7 @@ async fn a_revoked_grants_hold_back_outlives_a_graceful_change_of_leader() {
         .0;
     cluster.stop_controller().await;
     cluster.start_controller();
-    cluster.wait_phase("next", ClaimPhase::Granted).await;
-    let granted_at = cluster.claim_status("next").await.granted_at.unwrap().0;
+    let granted_at = granted_at(&cluster, "next").await;
     assert!(
         granted_at >= until,
         "granted at {granted_at}, before the hold-back ended at {until}"
@@ -411,9 +420,7 @@ async fn a_claim_deleted_during_its_hold_back_keeps_its_node_until_the_hold_back
         .delete("cron", &Default::default())
         .await
         .unwrap();
-    let zk = zookeeper_client::Client::connect(&cluster.zk.connect_string())
-        .await
-        .expect("a ZooKeeper client");
+    let zk = foreign_client(&cluster).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(
         Timestamp::now() < until,
@@ -423,8 +430,7 @@ async fn a_claim_deleted_during_its_hold_back_keeps_its_node_until_the_hold_back
         zk.check_stat(&znode).await.unwrap().is_some(),
         "the deleted claim's node went before its hold-back ended at {until}"
     );
-    cluster.wait_phase("next", ClaimPhase::Granted).await;
-    let granted_at = cluster.claim_status("next").await.granted_at.unwrap().0;
+    let granted_at = granted_at(&cluster, "next").await;
     assert!(
         granted_at >= until,
         "granted at {granted_at}, held back until {until}"

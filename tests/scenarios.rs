@@ -122,37 +122,43 @@ async fn jobs_needing_the_same_two_locks_start_only_with_both_and_never_deadlock
         if !jobs_first {
             make_jobs().await;
         }
-        let mut completed = Vec::new();
-        while completed.len() < 2 {
-            cluster
-                .eventually(&format!("round {round}: one more Job runs"), || async {
-                    !cluster.running_jobs().await.is_empty()
-                })
-                .await;
-            let running = cluster.running_jobs().await;
-            assert_eq!(
-                running.len(),
-                1,
-                "round {round}: both Jobs run at once: {running:?}"
-            );
-            let holder = running[0].clone();
-            for lock in ["a", "b"] {
-                assert_eq!(
-                    cluster.phase(&format!("{holder}-{lock}")).await,
-                    ClaimPhase::Granted,
-                    "round {round}: {holder} runs without lock {lock}"
-                );
-            }
-            cluster.complete_job(&holder).await;
-            for lock in ["a", "b"] {
-                cluster
-                    .wait_phase(&format!("{holder}-{lock}"), ClaimPhase::Released)
-                    .await;
-            }
-            completed.push(holder);
-        }
+        two_jobs_run_one_at_a_time_each_with_a_and_b(&cluster, &format!("round {round}")).await;
     }
     cluster.stop().await;
+}
+
+/// Waits while two Jobs, each holding claims `<job>-a` and `<job>-b`, run one after the other:
+/// never both at once, each only with both locks; completes each (playing the kubelet).
+async fn two_jobs_run_one_at_a_time_each_with_a_and_b(cluster: &Cluster, what: &str) {
+    let mut completed = Vec::new();
+    while completed.len() < 2 {
+        cluster
+            .eventually(&format!("{what}: one more Job runs"), || async {
+                !cluster.running_jobs().await.is_empty()
+            })
+            .await;
+        let running = cluster.running_jobs().await;
+        assert_eq!(
+            running.len(),
+            1,
+            "{what}: both Jobs run at once: {running:?}"
+        );
+        let holder = running[0].clone();
+        for lock in ["a", "b"] {
+            assert_eq!(
+                cluster.phase(&format!("{holder}-{lock}")).await,
+                ClaimPhase::Granted,
+                "{what}: {holder} runs without lock {lock}"
+            );
+        }
+        cluster.complete_job(&holder).await;
+        for lock in ["a", "b"] {
+            cluster
+                .wait_phase(&format!("{holder}-{lock}"), ClaimPhase::Released)
+                .await;
+        }
+        completed.push(holder);
+    }
 }
 
 /// Issue 24, holes 12 and 13, as seen on the sandbox: two suspended Jobs that do not declare
@@ -226,31 +232,7 @@ async fn suspended_jobs_start_only_when_they_declare_their_locks_and_no_other_qu
             .await
             .unwrap();
     }
-    let mut completed = Vec::new();
-    while completed.len() < 2 {
-        cluster
-            .eventually("one more Job runs", || async {
-                !cluster.running_jobs().await.is_empty()
-            })
-            .await;
-        let running = cluster.running_jobs().await;
-        assert_eq!(running.len(), 1, "both Jobs run at once: {running:?}");
-        let holder = running[0].clone();
-        for lock in ["a", "b"] {
-            assert_eq!(
-                cluster.phase(&format!("{holder}-{lock}")).await,
-                ClaimPhase::Granted,
-                "{holder} runs without lock {lock}"
-            );
-        }
-        cluster.complete_job(&holder).await;
-        for lock in ["a", "b"] {
-            cluster
-                .wait_phase(&format!("{holder}-{lock}"), ClaimPhase::Released)
-                .await;
-        }
-        completed.push(holder);
-    }
+    two_jobs_run_one_at_a_time_each_with_a_and_b(&cluster, "declared").await;
     assert_eq!(cluster.phase("train").await, ClaimPhase::Invalid);
     let train = cluster.api::<Job>().get("train").await.unwrap();
     assert_eq!(
