@@ -4,10 +4,12 @@ With --progress, prints how far the runs are instead."""
 import json
 import sys
 
-FAULT_KINDS = 7
+# The fault kinds of tests/chaos.rs (FAULTS).
+FAULT_KINDS = 13
 COUNTS = ["grants", "open_holds", "fence_window_overlaps", "overlaps_caught_by_token",
           "unsafe_overlaps", "token_regressions", "permit_violations",
-          "api_holder_count_violations", "granted_twice", "stuck_claims", "undocumented_exits"]
+          "api_holder_count_violations", "granted_twice", "stuck_claims", "undocumented_exits",
+          "replaced_jobs_run"]
 
 
 def total(lines):

@@ -1,15 +1,16 @@
 //! The workload of a chaos run's holder: it records `enter` with its fencing token, makes a
 //! few requests to the fenced resource (fenced writes for an exclusive holder, reads for a
 //! shared one), each recorded with its call and return times and the answer, then records
-//! `leave`. On SIGTERM (`lockkeeper run` stops it when the grant ends) it stops at once,
-//! recording `leave`. Every time is CLOCK_MONOTONIC, shared by every process of the run.
+//! `leave`. On SIGTERM (`lockkeeper run` stops it when the grant ends) it stops, recording
+//! `leave`: at once, or, as a holder slow to stop, after working on for
+//! $FENCED_WORKER_TERM_GRACE_MS. Every time is CLOCK_MONOTONIC, shared by every process of the run.
 //!
 //! fenced-worker HISTORY RESOURCE LOCK HOLDER exclusive|shared REQUESTS GAP_MS [TOKEN]
 //! (TOKEN defaults to $LOCKKEEPER_FENCING_TOKEN, as `lockkeeper run` sets it)
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use lockkeeper_testkit::{ResourceClient, monotonic_nanos};
 
@@ -28,6 +29,8 @@ struct Args {
     requests: u32,
     gap: Duration,
     token: i64,
+    /// How long it works on after SIGTERM.
+    term_grace: Duration,
 }
 
 fn args() -> Result<Args, String> {
@@ -54,6 +57,13 @@ fn args() -> Result<Args, String> {
         requests: all[5].parse().map_err(|_| usage.to_string())?,
         gap: Duration::from_millis(all[6].parse().map_err(|_| usage.to_string())?),
         token: token.parse().map_err(|_| format!("token {token:?}"))?,
+        term_grace: match std::env::var("FENCED_WORKER_TERM_GRACE_MS") {
+            Ok(ms) => Duration::from_millis(
+                ms.parse()
+                    .map_err(|_| format!("FENCED_WORKER_TERM_GRACE_MS {ms:?}"))?,
+            ),
+            Err(_) => Duration::ZERO,
+        },
     })
 }
 
@@ -99,8 +109,12 @@ fn work(args: &Args) -> Result<(), String> {
     } else {
         ('R', "read")
     };
+    let mut stop = Stop {
+        grace: args.term_grace,
+        seen: None,
+    };
     for _ in 0..args.requests {
-        if TERMINATED.load(Ordering::SeqCst) {
+        if stop.due() {
             break;
         }
         let call = monotonic_nanos();
@@ -111,7 +125,7 @@ fn work(args: &Args) -> Result<(), String> {
         record(format!(
             r#"{{"ev":"{name}","holder":"{holder}","lock":"{lock}","token":{token},"call":{call},"ret":{ret},"accepted":{accepted}}}"#
         ))?;
-        pause(args.gap);
+        pause(args.gap, &mut stop);
     }
     record(format!(
         r#"{{"ev":"leave","holder":"{holder}","lock":"{lock}","at":{}}}"#,
@@ -119,11 +133,26 @@ fn work(args: &Args) -> Result<(), String> {
     ))
 }
 
-/// Sleeps for `gap`, or less if SIGTERM comes.
-fn pause(gap: Duration) {
+/// When to stop after SIGTERM: once `grace` has passed since it was first seen.
+struct Stop {
+    grace: Duration,
+    seen: Option<Instant>,
+}
+
+impl Stop {
+    fn due(&mut self) -> bool {
+        if !TERMINATED.load(Ordering::SeqCst) {
+            return false;
+        }
+        self.seen.get_or_insert_with(Instant::now).elapsed() >= self.grace
+    }
+}
+
+/// Sleeps for `gap`, or less if the stop SIGTERM asked for is due.
+fn pause(gap: Duration, stop: &mut Stop) {
     let step = Duration::from_millis(5);
     let mut slept = Duration::ZERO;
-    while slept < gap && !TERMINATED.load(Ordering::SeqCst) {
+    while slept < gap && !stop.due() {
         std::thread::sleep(step);
         slept += step;
     }
