@@ -582,9 +582,10 @@ fn abnormal_end(
         queue,
         QueueState::Waiting { .. } | QueueState::Granted { .. }
     );
-    // Its node leads the queue, or its holder was told it holds (whatever became of the node:
-    // gone on its own, or not queued again yet by a new leader).
-    let held = matches!(queue, QueueState::Granted { .. }) || claim.phase == ClaimPhase::Granted;
+    // Its holder was told it holds (whatever became of the node: gone on its own, or not queued
+    // again yet by a new leader). A node granted in ZooKeeper but not told yet has a holder that
+    // has not started: a gate, a run and a suspended Job wait for the `Granted` status.
+    let held = claim.phase == ClaimPhase::Granted;
     let until = held_back_until(lock, now).filter(|_| held);
     let message = match (until, lock.and_then(|lock| lock.lock_delay)) {
         (Some(_), Some(delay)) => format!(
