@@ -35,13 +35,16 @@ pub fn holder_state(
     }
 }
 
-/// Whether `holder` (its metadata) is the object the claim was queued for: a claim binds to
-/// its holder's UID (`status.holderUid`) when it is queued; before that, any object of the name.
+/// Whether `holder` (its metadata) is the object the claim holds for: a claim binds to its
+/// holder's UID (`status.holderUid`) once granted; before that, any object of the name.
 pub fn is_bound_holder(
     claim: &LockClaim,
     holder: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
 ) -> bool {
-    let bound = claim.status.as_ref().and_then(|s| s.holder_uid.as_deref());
+    let status = claim.status.as_ref();
+    let bound = status
+        .filter(|s| s.granted_at.is_some())
+        .and_then(|s| s.holder_uid.as_deref());
     bound.is_none_or(|bound| holder.uid.as_deref() == Some(bound))
 }
 

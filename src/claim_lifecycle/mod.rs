@@ -185,6 +185,10 @@ pub struct HolderSet {
     /// A claim of the holder that expired (or was revoked) before it was ever granted: the
     /// holder gives up the whole set.
     pub given_up: Option<String>,
+    /// A claim of the holder whose grant ended abnormally for good (revoked, or held past
+    /// `maxHoldSeconds`): its Job may have been stopped for it, and is not resumed again on
+    /// the rest of its locks.
+    pub stopped: Option<String>,
 }
 
 impl HolderSet {
@@ -223,8 +227,12 @@ impl HolderSet {
                 ClaimPhase::Expired | ClaimPhase::Revoked if status.granted_at.is_none() => {
                     set.given_up.get_or_insert(name.clone());
                 }
-                // Revoked after its grant: the holder runs on with the rest.
-                ClaimPhase::Revoked => continue,
+                // Ended abnormally after its grant: the holder runs on with the rest if it still
+                // runs, but a Job stopped for it is not started again without that lock.
+                ClaimPhase::Expired | ClaimPhase::Revoked => {
+                    set.stopped.get_or_insert(name);
+                    continue;
+                }
                 _ => {}
             }
             set.others_not_granted += 1;
@@ -484,7 +492,13 @@ fn held_without_lock(spec: &LockClaimSpec, holder: &HolderState, queued: bool) -
         HolderState::Missing => (HOLDER_DELETED, format!("{holder_name} was deleted")),
         HolderState::Ended(why) => (HOLDER_SUCCEEDED, why.clone()),
         HolderState::Failed(why) => (HOLDER_FAILED, why.clone()),
-        _ => return Step::nothing(QueueAction::Keep),
+        // Without its lock there is no lock-delay to keep: the lease's end is the grant's.
+        HolderState::Lapsed(why) => (LEASE_LAPSED, why.clone()),
+        HolderState::SuspendedJob | HolderState::NotResumable(_) => (
+            LOCK_DELETED,
+            format!("the lock was deleted while {holder_name} was suspended"),
+        ),
+        HolderState::Running => return Step::nothing(QueueAction::Keep),
     };
     Step::end(ClaimPhase::Released, reason, message, queued)
 }
@@ -511,6 +525,8 @@ fn after_earlier_claims(spec: &LockClaimSpec, claim: &ClaimFacts, now: Timestamp
     }
 }
 
+/// The `Granted` condition's reason when a grant's lock was deleted while its Job was suspended.
+pub const LOCK_DELETED: &str = "LockDeleted";
 /// The `Granted` condition's reason when the holder is a suspended Job lockkeeper may not resume.
 pub const JOB_NOT_RESUMABLE: &str = "JobNotResumable";
 /// The `Granted` condition's reason when a Lease holder stopped renewing.
@@ -809,14 +825,18 @@ fn granted(
         return abnormal_end(end, claim, Some(lock), queue, now);
     }
     let others = claim.holder_set.others_not_granted;
-    let message = match others {
-        0 => format!("granted to {holder_name}, fencing token {fencing_token}"),
+    let stopped = claim.holder_set.stopped.as_ref();
+    let message = match (others, stopped) {
+        (_, Some(stopped)) if *holder == HolderState::SuspendedJob => format!(
+            "granted to {holder_name}, fencing token {fencing_token}; it is not started again: its claim {stopped} ended abnormally after its grant"
+        ),
+        (0, _) => format!("granted to {holder_name}, fencing token {fencing_token}"),
         _ => format!(
             "granted to {holder_name}, fencing token {fencing_token}; it starts once its {others} other claim(s) are granted too"
         ),
     };
     Step {
-        resume_job: *holder == HolderState::SuspendedJob && others == 0,
+        resume_job: *holder == HolderState::SuspendedJob && others == 0 && stopped.is_none(),
         ..Step::show(Outcome {
             phase: ClaimPhase::Granted,
             position: None,
@@ -1649,5 +1669,42 @@ mod tests {
         assert_eq!(phase_of(&step), Some(ClaimPhase::Expired));
         assert_eq!(step.queue, QueueAction::Dequeue, "its grant is given back");
         assert!(!step.resume_job);
+    }
+
+    /// A Job holding a and b whose claim on a was revoked (and the Job suspended, evicted for
+    /// it): its claim on b, still granted, does not start it again without a.
+    #[test]
+    fn a_job_stopped_for_one_claims_abnormal_end_is_not_resumed_on_the_others() {
+        let revoked = claim_of(
+            "c-a",
+            "a",
+            "1",
+            serde_json::json!({"phase": "Revoked", "grantedAt": "2026-01-01T00:00:00Z"}),
+        );
+        let held = claim_of(
+            "c-b",
+            "b",
+            "2",
+            serde_json::json!({"phase": "Granted", "grantedAt": "2026-01-01T00:00:00Z"}),
+        );
+        let mut facts_b = facts(ClaimPhase::Granted);
+        facts_b.holder_set = HolderSet::of(&held, &[&held, &revoked], &[]);
+        let granted_b = QueueState::Granted {
+            fencing_token: 2,
+            node: node(2),
+        };
+        let step = decide_on_a_mutex(&facts_b, &HolderState::SuspendedJob, &granted_b, at(1));
+        assert_eq!(phase_of(&step), Some(ClaimPhase::Granted));
+        assert!(
+            !step.resume_job,
+            "the stopped Job was started again without lock a"
+        );
+        assert!(
+            step.outcome.unwrap().message.contains("not started again"),
+            "the claim says why"
+        );
+        // A Job that still runs is left running with the rest.
+        let running = decide_on_a_mutex(&facts_b, &HolderState::Running, &granted_b, at(1));
+        assert_eq!(phase_of(&running), Some(ClaimPhase::Granted));
     }
 }

@@ -394,15 +394,21 @@ async fn act(
     if step.evict_holder {
         // The node stays until the old holder is asked to stop (a failure retries the
         // reconcile, with backoff).
-        holder_writes::evict_holder(ctx, claim)
-            .await
-            .during(Step::EvictHolder)?;
+        if let Err(err) = holder_writes::evict_holder(ctx, claim).await {
+            let note = format!(
+                "could not stop the holder of a grant that ended abnormally; the lock stays held \
+                 until it can: {err}"
+            );
+            status::publish(ctx, claim, true, "EvictionFailed", "Evict", note).await;
+            return Err(err).during(Step::EvictHolder);
+        }
     }
     if step.queue == QueueAction::Dequeue {
         leave_queue(ctx, &uid(claim), observed.lock.as_deref()).await?;
+        // A node that went on its own held the lock back until this claim left the line, its
+        // end written (a decision made before the node went keeps it queued: no lift).
+        ctx.end_written(&claim.lock_ref(), &uid(claim));
     }
-    // A node that went on its own held the lock back until this claim's end was written.
-    ctx.end_written(&claim.lock_ref(), &uid(claim));
     let next = [step.requeue_after, observed.holder_check, retry_write]
         .into_iter()
         .flatten()
@@ -569,11 +575,12 @@ async fn write_status(
         &current,
         now,
     );
-    if wanted.holder_uid.is_none()
-        && matches!(wanted.phase, ClaimPhase::Waiting | ClaimPhase::Granted)
-    {
-        // Queued: the claim binds to its holder object from now on.
-        wanted.holder_uid = observed.holder_uid.clone();
+    if wanted.granted_at.is_none() || current.granted_at.is_none() {
+        // Until its first grant the claim follows whichever object has its holder's name (one
+        // replaced while it waited is still its holder); granted, it binds to that one.
+        if matches!(wanted.phase, ClaimPhase::Waiting | ClaimPhase::Granted) {
+            wanted.holder_uid = observed.holder_uid.clone();
+        }
     }
     if wanted == current {
         return Ok(Written::Yes);

@@ -12,7 +12,7 @@ use serde_json::json;
 
 use super::context::Context;
 use crate::claim_lifecycle::holders;
-use crate::resources::{HolderKind, LockClaim};
+use crate::resources::{HolderKind, LOCKS_ANNOTATION, LockClaim, declared_locks};
 
 /// Whether the holder took the write.
 #[derive(Debug, PartialEq, Eq)]
@@ -106,13 +106,20 @@ async fn suspend_job(ctx: &Context, claim: &LockClaim) -> Result<Option<String>,
     };
     // A Job of the same name made since is another holder: only the bound one's pods go.
     let bound = claim.status.as_ref().and_then(|s| s.holder_uid.clone());
-    let Some(uid) = job.and_then(|job| job.metadata.uid) else {
+    let Some(job) = job else {
         return Ok(bound);
     };
+    let uid = job.metadata.uid.clone().unwrap_or_default();
     if bound.as_ref().is_some_and(|bound| *bound != uid) {
         return Ok(bound);
     }
-    let patch = json!({"metadata": {"uid": uid}, "spec": {"suspend": true}});
+    let mut patch = json!({"metadata": {"uid": uid}, "spec": {"suspend": true}});
+    if declared_locks(job.metadata.annotations.as_ref()).is_empty() {
+        // A Job that ran without declaring its locks (made running, or resumed by an older
+        // lockkeeper) is suspended by lockkeeper now: it declares the locks its claims name, so
+        // that it is resumed once it holds them again.
+        patch["metadata"]["annotations"] = json!({LOCKS_ANNOTATION: claimed_locks(ctx, claim)});
+    }
     match jobs
         .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
@@ -123,15 +130,43 @@ async fn suspend_job(ctx: &Context, claim: &LockClaim) -> Result<Option<String>,
     }
 }
 
-/// Whether the Job `name` (with UID `uid`, when the Job still exists) made `pod`: its
-/// controller is that Job. A label anyone may set is not enough to be deleted.
+/// The locks the claims of `claim`'s holder name, comma-separated, in order.
+fn claimed_locks(ctx: &Context, claim: &LockClaim) -> String {
+    let namespace = claim.namespace().unwrap_or_default();
+    let holder = &claim.spec.holder;
+    let mut locks: Vec<String> = ctx
+        .caches
+        .index
+        .of_holder(&namespace, holder.kind, &holder.name)
+        .iter()
+        .filter_map(|sibling| ctx.caches.claims.get(sibling))
+        .map(|sibling| sibling.spec.lock.clone())
+        .chain([claim.spec.lock.clone()])
+        .collect();
+    locks.sort();
+    locks.dedup();
+    locks.join(",")
+}
+
+/// Whether the Job `name` (with UID `uid`, when known) made `pod`: its controller is that Job,
+/// or, orphaned when the Job was deleted, it carries the Job controller's label with that UID.
+/// A name label anyone may set is not enough to be deleted.
 fn made_by_job(pod: &Pod, name: &str, uid: Option<&str>) -> bool {
-    pod.metadata.owner_references.iter().flatten().any(|owner| {
+    let owned = pod.metadata.owner_references.iter().flatten().any(|owner| {
         owner.controller == Some(true)
             && owner.kind == "Job"
             && owner.name == name
             && uid.is_none_or(|uid| owner.uid == uid)
-    })
+    });
+    let orphaned = uid.is_some()
+        && pod
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|labels| labels.get(holders::JOB_UID_LABEL))
+            .map(String::as_str)
+            == uid;
+    owned || orphaned
 }
 
 /// 409 (a resourceVersion or UID precondition failed) or 404 (the object is gone).
@@ -174,5 +209,12 @@ mod tests {
         assert!(!made_by_job(&pod(json!([])), "nightly", None));
         // The Job is gone: its own pods, by name.
         assert!(made_by_job(&pod(job("nightly", "u1")), "nightly", None));
+        // Orphaned by the Job's deletion: the Job controller's UID label, with the bound UID.
+        let orphan: Pod = serde_json::from_value(json!({"metadata": {"name": "p",
+            "labels": {"batch.kubernetes.io/controller-uid": "u1"}}}))
+        .unwrap();
+        assert!(made_by_job(&orphan, "nightly", Some("u1")));
+        assert!(!made_by_job(&orphan, "nightly", Some("u2")));
+        assert!(!made_by_job(&orphan, "nightly", None));
     }
 }

@@ -210,6 +210,7 @@ fn claims_controller(
         ctx.caches.index.clone(),
     );
     let (pod_lane, job_lane) = (ctx.term.fast_lane.clone(), ctx.term.fast_lane.clone());
+    let cached_jobs = ctx.caches.jobs.clone();
     Controller::for_stream(claim_watch, ctx.caches.claims.clone())
         .with_config(runner)
         .trigger_backoff(watches::NoSharedPause)
@@ -221,8 +222,13 @@ fn claims_controller(
             let namespace = pod.namespace().unwrap_or_default();
             let mut claims = by_pod.of_holder(&namespace, HolderKind::Pod, &pod.name_any());
             pod_lane.holder_changed(&holders::pod_state(&pod.name_any(), Some(&pod)), &claims);
-            // A Job's pods hold its lock after the Job is deleted, until they are gone.
-            if let Some(job) = holders::job_name_of(&pod) {
+            // A Job's pods hold its lock after the Job is deleted, until they are gone: while
+            // their Job is gone, their changes reconcile its claims.
+            if let Some(job) = holders::job_name_of(&pod)
+                && cached_jobs
+                    .get(&ObjectRef::new(job).within(&namespace))
+                    .is_none()
+            {
                 claims.extend(by_pod.of_holder(&namespace, HolderKind::Job, job));
             }
             claims
