@@ -593,3 +593,60 @@ async fn a_deleted_holder_jobs_lock_waits_until_its_pods_are_gone() {
     cluster.wait_phase("next", ClaimPhase::Granted).await;
     cluster.stop().await;
 }
+
+/// The same when the deleted Job is replaced at once by a new one of its name (found by the
+/// chaos suite, seed 20672): the old Job's pod, still terminating, holds the grant, and its end
+/// releases the claim. Before, the new Job's name hid the old pod's end and the claim stayed
+/// `Granted` for good, its lock stuck.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_holder_jobs_old_pod_releases_the_lock_when_it_ends() {
+    const STILL_RUNNING: &str = "test.lockkeeper.dev/still-running";
+    let cluster = Cluster::start().await;
+    cluster.lock("reports", json!({})).await;
+    cluster.suspended_job("nightly", &["reports"]).await;
+    cluster
+        .claim(
+            "nightly",
+            json!({"lock": "reports", "holder": {"kind": "Job", "name": "nightly"}}),
+        )
+        .await;
+    cluster.wait_phase("nightly", ClaimPhase::Granted).await;
+    let pod = cluster.job_pod("nightly").await;
+    let pods = cluster.api::<Pod>();
+    let hold = json!({"metadata": {"finalizers": [STILL_RUNNING]}});
+    pods.patch(
+        &pod.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(hold),
+    )
+    .await
+    .unwrap();
+    let jobs = cluster.api::<k8s_openapi::api::batch::v1::Job>();
+    let background = kube::api::DeleteParams::background();
+    jobs.delete("nightly", &background).await.unwrap();
+    cluster
+        .eventually("the Job is gone and its pod terminating", || async {
+            jobs.get_opt("nightly").await.unwrap().is_none()
+                && pods
+                    .get(&pod.name_any())
+                    .await
+                    .unwrap()
+                    .metadata
+                    .deletion_timestamp
+                    .is_some()
+        })
+        .await;
+    cluster.suspended_job("nightly", &["reports"]).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(cluster.phase("nightly").await, ClaimPhase::Granted);
+    let done = json!({"metadata": {"finalizers": null}});
+    pods.patch(
+        &pod.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(done),
+    )
+    .await
+    .unwrap();
+    cluster.wait_phase("nightly", ClaimPhase::Released).await;
+    cluster.stop().await;
+}

@@ -59,6 +59,18 @@ pub fn owner_job(
         .find(|owner| owner.controller == Some(true) && owner.kind == "Job")
 }
 
+/// The UID of the Job that made `pod`: its controller's, or, once orphaned, the Job
+/// controller's label's.
+pub fn job_uid_of(pod: &Pod) -> Option<&str> {
+    owner_job(pod).map(|owner| owner.uid.as_str()).or_else(|| {
+        pod.metadata
+            .labels
+            .as_ref()?
+            .get(JOB_UID_LABEL)
+            .map(String::as_str)
+    })
+}
+
 /// The name of the Job that made `pod`: its controller's, or, once the pod is orphaned, the
 /// Job controller's label's.
 pub fn job_name_of(pod: &Pod) -> Option<&str> {

@@ -223,11 +223,14 @@ fn claims_controller(
             let mut claims = by_pod.of_holder(&namespace, HolderKind::Pod, &pod.name_any());
             pod_lane.holder_changed(&holders::pod_state(&pod.name_any(), Some(&pod)), &claims);
             // A Job's pods hold its lock after the Job is deleted, until they are gone: while
-            // their Job is gone, their changes reconcile its claims.
+            // their Job is gone (or replaced by a new one of its name), their changes reconcile
+            // its claims.
             if let Some(job) = holders::job_name_of(&pod)
                 && cached_jobs
                     .get(&ObjectRef::new(job).within(&namespace))
-                    .is_none()
+                    .is_none_or(|cached| {
+                        cached.metadata.uid.as_deref() != holders::job_uid_of(&pod)
+                    })
             {
                 claims.extend(by_pod.of_holder(&namespace, HolderKind::Job, job));
             }
