@@ -493,13 +493,7 @@ async fn a_lease_holder_with_a_clock_an_hour_behind_keeps_its_grant_while_it_ren
 async fn a_holder_job_replaced_under_the_same_name_inherits_nothing() {
     let mut cluster = Cluster::start().await;
     cluster.lock("reports", json!({})).await;
-    let old = cluster.suspended_job("nightly", &["reports"]).await;
-    cluster
-        .claim(
-            "nightly",
-            json!({"lock": "reports", "holder": {"kind": "Job", "name": "nightly"}}),
-        )
-        .await;
+    let old = cluster.job_with_claim("nightly", "reports").await;
     cluster.wait_phase("nightly", ClaimPhase::Granted).await;
     cluster
         .eventually("the Job runs", || async {
@@ -548,13 +542,7 @@ async fn a_holder_job_replaced_under_the_same_name_inherits_nothing() {
 async fn a_deleted_holder_jobs_lock_waits_until_its_pods_are_gone() {
     let cluster = Cluster::start().await;
     cluster.lock("reports", json!({})).await;
-    cluster.suspended_job("nightly", &["reports"]).await;
-    cluster
-        .claim(
-            "nightly",
-            json!({"lock": "reports", "holder": {"kind": "Job", "name": "nightly"}}),
-        )
-        .await;
+    cluster.job_with_claim("nightly", "reports").await;
     cluster.wait_phase("nightly", ClaimPhase::Granted).await;
     let pod = cluster.job_pod("nightly").await;
     cluster.pod_with_claim("next", "reports").await;
@@ -603,13 +591,7 @@ async fn a_replaced_holder_jobs_old_pod_releases_the_lock_when_it_ends() {
     const STILL_RUNNING: &str = "test.lockkeeper.dev/still-running";
     let cluster = Cluster::start().await;
     cluster.lock("reports", json!({})).await;
-    cluster.suspended_job("nightly", &["reports"]).await;
-    cluster
-        .claim(
-            "nightly",
-            json!({"lock": "reports", "holder": {"kind": "Job", "name": "nightly"}}),
-        )
-        .await;
+    cluster.job_with_claim("nightly", "reports").await;
     cluster.wait_phase("nightly", ClaimPhase::Granted).await;
     let pod = cluster.job_pod("nightly").await;
     let pods = cluster.api::<Pod>();

@@ -221,13 +221,7 @@ async fn kubectl_lock_lists_explains_releases_and_shows_history() {
     assert!(empty.contains("no grants on record"), "{empty}");
 
     // why job/NAME: the claims a Job holds.
-    cluster.suspended_job("nightly", &["reports"]).await;
-    cluster
-        .claim(
-            "nightly",
-            json!({"lock": "reports", "holder": {"kind": "Job", "name": "nightly"}}),
-        )
-        .await;
+    cluster.job_with_claim("nightly", "reports").await;
     cluster.wait_phase("nightly", ClaimPhase::Granted).await;
     let why_job = stdout(&lock(&["why", "job/nightly"]));
     assert!(

@@ -568,6 +568,18 @@ impl Cluster {
         .await
     }
 
+    /// A suspended Job declaring `lock`, and a claim of the same name on it, held by that Job;
+    /// answers the Job.
+    pub async fn job_with_claim(&self, name: &str, lock: &str) -> Job {
+        let job = self.suspended_job(name, &[lock]).await;
+        self.claim(
+            name,
+            json!({"lock": lock, "holder": {"kind": "Job", "name": name}}),
+        )
+        .await;
+        job
+    }
+
     /// A Pod and a claim of the same name on `lock`, held by that Pod.
     pub async fn pod_with_claim(&self, name: &str, lock: &str) -> LockClaim {
         self.pod(name).await;
